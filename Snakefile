@@ -1,0 +1,20 @@
+# Microscopy of a colloidal monolayer -> trajectories -> geometry -> learned
+# metriplectic model -> rollouts -> analysis. Rules are thin: each calls one
+# function of the packages mpd/, tracking/, analysis/ or twin/.
+from snakemake.utils import min_version
+
+min_version("8.0")
+
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/twin.smk"
+include: "workflow/rules/video.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

@@ -1,0 +1,1 @@
+"""Statistics, figures and the report, measured the same way on experiment, truth and model."""

@@ -1,0 +1,143 @@
+"""Validation of the pipeline configuration (``config.yaml``).
+
+The workflow calls :func:`validate_config` once, before any rule runs, so a
+bad configuration stops everything with one message that names the offending
+key and says how to fix it, and no output is touched.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and the fix."""
+
+
+def load_schema(path: Path = SCHEMA_PATH) -> dict:
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def _dotted(path) -> str:
+    return ".".join(str(part) for part in path) or "(top level)"
+
+
+def _describe(error) -> str:
+    """One sentence for one jsonschema error, naming the dotted key."""
+    where = _dotted(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = set(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - allowed)
+        key = f"{where}.{unknown[0]}" if error.absolute_path else unknown[0]
+        hint = f"allowed keys here: {', '.join(sorted(allowed))}" if allowed else "remove it"
+        return f"unknown key '{key}' ({hint})"
+    if error.validator == "required":
+        missing = error.message.split("'")[1]
+        key = f"{where}.{missing}" if error.absolute_path else missing
+        return f"missing key '{key}'"
+    if error.validator == "oneOf" and isinstance(error.instance, Mapping) and (
+        "video" in error.schema.get("properties", {})
+    ):
+        return (
+            f"experiment '{where.split('.')[-1]}' must have exactly one of "
+            f"'video' (a real recording) or 'synthetic' (a digital twin)"
+        )
+    return f"'{where}': {error.message}"
+
+
+def validate_config(config: Mapping[str, Any], *, check_paths: bool = True, workdir: Path | None = None) -> dict:
+    """Check ``config`` against the schema and return it unchanged as a dict.
+
+    Raises ConfigError naming the first offending key (jsonschema's best match),
+    and, with ``check_paths``, naming any video path that does not exist or
+    cannot be read. Relative paths are resolved against ``workdir`` (default:
+    the current directory, which is Snakemake's working directory).
+    """
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    if not isinstance(config, Mapping):
+        raise ConfigError("the configuration must be a mapping with an 'experiments' key")
+    validator = Draft202012Validator(load_schema())
+    error = best_match(validator.iter_errors(dict(config)))
+    if error is not None:
+        raise ConfigError(
+            f"invalid configuration: {_describe(error)}. "
+            f"Fix the key in config.yaml (or your --configfile); the allowed keys, types and ranges "
+            f"are in {SCHEMA_PATH.relative_to(REPO_ROOT)}."
+        )
+    _check_nested_params(config)
+    if check_paths:
+        for name, experiment in config["experiments"].items():
+            if "video" in experiment:
+                video_input_files(experiment["video"]["path"], workdir, key=f"experiments.{name}.video.path")
+    return dict(config)
+
+
+def _check_nested_params(config: Mapping[str, Any]) -> None:
+    """Build each stage's parameter objects once, so their own checks run before any rule."""
+    from twin.params import MicroscopeParams, ParameterError, SimulationParams, from_dict
+
+    for name, experiment in config["experiments"].items():
+        synthetic = experiment.get("synthetic")
+        if synthetic is None:
+            continue
+        for key, cls in (("simulation", SimulationParams), ("microscope", MicroscopeParams)):
+            where = f"experiments.{name}.synthetic.{key}"
+            try:
+                from_dict(cls, synthetic.get(key), where)
+            except (ParameterError, TypeError, ValueError) as exc:
+                raise ConfigError(f"invalid configuration: {exc}. Fix it in config.yaml.") from exc
+
+
+def video_input_files(path: str, workdir: Path | None = None, *, key: str = "video.path") -> list[str]:
+    """The files behind a video ``path`` (a file or a glob), checked to be readable.
+
+    Raises ConfigError naming ``key`` and the path when nothing is there or a
+    file cannot be read.
+    """
+    base = Path(workdir) if workdir is not None else Path.cwd()
+    pattern = path if os.path.isabs(path) else str(base / path)
+    if glob.has_magic(pattern):
+        files = sorted(glob.glob(pattern))
+        if not files:
+            raise ConfigError(
+                f"{key}: the pattern '{path}' matches no file (looked in {base}). "
+                "Check the path and the pattern, e.g. 'data/run1/*.png'."
+            )
+    else:
+        if not os.path.exists(pattern):
+            raise ConfigError(
+                f"{key}: the input '{path}' does not exist (looked in {base}). "
+                "Fix the path, relative to the directory you run snakemake in, or make it absolute."
+            )
+        files = [pattern]
+    for file in files:
+        if os.path.isdir(file):
+            raise ConfigError(
+                f"{key}: '{file}' is a folder; give a video file or a glob of image files such as '{path.rstrip('/')}/*.tif'."
+            )
+        if not os.access(file, os.R_OK):
+            raise ConfigError(f"{key}: '{file}' cannot be read (permission denied). Fix its permissions.")
+    return files
+
+
+def load_config(path: str | os.PathLike, **kwargs) -> dict:
+    """Read and validate a YAML configuration file."""
+    path = Path(path)
+    try:
+        with open(path) as handle:
+            config = yaml.safe_load(handle)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"configuration file '{path}' does not exist") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"configuration file '{path}' is not valid YAML: {exc}") from exc
+    return validate_config(config or {}, **kwargs)

@@ -1,0 +1,54 @@
+# Configuration checks and the helpers every rule file uses.
+import json
+import re
+import sys
+
+# The packages are importable without installation (and inside --use-conda envs).
+sys.path.insert(0, workflow.basedir)
+
+from mpd.config import ConfigError, validate_config
+
+try:
+    validate_config(config)
+except ConfigError as error:
+    # One clear message, before any job runs and before any output is touched.
+    raise WorkflowError(str(error)) from None
+
+EXPERIMENTS = list(config["experiments"])
+SYNTHETIC = [name for name in EXPERIMENTS if "synthetic" in config["experiments"][name]]
+VIDEOS = [name for name in EXPERIMENTS if "video" in config["experiments"][name]]
+
+
+def experiment_pattern(names):
+    """A wildcard constraint matching exactly these experiment names (none: matches nothing)."""
+    return "|".join(re.escape(name) for name in names) or "(?!)"
+
+
+def experiment_section(experiment, *keys):
+    """A nested section of one experiment's config ({} where absent), for rule params.
+
+    Passing the section as a param makes Snakemake rerun the rule, and only
+    that experiment's rules, when the section changes.
+    """
+    section = config["experiments"][experiment]
+    for key in keys:
+        section = section.get(key) or {}
+    return section
+
+
+def all_outputs():
+    outputs = []
+    for name in EXPERIMENTS:
+        outputs.append(f"results/{name}/video/metadata.json")
+        if name in SYNTHETIC:
+            outputs.append(f"results/{name}/truth/trajectories.parquet")
+    return outputs
+
+
+def video_files(experiment):
+    """The input files of a real recording (a file, or every file its glob matches)."""
+    from mpd.config import video_input_files
+
+    return video_input_files(
+        config["experiments"][experiment]["video"]["path"], key=f"experiments.{experiment}.video.path"
+    )

@@ -1,0 +1,22 @@
+"""Shared preamble of the workflow scripts: import path and logging.
+
+Snakemake puts this folder on sys.path; this puts the repository root there
+too, so the packages import inside a --use-conda environment that has only
+their dependencies.
+"""
+import logging
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+
+def setup_logging(snakemake) -> logging.Logger:
+    """Log to the rule's log file (when it has one) and to stderr."""
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if snakemake.log:
+        handlers.append(logging.FileHandler(snakemake.log[0], mode="w"))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
+    return logging.getLogger(f"rule.{snakemake.rule}")

@@ -1,0 +1,11 @@
+from pathlib import Path
+
+import _repo
+
+from twin.params import SimulationParams, from_dict
+from twin.simulate import simulate
+
+log = _repo.setup_logging(snakemake)  # noqa: F821 (injected by Snakemake)
+params = from_dict(SimulationParams, snakemake.params.simulation, "simulation")  # noqa: F821
+result = simulate(params, Path(snakemake.output.trajectories).parent)  # noqa: F821
+log.info("simulated %s", result)
