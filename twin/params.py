@@ -8,8 +8,9 @@ the key's name, so a typo in ``config.yaml`` cannot be silently ignored.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 
 class ParameterError(ValueError):
@@ -38,7 +39,7 @@ class InteractionParams:
     d_ij = (d_i + d_j) / 2. Energies in units of the thermal energy kT.
     """
 
-    dipolar_kT: float = 20.0                 # kT, dipolar energy at contact
+    dipolar_kT: float = 600.0                # kT, amplitude A of A (d_ij/r)^3 (the truncation lowers the energy at contact to 0.69 A)
     contact_stiffness_kT_um2: float = 2000.0  # kT / um^2, harmonic contact stiffness
     cutoff_diameters: float = 2.0             # cut-off radius in units of d_ij
 
@@ -49,7 +50,11 @@ class SimulationParams:
 
     seed: int = 1
     n_particles: int = 600
-    packing_fraction: float = 0.86       # area fraction, sum(pi d^2 / 4) / box area
+    # Area fraction sum(pi d^2 / 4) / box area. The default monolayer is jammed by
+    # its dipolar repulsion (coupling ~ 900 kT for small pairs, far above 2D dipolar
+    # melting at ~60) with gaps between particles, as at an oil-water interface;
+    # set >= 0.84 with a weak dipolar_kT for a contact-jammed packing.
+    packing_fraction: float = 0.5
     diameter_small_um: float = 3.0       # um
     diameter_ratio: float = 1.4          # d_large / d_small
     fraction_small: float = 0.5          # number fraction of small particles
@@ -63,7 +68,7 @@ class SimulationParams:
 
     @property
     def n_frames(self) -> int:
-        return int(round(self.shear.cycles * self.shear.period_s * self.frame_rate_hz)) + 1
+        return round(self.shear.cycles * self.shear.period_s * self.frame_rate_hz) + 1
 
 
 @dataclass(frozen=True)
@@ -91,9 +96,9 @@ class MicroscopeParams:
     """Camera and optics of the rendered video."""
 
     seed: int = 2
-    pixel_size_um: float = 0.5           # um per pixel
-    width_px: int = 160                  # field of view, smaller than the sample
-    height_px: int = 160
+    pixel_size_um: float = 0.3           # um per pixel: 3 and 4.2 um particles span 10 and 14 px, as in bright-field colloid work
+    width_px: int = 192                  # field of view (58 um), well inside the default 85 um sample: particles enter and leave it
+    height_px: int = 192
     spot: str = "brightfield"            # "brightfield" (dark disk with bright rim) or "fluorescence" (Gaussian)
     bit_depth: int = 12                  # 8, 12 or 16
     exposure_s: float = 0.005            # s
