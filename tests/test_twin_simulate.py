@@ -165,9 +165,10 @@ def test_unwritable_parent_is_reported(tmp_path, monkeypatch):
 
 
 def test_failure_while_writing_leaves_nothing_partial(tmp_path, monkeypatch):
-    def boom(tmp, out_dir):
+    def boom(*args, **kwargs):
         raise OSError("simulated failure")
-    monkeypatch.setattr(sim_mod, "_publish", boom)
+    # fail while writing the last output file, after the others were written
+    monkeypatch.setattr(sim_mod.pd.DataFrame, "to_csv", boom)
     with pytest.raises(OSError, match="simulated failure"):
         simulate(small_params(shear=ShearParams(amplitude=0.05, period_s=1.0, cycles=0.1)), tmp_path / "truth")
     assert list(tmp_path.iterdir()) == []

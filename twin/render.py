@@ -30,8 +30,6 @@ import functools
 import json
 import os
 import platform
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import erf, erfc
 
+from mpd.atomic import atomic_output_dir
 from twin.params import MicroscopeParams, to_dict
 from twin.video_io import to_uint8_preview, write_movie, write_tiff_stack
 
@@ -519,10 +518,7 @@ def render_video(
         "software": _software_versions(),
     }
 
-    parent = out_dir.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
-    try:
+    with atomic_output_dir(out_dir) as tmp:
         write_tiff_stack(tmp / "frames.tif", stack)
         if movie_name is not None:
             write_movie(tmp / movie_name, to_uint8_preview(stack, params.bit_depth), frame_rate)
@@ -530,16 +526,6 @@ def render_video(
         with open(tmp / "metadata.json", "w") as fh:
             json.dump(metadata, fh, indent=2)
             fh.write("\n")
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=parent))
-            os.replace(out_dir, old / out_dir.name)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
     return RenderResult(
         out_dir=out_dir,

@@ -67,11 +67,9 @@ import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import tempfile
 import time
-import uuid
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -82,6 +80,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
+from mpd.atomic import atomic_output_dir
 from twin import lammps_env
 from twin.params import ParameterError, SimulationParams, to_dict
 from twin.potential import write_pair_table
@@ -436,25 +435,6 @@ def _prepare_parent(out_dir: Path) -> Path:
     return parent
 
 
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Replace out_dir by tmp (both in the same parent) with renames."""
-    old = None
-    if out_dir.exists() or out_dir.is_symlink():
-        old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        if old is not None:
-            os.replace(old, out_dir)
-        raise
-    if old is not None:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
-
-
 # ---------------------------------------------------------------------------
 # public entry point
 
@@ -474,7 +454,7 @@ def simulate(params: SimulationParams, out_dir: Path, workdir: Path | None = Non
     t_start = time.perf_counter()
     setup = _check_params(params)
     out_dir = Path(out_dir).absolute()
-    parent = _prepare_parent(out_dir)
+    _prepare_parent(out_dir)  # fail before a long run, not after it
     n, n_frames, spf = params.n_particles, params.n_frames, setup.steps_per_frame
     lx = ly = setup.box_l
 
@@ -578,15 +558,10 @@ def simulate(params: SimulationParams, out_dir: Path, workdir: Path | None = Non
         "software": _versions(version),
     }
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
-    try:
+    with atomic_output_dir(out_dir) as tmp:
         traj.to_parquet(tmp / "trajectories.parquet", index=False)
         strain_df.to_csv(tmp / "strain.csv", index=False)
         (tmp / "metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
-        _publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
     return SimulationResult(
         out_dir=out_dir, trajectories_path=out_dir / "trajectories.parquet", strain_path=out_dir / "strain.csv",

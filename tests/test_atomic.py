@@ -1,0 +1,40 @@
+"""Outputs appear all at once or not at all."""
+import os
+import stat
+
+import pytest
+
+from mpd.atomic import atomic_output_dir
+
+
+def test_success_publishes_with_mkdir_permissions(tmp_path):
+    out = tmp_path / "stage"
+    with atomic_output_dir(out) as tmp:
+        assert not out.exists()
+        (tmp / "a.txt").write_text("x")
+    assert (out / "a.txt").read_text() == "x"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
+
+
+def test_existing_folder_is_replaced(tmp_path):
+    out = tmp_path / "stage"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    with atomic_output_dir(out) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["new.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
+
+
+def test_error_leaves_previous_state(tmp_path):
+    out = tmp_path / "stage"
+    out.mkdir()
+    (out / "kept.txt").write_text("old")
+    with pytest.raises(RuntimeError), atomic_output_dir(out) as tmp:
+        (tmp / "half.txt").write_text("partial")
+        raise RuntimeError("boom")
+    assert sorted(p.name for p in out.iterdir()) == ["kept.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
