@@ -1,0 +1,34 @@
+"""The solid-extended metriplectic particle model (physics core).
+
+Read docs/model.md for the equations as implemented. The pieces, JAX-MD style:
+geometry (pair separations, learned volume, local strain), monotonic (energy
+networks with signs and convexity by construction), networks (noise
+amplitudes, entropy teacher, k_B and m), dynamics (drift, noise, marginal
+covariance, likelihood) and integrator (one rollout step).
+"""
+from .dynamics import MetriplecticModel, State, Thermodynamics
+from .geometry import (
+    PairTensors,
+    deviatoric_strain_invariant,
+    local_deformation_gradient,
+    make_pairs,
+    pair_separations,
+)
+from .integrator import EulerMaruyama, euler_maruyama_step
+from .monotonic import DeviatoricEnergy, MonotoneConvexNet, VolumetricEnergy
+
+__all__ = [
+    "DeviatoricEnergy",
+    "EulerMaruyama",
+    "MetriplecticModel",
+    "MonotoneConvexNet",
+    "PairTensors",
+    "State",
+    "Thermodynamics",
+    "VolumetricEnergy",
+    "deviatoric_strain_invariant",
+    "euler_maruyama_step",
+    "local_deformation_gradient",
+    "make_pairs",
+    "pair_separations",
+]

@@ -1,0 +1,554 @@
+"""The solid-extended metriplectic particle model: energy, drift, noise, likelihood.
+
+State per particle: position x_i, velocity v_i, entropy S_i. With the symbols of
+docs/physics.md (D dimensions, h cut-off, e_ij = r_ij/|r_ij|, v_ij = v_i - v_j):
+
+    E = sum_i m v_i^2/2 + U_i,   U_i = U_vol(S_i, V_i) + U_dev(S_i, I_i),   S = sum_i S_i
+    dz = [L dE/dz + M dS/dz + k_B div(M)] dt + dz~,   <dz~ dz~^T> = 2 k_B M dt
+
+L gives dx = v dt, m dv = -dU/dx dt. M = sum over pairs of G_ij G_ij^T, where
+G_ij maps the pair's Gaussian increments (dW_ij, dV_ij) to the pair's share of
+(dv_i, dS_i, dv_j, dS_j). M is never formed; every term is a sum over pairs of
+closed-form per-pair expressions (docs/model.md derives them):
+
+    Pi_ij   = <(X_ij e_ij)(X_ij e_ij)^T> per unit increment
+            = A^2 [I/2 + (1/2 - 1/D) e e^T] + B^2 e e^T / D
+    M block of pair ij in the order (v_i, S_i, v_j, S_j), with u = v_ij, q = u.Pi u:
+        M_vivi =  Pi/m^2        M_vivj = -Pi/m^2
+        M_viSi = -Pi u/(2 m T_i) M_viSj = -Pi u/(2 m T_j)   (v_j rows: opposite sign)
+        M_SiSi = (q/4 + C^2)/T_i^2,  M_SjSj = (q/4 + C^2)/T_j^2,  M_SiSj = (q/4 - C^2)/(T_i T_j)
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from .geometry import (
+    PairTensors,
+    VolumeKernel,
+    pair_separations,
+    particle_density,
+    strain_invariant,
+)
+from .monotonic import DeviatoricEnergy, VolumetricEnergy
+from .networks import EntropyTeacher, NoiseAmplitudes, PositiveScalar
+
+
+class State(NamedTuple):
+    x: torch.Tensor  # (N, D) positions
+    v: torch.Tensor  # (N, D) velocities
+    S: torch.Tensor  # (N,)   entropies
+
+
+class Thermodynamics(NamedTuple):
+    """Per-particle energy and its derivatives at fixed pair list."""
+
+    U: torch.Tensor  # (N,)   internal energy U_i
+    force: torch.Tensor  # (N, D) -dU/dx_i of the total potential (conservative force)
+    T: torch.Tensor  # (N,)   temperature dU_i/dS_i
+    dT_dS: torch.Tensor  # (N,)   dT_i/dS_i = d^2U_i/dS_i^2 (zero when not requested)
+
+
+class PairTerms(NamedTuple):
+    """Everything the mobility M of one pair depends on, per pair (E rows).
+
+    dX_dTi is the derivative of amplitude X with respect to T_i at fixed rho, T_j;
+    the S-derivatives that div(M) needs follow by the chain rule with dT_i/dS_i.
+    """
+
+    e: torch.Tensor  # (E, D) unit separation
+    u: torch.Tensor  # (E, D) relative velocity v_ij
+    T_i: torch.Tensor
+    T_j: torch.Tensor
+    dT_dS_i: torch.Tensor
+    dT_dS_j: torch.Tensor
+    A: torch.Tensor
+    B: torch.Tensor
+    C: torch.Tensor
+    dA_dTi: torch.Tensor
+    dA_dTj: torch.Tensor
+    dB_dTi: torch.Tensor
+    dB_dTj: torch.Tensor
+    dC_dTi: torch.Tensor
+    dC_dTj: torch.Tensor
+
+
+# ---------------------------------------------------------------------------
+# Per-pair algebra of the noise and the mobility (pure functions of PairTerms)
+# ---------------------------------------------------------------------------
+
+
+def noise_projectors(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """P_shear = I/2 + (1/2 - 1/D) e e^T and P_bulk = e e^T / D, (E, D, D).
+
+    For dW with iid unit entries, <(dWbar e)(dWbar e)^T> = P_shear and
+    <(tr dW / D)^2> e e^T = P_bulk, and the two parts are uncorrelated.
+    """
+    dim = e.shape[-1]
+    eeT = e[:, :, None] * e[:, None, :]
+    identity = torch.eye(dim, dtype=e.dtype, device=e.device)
+    return 0.5 * identity + (0.5 - 1.0 / dim) * eeT, eeT / dim
+
+
+def friction_tensor(A: torch.Tensor, B: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    """Pi = <(X e)(X e)^T> = A^2 P_shear + B^2 P_bulk, (E, D, D)."""
+    P_shear, P_bulk = noise_projectors(e)
+    return (A * A)[:, None, None] * P_shear + (B * B)[:, None, None] * P_bulk
+
+
+def friction_tensor_dT(terms: PairTerms, wrt_i: bool) -> torch.Tensor:
+    """dPi/dT_i (wrt_i) or dPi/dT_j."""
+    P_shear, P_bulk = noise_projectors(terms.e)
+    dA = terms.dA_dTi if wrt_i else terms.dA_dTj
+    dB = terms.dB_dTi if wrt_i else terms.dB_dTj
+    return (2 * terms.A * dA)[:, None, None] * P_shear + (2 * terms.B * dB)[:, None, None] * P_bulk
+
+
+def _matvec(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    return (matrix @ vector[:, :, None]).squeeze(-1)
+
+
+def pair_mobility(terms: PairTerms, mass: torch.Tensor) -> torch.Tensor:
+    """M of each pair, (E, 2D+2, 2D+2), in the order (v_i, S_i, v_j, S_j).
+
+    For tests and diagnostics only: the dynamics never assembles it.
+    """
+    dim = terms.e.shape[-1]
+    Pi = friction_tensor(terms.A, terms.B, terms.e)
+    Pi_u = _matvec(Pi, terms.u)
+    q = (terms.u * Pi_u).sum(-1)
+    C2 = terms.C * terms.C
+    n_pairs = terms.e.shape[0]
+    M = terms.e.new_zeros((n_pairs, 2 * dim + 2, 2 * dim + 2))
+    vi, si = slice(0, dim), dim
+    vj, sj = slice(dim + 1, 2 * dim + 1), 2 * dim + 1
+    M[:, vi, vi] = Pi / mass**2
+    M[:, vj, vj] = Pi / mass**2
+    M[:, vi, vj] = -Pi / mass**2
+    M[:, vj, vi] = -Pi / mass**2
+    for rows, sign in ((vi, -1.0), (vj, 1.0)):
+        M[:, rows, si] = sign * Pi_u / (2 * mass * terms.T_i[:, None])
+        M[:, rows, sj] = sign * Pi_u / (2 * mass * terms.T_j[:, None])
+        M[:, si, rows] = M[:, rows, si]
+        M[:, sj, rows] = M[:, rows, sj]
+    M[:, si, si] = (q / 4 + C2) / terms.T_i**2
+    M[:, sj, sj] = (q / 4 + C2) / terms.T_j**2
+    M[:, si, sj] = (q / 4 - C2) / (terms.T_i * terms.T_j)
+    M[:, sj, si] = M[:, si, sj]
+    return M
+
+
+def entropy_gradient_flow(terms: PairTerms, mass: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """M dS/dz per pair: dS/dz is 1 on every S_k, so this is the sum of the S_i and S_j columns.
+
+    Returns (to v_i, to S_i, to S_j); v_j receives minus the v_i term.
+        v_i: -(1/T_i + 1/T_j) Pi u / (2m)   (pairwise friction)
+        S_i: (q/4 + C^2)/T_i^2 + (q/4 - C^2)/(T_i T_j)
+    """
+    Pi_u = _matvec(friction_tensor(terms.A, terms.B, terms.e), terms.u)
+    q = (terms.u * Pi_u).sum(-1)
+    C2 = terms.C * terms.C
+    inv_Ti, inv_Tj = 1.0 / terms.T_i, 1.0 / terms.T_j
+    to_v_i = -((inv_Ti + inv_Tj) / (2 * mass))[:, None] * Pi_u
+    cross = (q / 4 - C2) * inv_Ti * inv_Tj
+    to_S_i = (q / 4 + C2) * inv_Ti**2 + cross
+    to_S_j = (q / 4 + C2) * inv_Tj**2 + cross
+    return to_v_i, to_S_i, to_S_j
+
+
+def mobility_divergence(terms: PairTerms, mass: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """div(M) of one pair, (div)_a = sum_b dM_ab/dz_b over the pair's (v_i, S_i, v_j, S_j).
+
+    Hand-derived (docs/model.md). M depends on v only through u = v_ij and on
+    S_k only through T_k (dT_k/dS_k = T'_k), in the amplitudes and explicitly:
+        v_i: sum_{k=i,j} -(T'_k / 2m) [dPi/dT_k u / T_k - Pi u / T_k^2]
+        S_i: -tr(Pi)/(m T_i)
+             + T'_i [(u.dPi/dT_i u/4 + 2 C dC/dT_i)/T_i^2 - 2 (q/4 + C^2)/T_i^3]
+             + T'_j [(u.dPi/dT_j u/4 - 2 C dC/dT_j)/(T_i T_j) - (q/4 - C^2)/(T_i T_j^2)]
+    and S_j with i and j swapped; v_j receives minus the v_i term.
+    """
+    T_i, T_j, u, C = terms.T_i, terms.T_j, terms.u, terms.C
+    Pi = friction_tensor(terms.A, terms.B, terms.e)
+    dPi_dTi = friction_tensor_dT(terms, wrt_i=True)
+    dPi_dTj = friction_tensor_dT(terms, wrt_i=False)
+    Pi_u, dPi_dTi_u, dPi_dTj_u = _matvec(Pi, u), _matvec(dPi_dTi, u), _matvec(dPi_dTj, u)
+    q = (u * Pi_u).sum(-1)
+    dq_dTi, dq_dTj = (u * dPi_dTi_u).sum(-1), (u * dPi_dTj_u).sum(-1)
+    trace_Pi = torch.diagonal(Pi, dim1=-2, dim2=-1).sum(-1)
+    C2 = C * C
+    Ti_prime, Tj_prime = terms.dT_dS_i, terms.dT_dS_j
+
+    to_v_i = -(1.0 / (2 * mass)) * (
+        (Ti_prime / T_i)[:, None] * (dPi_dTi_u - Pi_u / T_i[:, None])
+        + (Tj_prime / T_j)[:, None] * (dPi_dTj_u - Pi_u / T_j[:, None])
+    )
+    to_S_i = (
+        -trace_Pi / (mass * T_i)
+        + Ti_prime * ((dq_dTi / 4 + 2 * C * terms.dC_dTi) / T_i**2 - 2 * (q / 4 + C2) / T_i**3)
+        + Tj_prime * ((dq_dTj / 4 - 2 * C * terms.dC_dTj) / (T_i * T_j) - (q / 4 - C2) / (T_i * T_j**2))
+    )
+    to_S_j = (
+        -trace_Pi / (mass * T_j)
+        + Tj_prime * ((dq_dTj / 4 + 2 * C * terms.dC_dTj) / T_j**2 - 2 * (q / 4 + C2) / T_j**3)
+        + Ti_prime * ((dq_dTi / 4 - 2 * C * terms.dC_dTi) / (T_i * T_j) - (q / 4 - C2) / (T_i**2 * T_j))
+    )
+    return to_v_i, to_S_i, to_S_j
+
+
+def marginal_mobility(terms: PairTerms, mass: torch.Tensor, pairs: PairTensors, n_particles: int) -> torch.Tensor:
+    """M_ii, the (D+1) x (D+1) (v_i, S_i) block of M for every particle, (N, D+1, D+1).
+
+    Each pair adds its (v_i, S_i) block to i and its (v_j, S_j) block to j:
+        [[Pi/m^2, -/+ Pi u/(2 m T)], [., (q/4 + C^2)/T^2]]   (- for i, + for j)
+    """
+    dim = terms.e.shape[-1]
+    Pi = friction_tensor(terms.A, terms.B, terms.e)
+    Pi_u = _matvec(Pi, terms.u)
+    q = (terms.u * Pi_u).sum(-1)
+    C2 = terms.C * terms.C
+    out = terms.e.new_zeros((n_particles, dim + 1, dim + 1))
+    for index, T, sign in ((pairs.i, terms.T_i, -1.0), (pairs.j, terms.T_j, 1.0)):
+        block = terms.e.new_zeros((terms.e.shape[0], dim + 1, dim + 1))
+        block[:, :dim, :dim] = Pi / mass**2
+        block[:, :dim, dim] = sign * Pi_u / (2 * mass * T[:, None])
+        block[:, dim, :dim] = block[:, :dim, dim]
+        block[:, dim, dim] = (q / 4 + C2) / T**2
+        out = out.index_add(0, index, block)
+    return out
+
+
+def assemble_drift(
+    thermo: Thermodynamics, terms: PairTerms, pairs: PairTensors, mass: torch.Tensor, k_B: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f_v, f_S) = L dE/dz + M dS/dz [+ k_B div M] summed over pairs (k_B None: no div M).
+
+    Every velocity term is added to v_i and subtracted from v_j, so total momentum
+    is untouched by the dissipative and thermal parts; the conservative force is
+    the gradient of a function of separations only, so it sums to zero as well.
+    """
+    to_v_i, to_S_i, to_S_j = entropy_gradient_flow(terms, mass)
+    if k_B is not None:
+        div_v_i, div_S_i, div_S_j = mobility_divergence(terms, mass)
+        to_v_i = to_v_i + k_B * div_v_i
+        to_S_i = to_S_i + k_B * div_S_i
+        to_S_j = to_S_j + k_B * div_S_j
+    f_v = (thermo.force / mass).index_add(0, pairs.i, to_v_i).index_add(0, pairs.j, -to_v_i)
+    f_S = torch.zeros_like(thermo.T).index_add(0, pairs.i, to_S_i).index_add(0, pairs.j, to_S_j)
+    return f_v, f_S
+
+
+def gaussian_nll(residual: torch.Tensor, covariance: torch.Tensor, jitter: float) -> torch.Tensor:
+    """-log N(residual; 0, covariance) per row, (K,), by batched Cholesky.
+
+    The jitter adds jitter * mean_k(Sigma_k,aa) to each diagonal entry a: one
+    regulariser per component, so it is unit-consistent (velocities and
+    entropies have different units) and scale-free, and it keeps a particle
+    whose block is singular (no neighbour, hence no noise) finite. It is detached:
+    a numerical floor, not part of the model.
+    """
+    diagonal = torch.diagonal(covariance, dim1=-2, dim2=-1)
+    floor = jitter * diagonal.mean(0).detach()
+    regularised = covariance + torch.diag_embed(floor.expand_as(diagonal))
+    cholesky = torch.linalg.cholesky(regularised)
+    whitened = torch.linalg.solve_triangular(cholesky, residual[:, :, None], upper=False).squeeze(-1)
+    log_det_half = torch.log(torch.diagonal(cholesky, dim1=-2, dim2=-1)).sum(-1)
+    k = residual.shape[-1]
+    return 0.5 * (whitened * whitened).sum(-1) + log_det_half + 0.5 * k * math.log(2 * math.pi)
+
+
+def _required(grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
+    """autograd.grad's results, none of which may be missing (TorchScript needs the check)."""
+    out: list[torch.Tensor] = []
+    for g in grads:
+        assert g is not None, "an input does not reach the output"
+        out.append(g)
+    return out
+
+
+def _differentiable(t: torch.Tensor) -> torch.Tensor:
+    """t itself when it already carries a graph (training: keep it), else a fresh leaf."""
+    return t if t.requires_grad else t.detach().requires_grad_(True)
+
+
+# ---------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------
+
+
+class MetriplecticModel(nn.Module):
+    """Learned solid-extended metriplectic particle model.
+
+    All methods take PairTensors (current neighbours for the volume, noise and
+    teacher; reference-configuration bonds for the strain) and work in
+    O(number of pairs). They need autograd (forces are gradients of U),
+    so call them with grad mode enabled, also in rollouts; create_graph=True
+    keeps the graph for training (the likelihood does this itself).
+    """
+
+    def __init__(
+        self,
+        h: float,
+        dim: int = 2,
+        kernel_hidden: Sequence[int] = (32, 32),
+        energy_hidden: Sequence[int] = (32, 32),
+        amplitude_hidden: Sequence[int] = (32, 32),
+        teacher_hidden: Sequence[int] = (64, 64),
+        velocity_scale: float = 1.0,
+        k_B: float = 1.0,
+        mass: float = 1.0,
+        solid: bool = True,
+        strict_convexity: float = 1e-3,
+        strain_regularization: float = 1e-9,
+        collinear_tol: float = 1e-2,
+    ):
+        super().__init__()
+        self.h = float(h)
+        self.dim = int(dim)
+        self.solid = bool(solid)
+        self.strain_regularization = float(strain_regularization)
+        self.collinear_tol = float(collinear_tol)
+        self.kernel = VolumeKernel(h, kernel_hidden)
+        self.U_vol = VolumetricEnergy(energy_hidden, strict_convexity)
+        self.U_dev = DeviatoricEnergy(energy_hidden, strict_convexity)
+        self.amplitudes = NoiseAmplitudes(amplitude_hidden)
+        self.teacher = EntropyTeacher(h, velocity_scale, teacher_hidden)
+        self.log_k_B = PositiveScalar(k_B)  # k_B = softplus(raw)
+        self.log_mass = PositiveScalar(mass)
+
+    # -- scalars --------------------------------------------------------------
+    @property
+    def k_B(self) -> torch.Tensor:
+        return self.log_k_B()
+
+    @property
+    def mass(self) -> torch.Tensor:
+        return self.log_mass()
+
+    # -- energy ----------------------------------------------------------------
+    def volume(self, x: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
+        """V_i = 1/d_i, d_i = W(0) + sum_j W(|r_ij|)."""
+        distance = torch.linalg.vector_norm(pair_separations(x, pairs), dim=-1)
+        W_self = self.kernel(distance.new_zeros(1))
+        return 1.0 / particle_density(self.kernel(distance), W_self, pairs, x.shape[0])
+
+    def strain_invariant(self, x: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
+        """I_i over the strain bonds (reference neighbours), zero where ill-conditioned."""
+        return strain_invariant(x, pairs, self.strain_regularization, self.collinear_tol)
+
+    def internal_energy(self, S: torch.Tensor, V: torch.Tensor, I: torch.Tensor) -> torch.Tensor:
+        """U_i = U_vol(S_i, V_i) + U_dev(S_i, I_i) (U_dev omitted for solid=False)."""
+        U = self.U_vol(S, V)
+        if self.solid:
+            U = U + self.U_dev(S, I)
+        return U
+
+    def potential(self, x: torch.Tensor, S: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
+        """U_i per particle, (N,): a function of the pair separations only."""
+        V = self.volume(x, pairs)
+        I = self.strain_invariant(x, pairs) if self.solid else torch.zeros_like(V)
+        return self.internal_energy(S, V, I)
+
+    def energy(self, state: State, pairs: PairTensors) -> torch.Tensor:
+        """E = sum_i m v_i^2/2 + U_i (scalar)."""
+        return 0.5 * self.mass * (state.v * state.v).sum() + self.potential(state.x, state.S, pairs).sum()
+
+    def thermodynamics(
+        self, x: torch.Tensor, S: torch.Tensor, pairs: PairTensors, with_dT_dS: bool = True, create_graph: bool = False
+    ) -> Thermodynamics:
+        """U, the conservative force -dU/dx, T = dU_i/dS_i and dT_i/dS_i by autograd.
+
+        U_i depends on S_i alone among the entropies, so the gradient of sum U with
+        respect to S is T, and that of sum T is dT/dS, both exactly.
+        """
+        x_, S_ = _differentiable(x), _differentiable(S)
+        U = self.potential(x_, S_, pairs)
+        dU_dx, T = _required(torch.autograd.grad([U.sum()], [x_, S_], create_graph=True))
+        if with_dT_dS:
+            (dT_dS,) = _required(torch.autograd.grad([T.sum()], [S_], create_graph=create_graph, retain_graph=True))
+        else:
+            dT_dS = torch.zeros_like(T)
+        if not create_graph:
+            U, dU_dx, T, dT_dS = U.detach(), dU_dx.detach(), T.detach(), dT_dS.detach()
+        return Thermodynamics(U, -dU_dx, T, dT_dS)
+
+    # -- pair terms -------------------------------------------------------------
+    def pair_terms(
+        self, state: State, pairs: PairTensors, thermo: Thermodynamics, with_derivatives: bool, create_graph: bool
+    ) -> PairTerms:
+        r_ij = pair_separations(state.x, pairs)
+        distance = torch.linalg.vector_norm(r_ij, dim=-1)
+        e = r_ij / distance[:, None]
+        rho = distance / self.h
+        u = state.v[pairs.i] - state.v[pairs.j]
+        n_pairs = pairs.i.shape[0]
+        # both ends in one batch: row k < E is end i, row E + k is end j
+        T_ends = torch.cat([thermo.T[pairs.i], thermo.T[pairs.j]])
+        if with_derivatives:
+            T_ends = _differentiable(T_ends)
+        factors = self.amplitudes(torch.cat([rho, rho]), T_ends)  # (2E, 3): a, b, c
+        f_i, f_j = factors[:n_pairs], factors[n_pairs:]
+        amplitude = f_i * f_j  # (E, 3): A, B, C symmetric in i, j
+        if with_derivatives:
+            # each factor row depends on its own T only, so d(sum column)/dT_ends is
+            # the per-row derivative; d(f_i f_j)/dT_i = f_i' f_j
+            columns: list[torch.Tensor] = []
+            for k in range(3):
+                grads = torch.autograd.grad([factors[:, k].sum()], [T_ends], create_graph=create_graph, retain_graph=True)
+                columns.append(_required(grads)[0])
+            d_factors = torch.stack(columns, dim=-1)
+            d_amp_dTi = d_factors[:n_pairs] * f_j
+            d_amp_dTj = f_i * d_factors[n_pairs:]
+        else:
+            d_amp_dTi = torch.zeros_like(amplitude)
+            d_amp_dTj = torch.zeros_like(amplitude)
+        if not create_graph:
+            amplitude, d_amp_dTi, d_amp_dTj = amplitude.detach(), d_amp_dTi.detach(), d_amp_dTj.detach()
+        T_i, T_j = thermo.T[pairs.i], thermo.T[pairs.j]
+        return PairTerms(
+            e,
+            u,
+            T_i,
+            T_j,
+            thermo.dT_dS[pairs.i],
+            thermo.dT_dS[pairs.j],
+            amplitude[:, 0],
+            amplitude[:, 1],
+            amplitude[:, 2],
+            d_amp_dTi[:, 0],
+            d_amp_dTj[:, 0],
+            d_amp_dTi[:, 1],
+            d_amp_dTj[:, 1],
+            d_amp_dTi[:, 2],
+            d_amp_dTj[:, 2],
+        )
+
+    def _terms(self, state: State, pairs: PairTensors, with_derivatives: bool, create_graph: bool):
+        thermo = self.thermodynamics(state.x, state.S, pairs, with_dT_dS=with_derivatives, create_graph=create_graph)
+        return thermo, self.pair_terms(state, pairs, thermo, with_derivatives, create_graph)
+
+    def pair_mobility(self, state: State, pairs: PairTensors) -> torch.Tensor:
+        """Per-pair blocks of M, (E, 2D+2, 2D+2), order (v_i, S_i, v_j, S_j) (tests, diagnostics)."""
+        _, terms = self._terms(state, pairs, with_derivatives=False, create_graph=False)
+        return pair_mobility(terms, self.mass.detach())
+
+    # -- dynamics ----------------------------------------------------------------
+    def drift(
+        self, state: State, pairs: PairTensors, thermal: bool = True, create_graph: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(f_v, f_S): dv = f_v dt + dv~,  dS = f_S dt + dS~.
+
+        f_v = -dU/dx / m + [M dS/dz + k_B div M]_v,   f_S = [M dS/dz + k_B div M]_S.
+        thermal=False drops k_B div(M): the k_B -> 0 limit, in which the noise
+        vanishes too and dE/dt = 0, dS/dt >= 0 hold exactly (L dS/dz = M dE/dz = 0).
+        k_B div(M) belongs with the noise: only together do they conserve E (in
+        the mean, by Ito's formula).
+        """
+        thermo, terms = self._terms(state, pairs, with_derivatives=thermal, create_graph=create_graph)
+        mass, k_B = (self.mass, self.k_B) if create_graph else (self.mass.detach(), self.k_B.detach())
+        return assemble_drift(thermo, terms, pairs, mass, k_B if thermal else None)
+
+    def noise_from_increments(
+        self, state: State, pairs: PairTensors, dW: torch.Tensor, dV: torch.Tensor, T: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dv~, dS~) for given pair increments dW (E, D, D), dV (E,), exactly as physics.md:
+
+            X_ij = A dWbar_ij + B (tr dW_ij / D) I
+            m dv~_i   = sqrt(2 k_B) sum_j X_ij e_ij          (v_j gets minus: momentum conserved)
+            T_i dS~_i = sqrt(2 k_B) sum_j [-1/2 (X_ij e_ij).v_ij + C_ij dV_ij]   (dV_ji = -dV_ij)
+
+        With unit-variance increments the result has covariance 2 k_B M (per unit time).
+        """
+        if T is None:
+            T = self.thermodynamics(state.x, state.S, pairs, with_dT_dS=False).T
+        r_ij = pair_separations(state.x, pairs)
+        distance = torch.linalg.vector_norm(r_ij, dim=-1)
+        e = r_ij / distance[:, None]
+        u = state.v[pairs.i] - state.v[pairs.j]
+        factors_i = self.amplitudes(distance / self.h, T[pairs.i])
+        factors_j = self.amplitudes(distance / self.h, T[pairs.j])
+        A, B, C = (factors_i * factors_j).unbind(-1)
+        dim = e.shape[-1]
+        identity = torch.eye(dim, dtype=e.dtype, device=e.device)
+        trace_dW = torch.diagonal(dW, dim1=-2, dim2=-1).sum(-1)
+        dW_bar = 0.5 * (dW + dW.transpose(-1, -2)) - (trace_dW / dim)[:, None, None] * identity
+        X = A[:, None, None] * dW_bar + (B * trace_dW / dim)[:, None, None] * identity
+        amplitude = torch.sqrt(2 * self.k_B)
+        kick = amplitude * _matvec(X, e)  # m dv~ of end i from this pair
+        heat_work = -0.5 * (kick * u).sum(-1)  # same for both ends: X_ji e_ji . v_ji = X_ij e_ij . v_ij
+        heat_conduction = amplitude * C * dV
+        n = state.x.shape[0]
+        dv = state.v.new_zeros(state.v.shape).index_add(0, pairs.i, kick).index_add(0, pairs.j, -kick) / self.mass
+        T_dS = (
+            state.S.new_zeros(n)
+            .index_add(0, pairs.i, heat_work + heat_conduction)
+            .index_add(0, pairs.j, heat_work - heat_conduction)
+        )
+        return dv, T_dS / T
+
+    def noise(
+        self, state: State, pairs: PairTensors, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dv~, dS~) per unit sqrt(dt): covariance 2 k_B M. Scale by sqrt(dt) to step."""
+        n_pairs, dim = pairs.i.shape[0], state.x.shape[-1]
+        dW = torch.randn([n_pairs, dim, dim], generator=generator, dtype=state.x.dtype, device=state.x.device)
+        dV = torch.randn([n_pairs], generator=generator, dtype=state.x.dtype, device=state.x.device)
+        dv, dS = self.noise_from_increments(state, pairs, dW, dV)
+        return dv.detach(), dS.detach()
+
+    def marginal_covariance(
+        self, state: State, pairs: PairTensors, dt: float, create_graph: bool = False
+    ) -> torch.Tensor:
+        """Sigma_ii = 2 k_B M_ii dt, (N, D+1, D+1), order (v_i, S_i)."""
+        _, terms = self._terms(state, pairs, with_derivatives=False, create_graph=create_graph)
+        k_B, mass = (self.k_B, self.mass) if create_graph else (self.k_B.detach(), self.mass.detach())
+        return 2 * k_B * dt * marginal_mobility(terms, mass, pairs, state.x.shape[0])
+
+    def nll(
+        self,
+        state_t: State,
+        state_t1: State,
+        pairs: PairTensors,
+        dt: float,
+        interior: torch.Tensor | None = None,
+        jitter: float = 1e-6,
+    ) -> torch.Tensor:
+        """Mean over interior particles of -log N((v_i, S_i)^{t+1}; mu_i, Sigma_ii).
+
+        mu_i = (v_i + f_v dt, S_i + f_S dt) (Euler-Maruyama mean, full drift with
+        k_B div M), Sigma_ii = 2 k_B M_ii dt. Keeps the graph for training; the
+        entropies may come from the teacher (their graph is kept too).
+        """
+        thermo, terms = self._terms(state_t, pairs, with_derivatives=True, create_graph=True)
+        mass, k_B, n = self.mass, self.k_B, state_t.x.shape[0]
+        f_v, f_S = assemble_drift(thermo, terms, pairs, mass, k_B)
+        mean = torch.cat([state_t.v + f_v * dt, (state_t.S + f_S * dt)[:, None]], dim=-1)
+        target = torch.cat([state_t1.v, state_t1.S[:, None]], dim=-1)
+        covariance = 2 * k_B * dt * marginal_mobility(terms, mass, pairs, n)
+        if interior is not None:
+            mean, target, covariance = mean[interior], target[interior], covariance[interior]
+        return gaussian_nll(target - mean, covariance, jitter).mean()
+
+    # -- self-supervision -------------------------------------------------------------
+    def teacher_entropy(self, x: torch.Tensor, v: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
+        """S_i from the edge-convolution teacher (training labels only)."""
+        return self.teacher(x, v, pairs)
+
+
+__all__ = [
+    "MetriplecticModel",
+    "PairTerms",
+    "State",
+    "Thermodynamics",
+    "assemble_drift",
+    "entropy_gradient_flow",
+    "friction_tensor",
+    "gaussian_nll",
+    "marginal_mobility",
+    "mobility_divergence",
+    "noise_projectors",
+    "pair_mobility",
+]

@@ -1,0 +1,215 @@
+"""Model-side geometry: pair separations, learned particle volume, local strain.
+
+Everything here is a differentiable function of the positions through pair
+separations x_i - x_j + shift only, so any energy built from it is
+translation invariant and its forces conserve total momentum. Per-particle
+sums run over unordered pair lists with index_add, O(number of pairs).
+
+Two pair lists travel together in PairTensors:
+* neighbours (i, j, shift): the current pairs with |r_ij| < h, for the volume,
+  the noise and the teacher;
+* strain bonds (bond_i, bond_j, bond_shift, bond_r_ref): the pairs within h in
+  the *reference* configuration, with their reference separations, for the
+  Falk-Langer strain, as in the geometry stage (mpd.geometry.strain). Being
+  fixed by the reference, the bond set does not change as particles move, so
+  the strain energy is smooth in the current positions.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class PairTensors(NamedTuple):
+    """Neighbour pairs and strain bonds as tensors (unordered, i < j).
+
+    i, j        (E,) int64    current neighbours, |r_ij| < h
+    shift       (E, D)        r_ij = x[i] - x[j] + shift is the minimum image
+    bond_i, bond_j (B,) int64 reference neighbours (within h in the reference
+                              configuration) still present now
+    bond_shift  (B, D)        current separation of a bond: x[bond_i] - x[bond_j] + bond_shift
+    bond_r_ref  (B, D)        its separation in the reference configuration
+    """
+
+    i: torch.Tensor
+    j: torch.Tensor
+    shift: torch.Tensor
+    bond_i: torch.Tensor
+    bond_j: torch.Tensor
+    bond_shift: torch.Tensor
+    bond_r_ref: torch.Tensor
+
+
+def make_pairs(
+    i,
+    j,
+    shift,
+    bonds=None,
+    bond_shift=None,
+    dim: int = 2,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | None = None,
+) -> PairTensors:
+    """PairTensors from arrays (e.g. the fields of mpd.geometry.neighbours.Pairs).
+
+    bonds = (bond_i, bond_j, bond_r_ref): the reference configuration's pairs
+    within h and their reference separations (minimum image in the reference
+    box); bond_shift: the periodic shift that makes the current separation the
+    minimum image (default zero: an open window, or unwrapped coordinates).
+    Without bonds the strain term has nothing to act on (fluid model, solid=False).
+    """
+
+    def as_index(a) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a), dtype=torch.int64, device=device).reshape(-1)
+
+    def as_float(a) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a), dtype=dtype, device=device).reshape(-1, dim)
+
+    if bonds is None:
+        bonds = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, dim)))
+    bond_i, bond_j, bond_r_ref = as_index(bonds[0]), as_index(bonds[1]), as_float(bonds[2])
+    bond_shift_t = torch.zeros_like(bond_r_ref) if bond_shift is None else as_float(bond_shift)
+    return PairTensors(as_index(i), as_index(j), as_float(shift), bond_i, bond_j, bond_shift_t, bond_r_ref)
+
+
+def pair_separations(x: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
+    """r_ij = x_i - x_j + shift_ij, (E, D), differentiable in x."""
+    return x[pairs.i] - x[pairs.j] + pairs.shift
+
+
+def bond_separations(x: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
+    """Current separations of the strain bonds, (B, D), differentiable in x."""
+    return x[pairs.bond_i] - x[pairs.bond_j] + pairs.bond_shift
+
+
+def sum_to_both_ends(values: torch.Tensor, i: torch.Tensor, j: torch.Tensor, n_particles: int) -> torch.Tensor:
+    """a_k = sum over pairs (i, j) with i = k or j = k of the (symmetric) pair value, O(E)."""
+    out = values.new_zeros([n_particles] + list(values.shape[1:]))
+    return out.index_add(0, i, values).index_add(0, j, values)
+
+
+def cutoff_polynomial(rho: torch.Tensor) -> torch.Tensor:
+    """1 - rho^2 with rho = r/h, clamped at zero so that a pair that drifted out
+    of range between neighbour-list updates never adds a negative weight."""
+    return torch.clamp(1.0 - rho * rho, min=0.0)
+
+
+class VolumeKernel(nn.Module):
+    """W(r) = exp(MLP(r/h)) (1 - r^2/h^2): positive inside the cut-off, zero at h."""
+
+    def __init__(self, h: float, hidden: Sequence[int] = (32, 32)):
+        super().__init__()
+        self.h = float(h)
+        layers: list[nn.Module] = []
+        width = 1
+        for n_out in hidden:
+            layers += [nn.Linear(width, n_out), nn.SiLU()]
+            width = n_out
+        layers.append(nn.Linear(width, 1))
+        self.log_shape = nn.Sequential(*layers)
+
+    def forward(self, r: torch.Tensor) -> torch.Tensor:
+        rho = r / self.h
+        return torch.exp(self.log_shape(rho.unsqueeze(-1)).squeeze(-1)) * cutoff_polynomial(rho)
+
+
+def particle_density(W_ij: torch.Tensor, W_self: torch.Tensor, pairs: PairTensors, n_particles: int) -> torch.Tensor:
+    """d_i = W(0) + sum_j W(|r_ij|) from the kernel values of the pairs and of r = 0.
+
+    The self term keeps d_i > 0 (V_i finite) for a particle without neighbours.
+    """
+    return sum_to_both_ends(W_ij, pairs.i, pairs.j, n_particles) + W_self
+
+
+def particle_volume(kernel: VolumeKernel, r_ij: torch.Tensor, pairs: PairTensors, n_particles: int) -> torch.Tensor:
+    """V_i = 1 / d_i (physics.md, Geometry), kernel evaluated here (eager use)."""
+    distance = torch.linalg.vector_norm(r_ij, dim=-1)
+    return 1.0 / particle_density(kernel(distance), kernel(distance.new_zeros(1)), pairs, n_particles)
+
+
+def local_deformation_gradient(
+    x: torch.Tensor, pairs: PairTensors, regularization: float = 1e-9, collinear_tol: float = 1e-2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best-fit local deformation gradient over the strain bonds (Falk and Langer 1998).
+
+    Returns F (N, D, D) and valid (N,) bool. With d = current and d0 = reference
+    separation of each bond of i,
+
+        X_i = sum_j d d0^T,   Y_i = sum_j d0 d0^T,   F_i = X_i (Y_i + lambda_i I)^{-1},
+
+    the geometry stage's estimator (mpd.geometry.strain), unweighted like it. A
+    bond adds the same d d0^T to both ends (both vectors flip sign). Y depends
+    on the reference only, so F is linear in the current positions.
+
+    valid_i: det(Y_i) / (tr Y_i / D)^D > collinear_tol, the data stage's test
+    (1 for an isotropic neighbourhood, 0 for collinear bonds); where it fails
+    the data stage reports NaN. Here F stays finite thanks to the Tikhonov term
+    lambda_i = regularization (tr Y_i / D + mean_k tr Y_k / D), tiny so that it
+    does not bias a well-conditioned F; it shrinks F towards zero rather than
+    towards I so that F -> Q F under a rotation Q of the current configuration
+    (the strain stays objective).
+    """
+    dim, n = x.shape[-1], x.shape[0]
+    d, d0 = bond_separations(x, pairs), pairs.bond_r_ref
+    X = sum_to_both_ends(d[:, :, None] * d0[:, None, :], pairs.bond_i, pairs.bond_j, n)
+    Y = sum_to_both_ends(d0[:, :, None] * d0[:, None, :], pairs.bond_i, pairs.bond_j, n)
+    mean_eigenvalue = torch.diagonal(Y, dim1=-2, dim2=-1).sum(-1) / dim
+    valid = torch.linalg.det(Y) > collinear_tol * mean_eigenvalue**dim
+    # + 1e-30 (length^2, normal in float32): finite F even without any bond at all
+    lam = regularization * (mean_eigenvalue + mean_eigenvalue.mean()) + 1e-30
+    identity = torch.eye(dim, dtype=x.dtype, device=x.device)
+    Y_reg = Y + lam[:, None, None] * identity
+    # F = X Y_reg^{-1}  <=>  Y_reg F^T = X^T (Y_reg symmetric)
+    F = torch.linalg.solve(Y_reg, X.transpose(-1, -2)).transpose(-1, -2)
+    return F, valid
+
+
+def deviatoric_strain_invariant(F: torch.Tensor) -> torch.Tensor:
+    """I = dev E : dev E / 2 with E = (F^T F - I)/2 the Green-Lagrange strain, (N,).
+
+    The square of the geometry stage's shear invariant sqrt(dev E : dev E / 2)
+    (gamma^2/4 for a small simple shear gamma). Squared because the root has a
+    cone at zero strain: U_dev increasing in it would give a shear stress that
+    jumps as the strain passes through zero. Green-Lagrange, not the small
+    strain sym(F) - I: a rigid rotation of the neighbourhood costs no energy,
+    so the conservative forces conserve angular momentum too.
+    """
+    dim = F.shape[-1]
+    identity = torch.eye(dim, dtype=F.dtype, device=F.device)
+    E = 0.5 * (F.transpose(-1, -2) @ F - identity)
+    dev_E = E - torch.diagonal(E, dim1=-2, dim2=-1).sum(-1)[..., None, None] / dim * identity
+    return 0.5 * (dev_E * dev_E).sum((-2, -1))
+
+
+def strain_invariant(
+    x: torch.Tensor, pairs: PairTensors, regularization: float = 1e-9, collinear_tol: float = 1e-2
+) -> torch.Tensor:
+    """I_i, the deviatoric strain invariant of x against the bonds' reference, (N,).
+
+    Zero where the neighbourhood is too degenerate for a strain (valid False:
+    the data stage's NaN): such a particle stores no shear energy, instead of an
+    energy driven by noise amplified across its thin direction. valid depends on
+    the reference only, so this switch never flips during a rollout.
+    """
+    F, valid = local_deformation_gradient(x, pairs, regularization, collinear_tol)
+    return torch.where(valid, deviatoric_strain_invariant(F), torch.zeros_like(F[:, 0, 0]))
+
+
+__all__ = [
+    "PairTensors",
+    "VolumeKernel",
+    "bond_separations",
+    "cutoff_polynomial",
+    "deviatoric_strain_invariant",
+    "local_deformation_gradient",
+    "make_pairs",
+    "pair_separations",
+    "particle_density",
+    "particle_volume",
+    "strain_invariant",
+    "sum_to_both_ends",
+]

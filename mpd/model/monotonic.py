@@ -1,0 +1,167 @@
+"""Monotone convex networks for the internal energy.
+
+After Runje and Shankaranarayana, "Constrained Monotonic Neural Networks"
+(ICML 2023): monotonicity comes from sign-constrained weights, not from a
+penalty. CMNN mixes convex and concave activations so that it can also
+represent non-convex monotone functions; the internal energy must be convex
+as well, so only the convex half of that construction is used here: every
+weight on a path from an input to the output is positive and every activation
+is convex and non-decreasing. A non-negative combination of convex
+non-decreasing functions of convex non-decreasing functions is again convex
+and non-decreasing, so the output is convex and increasing in every input for
+any value of the raw parameters.
+
+The energy terms of physics.md are built on top:
+
+    U_vol(S, V) = g_vol(S, 1/V)     increasing in S, decreasing in V, jointly convex
+    U_dev(S, I) = g_dev(S, I)       increasing in S and in I, jointly convex
+
+(see docs/model.md for why 1/V is the right input).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import pairwise
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def positive(raw: torch.Tensor) -> torch.Tensor:
+    """A strictly positive weight from an unconstrained parameter.
+
+    softplus rather than CMNN's |W|: |W| can be exactly zero, which would make
+    T = dU/dS or P = -dU/dV vanish; softplus(raw) > 0 keeps them strictly positive.
+    """
+    return F.softplus(raw)
+
+
+def _inverse_softplus(value: torch.Tensor) -> torch.Tensor:
+    return value + torch.log(-torch.expm1(-value))
+
+
+def algebraic_softplus(z: torch.Tensor) -> torch.Tensor:
+    """(z + sqrt(1 + z^2)) / 2: increasing and strictly convex on all of R.
+
+    Its slope and curvature decay algebraically, never to an exact zero, unlike
+    softplus whose curvature underflows (and which PyTorch makes exactly linear
+    beyond its threshold). Added with a small weight, it keeps dT/dS > 0 (so the
+    heat capacity C = T / (dT/dS) is finite and positive) in floating point too.
+    """
+    return 0.5 * (z + torch.sqrt(1.0 + z * z))
+
+
+def _init_positive(raw: torch.Tensor, fan_in: int) -> None:
+    """Positive weights do not average out as signed ones do: a unit's
+    pre-activation grows with its fan-in. Draw each with mean about 1/fan_in so
+    pre-activations stay O(1) at any depth and width."""
+    with torch.no_grad():
+        value = torch.empty_like(raw).uniform_(0.2, 1.8) / fan_in
+        raw.copy_(_inverse_softplus(value))
+
+
+class ConvexLayer(nn.Module):
+    """z' = softplus(W z + V x + b) with W, V > 0: convex non-decreasing in (z, x) when z is.
+
+    V (the skip connection from the network inputs x) is absent in the first
+    layer, where z is x itself.
+    """
+
+    def __init__(self, width_in: int, width_out: int, n_inputs: int, skip: bool):
+        super().__init__()
+        self.raw_weight = nn.Parameter(torch.empty(width_out, width_in))
+        self.bias = nn.Parameter(torch.empty(width_out))
+        fan_in = width_in + (n_inputs if skip else 0)
+        _init_positive(self.raw_weight, fan_in)
+        if skip:
+            self.raw_skip = nn.Parameter(torch.empty(width_out, n_inputs))
+            _init_positive(self.raw_skip, fan_in)
+        else:
+            self.register_parameter("raw_skip", None)
+        with torch.no_grad():
+            self.bias.uniform_(-1.0, 1.0)
+
+    def forward(self, z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        pre = F.linear(z, positive(self.raw_weight), self.bias)
+        raw_skip = self.raw_skip
+        if raw_skip is not None:
+            pre = pre + F.linear(inputs, positive(raw_skip))
+        return F.softplus(pre)
+
+
+class MonotoneConvexNet(nn.Module):
+    """g: R^k -> R, strictly increasing and convex in every input, for any weights.
+
+    An input-convex network whose input weights are positive too:
+
+        z_1     = softplus(W_0 x + b_0)
+        z_{l+1} = softplus(W_l z_l + V_l x + b_l)
+        g(x)    = w . z_L + u . x + eps * sum_k algebraic_softplus(x_k)
+
+    with W_l, V_l, w, u positive (softplus of raw parameters). softplus is convex
+    and non-decreasing, so each z_l is convex and non-decreasing in x, and so is g.
+    The eps term makes g strictly increasing and strictly convex in each input,
+    with a floor that does not underflow. No output bias: a constant in the
+    energy changes no force, temperature or pressure, so it could not be learned.
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int] = (32, 32), eps: float = 1e-3):
+        super().__init__()
+        if len(hidden) == 0:
+            raise ValueError("MonotoneConvexNet needs at least one hidden layer")
+        self.eps = eps
+        widths = [in_features] + list(hidden)
+        self.layers = nn.ModuleList(
+            [ConvexLayer(w_in, w_out, in_features, skip=k > 0) for k, (w_in, w_out) in enumerate(pairwise(widths))]
+        )
+        # (1, width) rather than (width,): TorchScript's autodiff of linear wants 2-D weights
+        self.raw_out = nn.Parameter(torch.empty(1, hidden[-1]))
+        self.raw_out_skip = nn.Parameter(torch.empty(1, in_features))
+        _init_positive(self.raw_out, hidden[-1])
+        _init_positive(self.raw_out_skip, 10 * in_features)  # a small linear part to start with
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """inputs (..., in_features) -> g (...)."""
+        z = inputs
+        for layer in self.layers:
+            z = layer(z, inputs)
+        g = (F.linear(z, positive(self.raw_out)) + F.linear(inputs, positive(self.raw_out_skip))).squeeze(-1)
+        return g + self.eps * algebraic_softplus(inputs).sum(-1)
+
+
+class VolumetricEnergy(nn.Module):
+    """U_vol(S, V): T = dU/dS > 0, P = -dU/dV > 0, jointly convex in (S, V) for V > 0.
+
+    U_vol(S, V) = g(S, 1/V) with g increasing and convex. 1/V is convex and
+    decreasing for V > 0, and a convex non-decreasing function of convex
+    functions is convex, so U_vol is convex in (S, V); P = g_2 / V^2 > 0.
+    """
+
+    def __init__(self, hidden: Sequence[int] = (32, 32), eps: float = 1e-3):
+        super().__init__()
+        self.g = MonotoneConvexNet(2, hidden, eps)
+
+    def forward(self, S: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        return self.g(torch.stack([S, 1.0 / V], dim=-1))
+
+
+class DeviatoricEnergy(nn.Module):
+    """U_dev(S, I): increasing in S and in the strain invariant I >= 0, jointly convex."""
+
+    def __init__(self, hidden: Sequence[int] = (32, 32), eps: float = 1e-3):
+        super().__init__()
+        self.g = MonotoneConvexNet(2, hidden, eps)
+
+    def forward(self, S: torch.Tensor, I: torch.Tensor) -> torch.Tensor:
+        return self.g(torch.stack([S, I], dim=-1))
+
+
+__all__ = [
+    "ConvexLayer",
+    "DeviatoricEnergy",
+    "MonotoneConvexNet",
+    "VolumetricEnergy",
+    "algebraic_softplus",
+    "positive",
+]

@@ -1,0 +1,93 @@
+"""Shared helpers for the model tests: a brute-force pair finder and random systems.
+
+Kept free of mpd.geometry (written elsewhere) on purpose. No tests here.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mpd.model import MetriplecticModel, PairTensors, State, make_pairs
+
+
+def brute_force_pairs(x: np.ndarray, h: float, box: float | None = None):
+    """All unordered pairs i < j with |minimum-image r_ij| < h; shift makes r_ij the minimum image."""
+    n = len(x)
+    i, j = np.triu_indices(n, k=1)
+    r = x[i] - x[j]
+    shift = minimum_image_shift(r, box)
+    keep = np.linalg.norm(r + shift, axis=1) < h
+    return i[keep], j[keep], shift[keep]
+
+
+def minimum_image_shift(r: np.ndarray, box: float | None) -> np.ndarray:
+    return np.zeros_like(r) if box is None else -box * np.round(r / box)
+
+
+def random_system(
+    seed: int,
+    n: int = 12,
+    box: float = 3.0,
+    h: float = 1.0,
+    periodic: bool = True,
+    strain: float = 0.05,
+    dtype=torch.float64,
+) -> tuple[State, PairTensors]:
+    """A random 2D state with its neighbour pairs and strain bonds.
+
+    The reference is uniform random; the current positions are the reference
+    under a random small affine map plus jitter (wrapped into a periodic box), so
+    the strain and its force are non-zero. Bonds: reference pairs within h.
+    """
+    rng = np.random.default_rng(seed)
+    period = box if periodic else None
+    x_ref = rng.uniform(0, box, size=(n, 2))
+    affine = strain * rng.normal(size=(2, 2))
+    x = x_ref + (x_ref - box / 2) @ affine.T + 0.02 * rng.normal(size=(n, 2))
+    if periodic:
+        x = np.mod(x, box)
+    i, j, shift = brute_force_pairs(x, h, period)
+    bond_i, bond_j, ref_shift = brute_force_pairs(x_ref, h, period)
+    bond_r_ref = x_ref[bond_i] - x_ref[bond_j] + ref_shift
+    bond_shift = minimum_image_shift(x[bond_i] - x[bond_j], period)
+    pairs = make_pairs(i, j, shift, bonds=(bond_i, bond_j, bond_r_ref), bond_shift=bond_shift, dtype=dtype)
+    state = State(
+        x=torch.as_tensor(x, dtype=dtype),
+        v=torch.as_tensor(rng.normal(size=(n, 2)), dtype=dtype),
+        S=torch.as_tensor(rng.normal(size=n), dtype=dtype),
+    )
+    return state, pairs
+
+
+def random_model(seed: int, h: float = 1.0, **kwargs) -> MetriplecticModel:
+    """A model with random weights (default init, then a random perturbation of every
+    parameter so that tests do not only see the initialisation), in float64."""
+    torch.manual_seed(seed)
+    kwargs.setdefault("kernel_hidden", (16, 16))
+    kwargs.setdefault("energy_hidden", (16, 16))
+    kwargs.setdefault("amplitude_hidden", (16, 16))
+    kwargs.setdefault("teacher_hidden", (16,))
+    kwargs.setdefault("k_B", 0.5 + torch.rand(()).item())
+    kwargs.setdefault("mass", 0.5 + torch.rand(()).item())
+    model = MetriplecticModel(h, **kwargs).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+def dense_mobility(model: MetriplecticModel, state: State, pairs: PairTensors) -> torch.Tensor:
+    """The full M over (v, S) of every particle, (N(D+1), N(D+1)); small systems only.
+
+    Particle k's block is rows k(D+1) .. k(D+1)+D: its velocity, then its entropy.
+    """
+    n, dim = state.x.shape
+    blocks = model.pair_mobility(state, pairs)  # (E, 2D+2, 2D+2)
+    M = torch.zeros(n * (dim + 1), n * (dim + 1), dtype=state.x.dtype)
+    for k in range(pairs.i.shape[0]):
+        idx = torch.cat([
+            torch.arange(dim + 1) + int(pairs.i[k]) * (dim + 1),
+            torch.arange(dim + 1) + int(pairs.j[k]) * (dim + 1),
+        ])
+        M[idx[:, None], idx[None, :]] += blocks[k]
+    return M
