@@ -1,0 +1,186 @@
+"""Radial distribution function g(r), total and per species pair, in an open window or a periodic box.
+
+Pair counting is freud's (`freud.density.RDF`, its raw histogram
+`bin_counts`, O(N) per frame); the normalisation is ours, because freud's
+assumes a periodic box:
+
+    g(r_k) = sum_frames observed pairs in bin k / sum_frames expected pairs in bin k
+
+where "expected" is for uniformly distributed, independent points in the same
+domain with the same number of points:
+
+* open rectangular window a x b (the microscope's field of view): for two
+  independent uniform points the probability that their distance lies in
+  [r1, r2) is F(r2) - F(r1) with (set covariogram of a rectangle, isotropised,
+  exact for r <= min(a, b))
+
+      F(r) = [pi a b r^2 - 4/3 (a + b) r^3 + r^4 / 2] / (a b)^2,
+
+  so expected ordered pairs = N (N - 1) (F(r2) - F(r1)). This removes the
+  edge deficit (a point near the edge has fewer partners within r) exactly,
+  with no guard zone and no periodic assumption: an ideal gas gives g = 1 at
+  every r <= min(a, b). The open window is handled by freud with a periodic
+  box more than twice as large as the window plus 2 r_max, so no pair
+  reaches a periodic image.
+* periodic box of area A: expected = N (N - 1) pi (r2^2 - r1^2) / A
+  (r_max below half the box's shortest width).
+
+Partial g_ab: observed a-b pairs over N_a N_b (F(r2) - F(r1)) for a != b, and
+over N_a (N_a - 1) (...) for a == b; g_ab = g_ba.
+
+Error: g is a ratio of sums over frames, so its standard error is that of a
+ratio estimator with frames as samples,
+
+    g_err = sqrt( n/(n-1) sum_f (O_f - g E_f)^2 ) / sum_f E_f
+
+(O_f, E_f observed and expected counts of frame f, n frames). This includes
+the correlations between pairs sharing a particle (which make plain Poisson
+errors too small at large r) but treats frames as independent, so for frames
+much closer in time than the structural relaxation time it is a lower bound.
+With a single frame the Poisson estimate g / sqrt(distinct pairs) is given.
+"""
+from __future__ import annotations
+
+import freud
+import numpy as np
+import pandas as pd
+
+from analysis.inputs import as_window, boxes_per_frame, check_trajectories, shrink_window
+from mpd.geometry.domain import Box
+
+__all__ = ["expected_pair_fraction", "rdf", "window_pair_cdf"]
+
+
+def window_pair_cdf(r, window) -> np.ndarray:
+    """F(r): probability that two independent uniform points of the rectangle are closer than r (r <= min side)."""
+    w = as_window(window)
+    a, b = w.x_max - w.x_min, w.y_max - w.y_min
+    r = np.asarray(r, np.float64)
+    if np.any(r > min(a, b) * (1 + 1e-12)):
+        raise ValueError(f"r up to {r.max():g} µm exceeds the window's shorter side {min(a, b):g} µm")
+    return (np.pi * a * b * r**2 - 4.0 / 3.0 * (a + b) * r**3 + 0.5 * r**4) / (a * b) ** 2
+
+
+def expected_pair_fraction(edges, *, window=None, box: Box | None = None) -> np.ndarray:
+    """Probability per bin (len(edges) - 1) that two independent uniform points' distance falls in the bin."""
+    edges = np.asarray(edges, np.float64)
+    if box is not None:
+        return np.pi * np.diff(edges**2) / box.area
+    return np.diff(window_pair_cdf(edges, window))
+
+
+def _freud_box(box: Box) -> freud.box.Box:
+    # freud's tilt factor is dimensionless: xy_freud = xy / ly (the strain gamma for a sheared cell).
+    return freud.box.Box(Lx=box.lx, Ly=box.ly, xy=box.xy / box.ly, is2D=True)
+
+
+def _open_box(window, r_max: float) -> tuple[freud.box.Box, np.ndarray]:
+    w = as_window(window)
+    side = 2.0 * max(w.x_max - w.x_min, w.y_max - w.y_min) + 4.0 * r_max
+    centre = np.array([0.5 * (w.x_min + w.x_max), 0.5 * (w.y_min + w.y_max)])
+    return freud.box.Box.square(side), centre
+
+
+def rdf(
+    traj: pd.DataFrame,
+    r_max: float,
+    *,
+    bins: int = 100,
+    window=None,
+    box=None,
+    by_species: bool = True,
+    edge_margin: float = 0.0,
+    frame_step: int = 1,
+) -> pd.DataFrame:
+    """g(r) averaged over frames.
+
+    Parameters
+    ----------
+    traj : trajectory table (docs/data_schema.md); positions x, y in µm.
+    r_max : largest distance, µm; at most the window's shorter side after the
+        margin, or below half the periodic box's width.
+    bins : number of equal bins on [0, r_max].
+    window : open field of view (x_min, x_max, y_min, y_max), µm. Default: the
+        bounding box of all positions (slightly smaller than the true window,
+        which biases g(r) by at most a few per cent; pass the real one).
+    box : periodic cell instead of a window: a `mpd.geometry.Box`, or a table
+        (frame, lx, ly, xy) for a cell that shears with time (xy = gamma ly).
+    by_species : also compute partial g_ab when a `species` column exists.
+    edge_margin : µm dropped on every side of the window (points there are
+        ignored and the smaller window is used for the correction), e.g. to
+        stay clear of the band where a tracker misses particles cut by the edge.
+    frame_step : use every `frame_step`-th frame.
+
+    Returns
+    -------
+    Long table: pair ('all', or 'a-b' for species a <= b), r (bin centre, µm),
+    r_lo, r_hi, g, g_err, n_observed (ordered pairs), n_expected.
+    """
+    traj = check_trajectories(traj)
+    frames = np.unique(traj["frame"].to_numpy())[::frame_step]
+    traj = traj[traj["frame"].isin(frames)]
+    periodic = box is not None
+    if periodic:
+        boxes = boxes_per_frame(box, frames)
+    else:
+        if window is None:
+            window = (traj["x"].min(), traj["x"].max(), traj["y"].min(), traj["y"].max())
+        window = shrink_window(window, edge_margin)
+        if r_max > min(window.x_max - window.x_min, window.y_max - window.y_min):
+            raise ValueError(f"r_max {r_max} µm exceeds the window's shorter side {window}")
+        open_box, centre = _open_box(window, r_max)
+    edges = np.linspace(0.0, r_max, bins + 1)
+
+    species = None
+    if by_species and "species" in traj.columns:
+        species = np.unique(traj["species"].to_numpy())
+    pair_keys = [("all", None, None)]
+    if species is not None and len(species) > 1:
+        pair_keys += [(f"{a}-{b}", a, b) for i, a in enumerate(species) for b in species[i:]]
+    counter = freud.density.RDF(bins=bins, r_max=r_max)
+    observed = {key: [] for key, _, _ in pair_keys}  # per frame, (bins,) each
+    expected = {key: [] for key, _, _ in pair_keys}
+
+    for frame, rows in traj.groupby("frame", sort=True):
+        xy = rows[["x", "y"]].to_numpy(np.float64)
+        if periodic:
+            fbox = _freud_box(boxes[int(frame)])
+            points = fbox.wrap(np.c_[xy, np.zeros(len(xy))])
+            fraction = expected_pair_fraction(edges, box=boxes[int(frame)])
+        else:
+            inside = (xy[:, 0] >= window.x_min) & (xy[:, 0] <= window.x_max) \
+                & (xy[:, 1] >= window.y_min) & (xy[:, 1] <= window.y_max)
+            rows, xy = rows[inside], xy[inside]
+            fbox = open_box
+            points = np.c_[xy - centre, np.zeros(len(xy))]
+            fraction = expected_pair_fraction(edges, window=window)
+        labels = rows["species"].to_numpy() if species is not None else None
+        for key, a, b in pair_keys:
+            pa = points if a is None else points[labels == a]
+            pb = points if b is None else points[labels == b]
+            same = bool(a == b)
+            n_pairs = len(pa) * (len(pa) - 1) if same else len(pa) * len(pb)
+            expected[key].append(n_pairs * fraction)
+            if n_pairs == 0:
+                observed[key].append(np.zeros(bins))
+                continue
+            query = {"r_max": r_max, "exclude_ii": same}
+            counter.compute(system=(fbox, pb), query_points=None if same else pa, neighbors=query, reset=True)
+            observed[key].append(np.asarray(counter.bin_counts, np.float64))
+
+    out = []
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    for key, a, b in pair_keys:
+        obs_f, exp_f = np.array(observed[key]).reshape(-1, bins), np.array(expected[key]).reshape(-1, bins)
+        obs, exp = obs_f.sum(axis=0), exp_f.sum(axis=0)
+        n = len(obs_f)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            g = obs / exp
+            if n > 1:
+                err = np.sqrt(n / (n - 1) * ((obs_f - g * exp_f) ** 2).sum(axis=0)) / exp
+            else:
+                # Ordered counts: every unlike pair once (a queries b), every like pair twice.
+                err = g / np.sqrt(obs / 2.0 if a == b else obs)
+        out.append(pd.DataFrame({"pair": key, "r": centres, "r_lo": edges[:-1], "r_hi": edges[1:], "g": g,
+                                 "g_err": err, "n_observed": obs, "n_expected": exp}))
+    return pd.concat(out, ignore_index=True)

@@ -1,0 +1,743 @@
+"""Rollouts of the learned dynamics in a field of view (physics.md, Rollout).
+
+Integrator: `mpd.model.euler_maruyama_step`, one or more steps per frame.
+Units: the model's nondimensional units (lengths / h, times in frames,
+velocities in h per frame; `mpd.geometry.Scales` converts); the stage
+(`mpd.stage.rollout_model`) converts back to µm and µm/s.
+
+Pieces, composable and small:
+
+* `VerletList`: neighbour pairs within h from a candidate list built with
+  h + skin, rebuilt only when the largest displacement since the last build
+  could have brought a new pair within h (2 max|dx| + |d tilt| > skin).
+* `reference_bonds`, `snapshot_pairs`: the model's `PairTensors` (neighbours
+  and strain bonds against the reference configuration) of one snapshot, the
+  same construction for training and rollouts.
+* `ObservedFrames`: the data a rollout needs (snapshots per frame, reference
+  rule, periodic boxes, exterior rule), from a trajectory table or from the
+  snapshot-pair dataset.
+* `rollout`: the integration loop, returning frames, per-frame conservation
+  diagnostics and a status (completed or diverged).
+
+Hand-over policy (which particles the model predicts)
+------------------------------------------------------
+* The *predicted* set is fixed at the start frame: the particles that are
+  interior there (not exterior by the geometry stage's rule: within the
+  exterior width of the window edge, or a driving-boundary particle). They
+  are integrated for the whole rollout, also if they later drift into the
+  exterior band or out of the window (their fate is the model's prediction;
+  the observed copy of the same id is ignored).
+* Every other particle observed at a frame is *prescribed* at that frame:
+  position and velocity exactly from the data, entropy from the teacher on
+  the current configuration. This covers the exterior band, the driving
+  boundary, and particles entering the window after the start (which stay
+  prescribed even if they move inward). A prescribed particle exists in a
+  frame only if the data has it there; it appears and disappears with the
+  data.
+* With `substeps > 1` prescribed particles move linearly between frames
+  (those present in both frames; the others are held), and the set changes
+  at frame boundaries only.
+
+Reference configuration (strain bonds): the reference rule of the geometry
+stage (`lag` or `cycle`, docs/geometry.md). The reference of frame f is the
+rollout's own configuration at that frame when it lies within the rollout,
+else the observed one, exactly as the training pairs saw the data's.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mpd.geometry.domain import Box, Window
+from mpd.geometry.masks import exterior_mask
+from mpd.geometry.neighbours import radius_pairs
+from mpd.model import MetriplecticModel, PairTensors, State, euler_maruyama_step, make_pairs
+from mpd.params import RolloutParams
+
+log = logging.getLogger(__name__)
+
+DIVERGED = "diverged"
+COMPLETED = "completed"
+
+
+# ---------------------------------------------------------------------------
+# Devices and dtypes
+# ---------------------------------------------------------------------------
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """CUDA when available for "auto"/None, else CPU; an explicit choice is honoured (and checked)."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but torch sees no CUDA device; use 'cpu' or 'auto'")
+    return device
+
+
+def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
+    if isinstance(name, torch.dtype):
+        return name
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+# ---------------------------------------------------------------------------
+# Pairs of one snapshot
+# ---------------------------------------------------------------------------
+
+
+def _numpy(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def minimum_image_shift(separation: np.ndarray, box: Box | None) -> np.ndarray:
+    """Lattice vector that turns each raw separation (E, 2) into its minimum image (zero without a box)."""
+    if box is None or len(separation) == 0:
+        return np.zeros_like(separation)
+    return box.minimum_image(separation) - separation
+
+
+def reference_bonds(x_ref, h: float, box_ref: Box | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Strain bonds of a reference configuration: pairs within h and their reference separations.
+
+    x_ref (N, 2) of the particles that have a reference (callers index back).
+    Returns (bond_i, bond_j, r_ref) with r_ref the minimum image in the reference box.
+    """
+    x_ref = _numpy(x_ref)
+    found = radius_pairs(x_ref, h, box_ref)
+    return found.i, found.j, found.displacements(x_ref)
+
+
+def snapshot_pairs(
+    x,
+    h: float = 1.0,
+    box: Box | None = None,
+    x_ref=None,
+    has_ref=None,
+    box_ref: Box | None = None,
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | None = None,
+) -> PairTensors:
+    """The model's pairs of one snapshot: neighbours of x within h, strain bonds from x_ref.
+
+    Bonds are the pairs within h in the reference configuration among the
+    particles with has_ref (docs/model.md, data contract), with their
+    reference separation (minimum image in box_ref) and the current periodic
+    shift (minimum image in box). Without x_ref there are no bonds.
+    """
+    x_np = _numpy(x)
+    now = radius_pairs(x_np, h, box)
+    bonds = None
+    bond_shift = None
+    if x_ref is not None:
+        has = np.ones(len(x_np), bool) if has_ref is None else _as_bool(has_ref)
+        idx = np.flatnonzero(has)
+        bi, bj, r_ref = reference_bonds(_numpy(x_ref)[idx], h, box_ref)
+        bi, bj = idx[bi], idx[bj]
+        bonds = (bi, bj, r_ref)
+        bond_shift = minimum_image_shift(x_np[bi] - x_np[bj], box)
+    return make_pairs(now.i, now.j, now.shift, bonds=bonds, bond_shift=bond_shift, dtype=dtype, device=device)
+
+
+def _as_bool(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a, dtype=bool)
+
+
+def concatenate_pairs(parts: Sequence[PairTensors], offsets: Sequence[int]) -> PairTensors:
+    """Pairs of several snapshots stacked into one graph (particle indices shifted by each offset)."""
+    fields = []
+    for name in PairTensors._fields:
+        tensors = []
+        for pairs, offset in zip(parts, offsets):
+            t = getattr(pairs, name)
+            tensors.append(t + offset if name in ("i", "j", "bond_i", "bond_j") else t)
+        fields.append(torch.cat(tensors))
+    return PairTensors(*fields)
+
+
+# ---------------------------------------------------------------------------
+# Verlet neighbour list
+# ---------------------------------------------------------------------------
+
+
+class VerletList:
+    """Pairs closer than `cutoff`, filtered from candidates within cutoff + skin.
+
+    The candidate list is rebuilt (with `mpd.geometry.radius_pairs`) only when
+    a pair could have come within the cut-off since the last build: a pair's
+    separation changes by at most |dx_i| + |dx_j| + |m| |d tilt| (m = 0, ±1 is
+    its image across the tilted edge), so the list stays exact while
+    2 max_i |dx_i| + |d xy| <= skin. Periodic shifts are kept as lattice
+    coefficients (n, m), so a cell whose tilt changes with time is followed
+    exactly. `present` masks particles that do not exist at this step (their
+    positions still serve as placeholders for the build; a particle that
+    appears elsewhere counts as displaced from its placeholder).
+    """
+
+    def __init__(self, cutoff: float, skin: float):
+        if cutoff <= 0 or skin < 0:
+            raise ValueError(f"cutoff must be > 0 and skin >= 0, got {cutoff}, {skin}")
+        self.cutoff = float(cutoff)
+        self.skin = float(skin)
+        self.n_builds = 0
+        self._x_build: torch.Tensor | None = None
+        self._box_build: Box | None = None
+
+    def needs_rebuild(self, x: torch.Tensor, box: Box | None) -> bool:
+        if self._x_build is None or self._x_build.shape != x.shape:
+            return True
+        if (box is None) != (self._box_build is None):
+            return True
+        tilt_change = 0.0
+        if box is not None:
+            if box.lx != self._box_build.lx or box.ly != self._box_build.ly:
+                return True
+            tilt_change = abs(box.xy - self._box_build.xy)
+        max_disp = torch.linalg.vector_norm(x - self._x_build, dim=-1).max().item() if len(x) else 0.0
+        return not (2.0 * max_disp + tilt_change <= self.skin)  # NaN displacements also rebuild
+
+    def build(self, x: torch.Tensor, box: Box | None) -> None:
+        reach = self.cutoff + self.skin
+        if box is not None and reach >= box.max_cutoff():
+            raise ValueError(
+                f"cut-off + skin = {reach:g} must be < min(lx, ly)/2 = {box.max_cutoff():g} of the periodic box"
+            )
+        found = radius_pairs(_numpy(x), reach, box)
+        device = x.device
+        self._i = torch.as_tensor(found.i, device=device)
+        self._j = torch.as_tensor(found.j, device=device)
+        if box is not None:
+            m = np.round(found.shift[:, 1] / box.ly)
+            n = np.round((found.shift[:, 0] - m * box.xy) / box.lx)
+            self._nm = torch.as_tensor(np.stack([n, m], 1), dtype=x.dtype, device=device)
+        else:
+            self._nm = None
+        self._x_build = x.detach().clone()
+        self._box_build = box
+        self.n_builds += 1
+
+    def shifts(self, box: Box | None, dtype: torch.dtype, device) -> torch.Tensor:
+        if self._nm is None:
+            return torch.zeros((len(self._i), 2), dtype=dtype, device=device)
+        basis = torch.tensor([[box.lx, 0.0], [box.xy, box.ly]], dtype=dtype, device=device)
+        return self._nm.to(dtype) @ basis
+
+    def update(
+        self, x: torch.Tensor, present: torch.Tensor | None = None, box: Box | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(i, j, shift) of the present pairs with |x_i - x_j + shift| < cutoff, i < j, sorted by (i, j)."""
+        if self.needs_rebuild(x, box):
+            self.build(x, box)
+        shift = self.shifts(box, x.dtype, x.device)
+        r = x[self._i] - x[self._j] + shift
+        keep = torch.linalg.vector_norm(r, dim=-1) < self.cutoff
+        if present is not None:
+            keep = keep & present[self._i] & present[self._j]
+        return self._i[keep], self._j[keep], shift[keep]
+
+
+# ---------------------------------------------------------------------------
+# What the rollout needs from the data
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Observed particles of one frame in model units: ids sorted, x (N, 2) / h, v (N, 2) * dt / h."""
+
+    particle: np.ndarray
+    x: np.ndarray
+    v: np.ndarray
+
+
+@dataclass(frozen=True)
+class ExteriorRule:
+    """The geometry stage's exterior rule (`mpd.geometry.masks.exterior_mask`) in model units.
+
+    length_um converts model positions to µm; window_um, width_um,
+    boundary_geometry_um as in the geometry metadata.
+    """
+
+    length_um: float
+    width_um: float
+    window_um: tuple | None = None
+    boundary_particles: tuple | None = None
+    boundary_geometry_um: tuple | None = None
+
+    def __call__(self, x: np.ndarray, particle: np.ndarray) -> np.ndarray:
+        return exterior_mask(
+            np.asarray(x, np.float64) * self.length_um, self.width_um, window=self.window_um,
+            particle_ids=particle, boundary_particles=self.boundary_particles,
+            boundary_geometry=self.boundary_geometry_um,
+        )
+
+    @property
+    def window(self) -> Window | None:
+        """The field of view in model units."""
+        if self.window_um is None:
+            return None
+        return Window(*(float(v) / self.length_um for v in self.window_um))
+
+    @classmethod
+    def from_geometry(cls, geometry: Mapping, length_um: float) -> ExteriorRule:
+        """From the geometry stage's parameters (`metadata.json` "parameters", or the dataset's "geometry")."""
+        window = geometry.get("window_um")
+        boundary = geometry.get("boundary_particles")
+        polyline = geometry.get("boundary_geometry_um")
+        return cls(
+            length_um=float(length_um),
+            width_um=float(geometry.get("exterior_width_um") or geometry.get("h_um") or length_um),
+            window_um=None if window is None else tuple(float(v) for v in window),
+            boundary_particles=None if boundary is None else tuple(boundary),
+            boundary_geometry_um=None if polyline is None else tuple(map(tuple, polyline)),
+        )
+
+
+@dataclass
+class ObservedFrames:
+    """Observed data in model units, per frame.
+
+    snapshots: frame -> Snapshot (every observed particle of the frame).
+    reference_frame: frame -> its reference frame (-1: none), the geometry stage's rule.
+    references: frame -> Snapshot of that frame's observed reference configuration
+        (only the particles that have one; v unused), when it is not itself a snapshot.
+    boxes: frame -> periodic Box in model units, or None for an open window.
+    exterior: the exterior rule, or None (no exterior, e.g. a periodic box).
+    """
+
+    snapshots: dict[int, Snapshot]
+    reference_frame: dict[int, int] = field(default_factory=dict)
+    references: dict[int, Snapshot] = field(default_factory=dict)
+    boxes: dict[int, Box] | None = None
+    exterior: ExteriorRule | None = None
+
+    def box(self, frame: int) -> Box | None:
+        if self.boxes is None:
+            return None
+        if frame not in self.boxes:
+            raise KeyError(f"no periodic box known for frame {frame}")
+        return self.boxes[frame]
+
+    def reference_snapshot(self, frame: int) -> Snapshot | None:
+        if frame in self.references:
+            return self.references[frame]
+        return self.snapshots.get(self.reference_frame.get(frame, -1))
+
+
+def observed_from_table(
+    table: pd.DataFrame,
+    length_um: float,
+    time_s: float,
+    *,
+    reference_frame: Mapping[int, int] | None = None,
+    boxes: Mapping[int, Box] | None = None,
+    exterior: ExteriorRule | None = None,
+) -> ObservedFrames:
+    """ObservedFrames from a trajectory table (frame, particle, x, y µm, vx, vy µm/s; docs/data_schema.md).
+
+    length_um (h) and time_s (dt) are the model's scales; boxes (periodic data)
+    are in model units already (lengths / h), as `mpd.training.DatasetFrames` has them.
+    """
+    velocity = length_um / time_s
+    table = table.sort_values(["frame", "particle"], kind="stable")
+    frame = table["frame"].to_numpy(np.int64)
+    particle = table["particle"].to_numpy(np.int64)
+    x = table[["x", "y"]].to_numpy(np.float64) / length_um
+    v = table[["vx", "vy"]].to_numpy(np.float64) / velocity
+    frames, starts, counts = np.unique(frame, return_index=True, return_counts=True)
+    snapshots = {}
+    for f, s, c in zip(frames, starts, counts):
+        rows = slice(s, s + c)
+        if len(np.unique(particle[rows])) != c:
+            raise ValueError(f"frame {f} lists a particle id twice")
+        snapshots[int(f)] = Snapshot(particle[rows], x[rows], v[rows])
+    return ObservedFrames(snapshots, dict(reference_frame or {}), {}, None if boxes is None else dict(boxes), exterior)
+
+
+# ---------------------------------------------------------------------------
+# The rollout
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class RolloutResult:
+    """frames: one row per particle per frame (model units): frame, particle, x, y, vx, vy, S, predicted,
+    interior. conservation: one row per frame. status: "completed" or "diverged", with a message."""
+
+    frames: pd.DataFrame
+    conservation: pd.DataFrame
+    status: dict
+
+
+class _Divergence(Exception):
+    """The state stopped being physical at `frame`."""
+
+    def __init__(self, frame: int, message: str):
+        super().__init__(message)
+        self.frame = int(frame)
+
+
+def rollout(
+    model: MetriplecticModel,
+    observed: ObservedFrames,
+    params: RolloutParams | None = None,
+    *,
+    start_frame: int,
+    n_frames: int,
+    predicted: np.ndarray | None = None,
+    device: torch.device | str | None = None,
+    generator: torch.Generator | None = None,
+    on_frame: Callable[[int], None] | None = None,
+) -> RolloutResult:
+    """Integrate the model from `start_frame` for `n_frames` frames (see the module docstring).
+
+    predicted: ids integrated by the model (all must be observed at the start);
+        default: the start frame's interior particles by observed.exterior
+        (all observed particles when there is no exterior rule).
+    generator: the noise's random stream (default: seeded with params.seed on the device).
+    Stops early, keeping the frames so far, when the state diverges (non-finite
+    values, a predicted particle moving more than max_step_displacement in
+    one frame or leaving the window by escape_margin, or the energy per
+    particle blowing up); the status then says why and where.
+    """
+    params = params or RolloutParams()
+    device = resolve_device(device if device is not None else params.device)
+    dtype = resolve_dtype(params.dtype)
+    if generator is None:
+        generator = torch.Generator(device=device).manual_seed(params.seed)
+    t_start = time.perf_counter()
+    frames = list(range(int(start_frame), int(start_frame) + int(n_frames) + 1))
+    missing = [f for f in frames if f not in observed.snapshots]
+    if missing:
+        raise ValueError(f"frames {missing[:5]} of the rollout are not in the data (a rollout needs every frame)")
+
+    first = observed.snapshots[frames[0]]
+    if predicted is None:
+        exterior = observed.exterior(first.x, first.particle) if observed.exterior else np.zeros(len(first.x), bool)
+        predicted = first.particle[~exterior]
+    predicted = np.unique(np.asarray(predicted, np.int64))
+    if not np.isin(predicted, first.particle).all():
+        raise ValueError(f"predicted particles must be observed at the start frame {frames[0]}")
+
+    # Slots: every particle that takes part, in one fixed numbering for the whole rollout.
+    ids = np.unique(np.concatenate([predicted] + [observed.snapshots[f].particle for f in frames]))
+    n_slots = len(ids)
+    is_predicted = np.isin(ids, predicted)
+    placeholder = np.full((n_slots, 2), np.nan)
+    for f in reversed(frames):  # each slot's first observed position stands in while it is absent
+        snap = observed.snapshots[f]
+        placeholder[np.searchsorted(ids, snap.particle)] = snap.x
+
+    def slots(particle: np.ndarray) -> np.ndarray:
+        return np.searchsorted(ids, particle)
+
+    as_tensor = {"dtype": dtype, "device": device}
+    x = torch.as_tensor(placeholder, **as_tensor)
+    v = torch.zeros((n_slots, 2), **as_tensor)
+    S = torch.zeros(n_slots, **as_tensor)
+    predicted_t = torch.as_tensor(is_predicted, device=device)
+    present = is_predicted.copy()
+    verlet = VerletList(1.0, params.skin)  # model units: the cut-off is 1
+    reference_frames_needed = {observed.reference_frame.get(f, -1) for f in frames[:-1]}
+    history: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # frame -> (x of slots, present) of the rollout
+    bond_cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def observe(f: int, include_predicted: bool = False) -> None:
+        """Prescribe the observed particles of frame f (and, at the start, the predicted ones too)."""
+        nonlocal present
+        snap = observed.snapshots[f]
+        s = slots(snap.particle)
+        keep = np.ones(len(s), bool) if include_predicted else ~is_predicted[s]
+        index = torch.as_tensor(s[keep], device=device)
+        x[index] = torch.as_tensor(snap.x[keep], **as_tensor)
+        v[index] = torch.as_tensor(snap.v[keep], **as_tensor)
+        present = is_predicted.copy()
+        present[s] = True
+
+    def bonds(f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Strain bonds of frame f in slot numbering (all reference particles; filtered by presence later)."""
+        r = observed.reference_frame.get(f, -1)
+        if r in bond_cache:
+            return bond_cache[r]
+        if r in history:
+            x_ref_all, present_ref = history[r]
+            s_ref = np.flatnonzero(present_ref)
+            x_ref = x_ref_all[s_ref]
+        else:
+            ref = observed.reference_snapshot(f)
+            if ref is None or r < 0:
+                empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 2)))
+                bond_cache[r] = empty
+                return empty
+            known = np.isin(ref.particle, ids)
+            s_ref, x_ref = slots(ref.particle[known]), ref.x[known]
+        bi, bj, r_ref = reference_bonds(x_ref, 1.0, observed.box(r) if observed.boxes is not None else None)
+        # Reference frames never go backwards (lag and cycle rules): older ones are done with.
+        bond_cache.clear()
+        for old in [k for k in history if k < r]:
+            del history[old]
+        bond_cache[r] = (s_ref[bi], s_ref[bj], r_ref)
+        return bond_cache[r]
+
+    def frame_graph(f: int, box: Box | None) -> tuple[torch.Tensor, PairTensors]:
+        """Active slots and their PairTensors (compact numbering) at the current configuration."""
+        present_t = torch.as_tensor(present, device=device)
+        i, j, shift = verlet.update(x, present_t, box)
+        active = np.flatnonzero(present)
+        compact = np.full(n_slots, -1, np.int64)
+        compact[active] = np.arange(len(active))
+        compact_t = torch.as_tensor(compact, device=device)
+        bi, bj, r_ref = bonds(f)
+        ok = present[bi] & present[bj]
+        bi, bj, r_ref = bi[ok], bj[ok], r_ref[ok]
+        x_np = x.detach().cpu().numpy() if box is not None else None
+        bond_shift = minimum_image_shift(x_np[bi] - x_np[bj], box) if box is not None else np.zeros((len(bi), 2))
+        pairs = PairTensors(
+            compact_t[i], compact_t[j], shift,
+            torch.as_tensor(compact[bi], device=device), torch.as_tensor(compact[bj], device=device),
+            torch.as_tensor(bond_shift, **as_tensor), torch.as_tensor(r_ref, **as_tensor),
+        )
+        return torch.as_tensor(active, device=device), pairs
+
+    def teacher_entropy(active: torch.Tensor, pairs: PairTensors, only_prescribed: bool) -> None:
+        with torch.no_grad():
+            S_new = model.teacher_entropy(x[active], v[active], pairs)
+        if only_prescribed:
+            S_new = torch.where(predicted_t[active], S[active], S_new)
+        S[active] = S_new
+
+    records: list[pd.DataFrame] = []
+    rows: list[dict] = []
+    status = {"status": COMPLETED, "message": "completed"}
+    energy0: dict[str, float] = {}
+
+    def record(step: int, f: int, active: torch.Tensor, pairs: PairTensors) -> None:
+        """Append frame f to the outputs, after checking its energy."""
+        state = State(x[active], v[active], S[active])
+        with torch.no_grad():
+            mass = model.mass
+            kinetic = (0.5 * mass * (state.v * state.v).sum()).item()
+            energy = model.energy(state, pairs).item()
+            momentum = (mass * state.v.sum(0)).tolist()
+        n = len(active)
+        if step == 0:
+            energy0.update(e=energy / max(n, 1), kinetic=kinetic / max(n, 1))
+        else:
+            e = energy / max(n, 1)
+            scale = max(abs(energy0["e"]), energy0["kinetic"], 1e-300)
+            if not math.isfinite(energy) or abs(e - energy0["e"]) > params.energy_blowup * scale:
+                raise _Divergence(f, f"energy per particle {e:.6g} left {energy0['e']:.6g} by more than "
+                                  f"energy_blowup={params.energy_blowup:g} x {scale:.3g}")
+        active_np = active.cpu().numpy()
+        x_np = state.x.detach().cpu().numpy()
+        v_np = state.v.detach().cpu().numpy()
+        exterior = observed.exterior(x_np, ids[active_np]) if observed.exterior else np.zeros(n, bool)
+        records.append(pd.DataFrame({
+            "frame": np.full(n, f, np.int64), "particle": ids[active_np],
+            "x": x_np[:, 0], "y": x_np[:, 1], "vx": v_np[:, 0], "vy": v_np[:, 1],
+            "S": state.S.detach().cpu().numpy(), "predicted": is_predicted[active_np], "interior": ~exterior,
+        }))
+        rows.append({
+            "step": step, "frame": f, "n_particles": n, "n_predicted": int(is_predicted[active_np].sum()),
+            "momentum_x": momentum[0], "momentum_y": momentum[1], "energy": energy, "kinetic_energy": kinetic,
+            "entropy": state.S.sum().item(), "n_pairs": len(pairs.i), "rebuilds": verlet.n_builds,
+        })
+        if f in reference_frames_needed:
+            history[f] = (x.detach().cpu().numpy().copy(), present.copy())
+
+    window = observed.exterior.window if observed.exterior is not None else None
+    progress = _progress_bar(len(frames) - 1, params.progress, "rollout")
+    f = frames[0]
+    try:
+        observe(f, include_predicted=True)
+        box = observed.box(f)
+        active, pairs = frame_graph(f, box)
+        teacher_entropy(active, pairs, only_prescribed=False)
+        record(0, f, active, pairs)
+        dt = 1.0 / params.substeps
+        for step, f_next in enumerate(frames[1:], start=1):
+            x_frame = x[predicted_t].clone()
+            for sub in range(params.substeps):
+                if sub > 0:
+                    _interpolate_prescribed(x, v, observed, f, f_next, sub * dt, ids, is_predicted, as_tensor)
+                    box = _interpolate_box(observed, f, f_next, sub * dt)
+                    active, pairs = frame_graph(f, box)
+                state = State(x[active], v[active], S[active])
+                new = euler_maruyama_step(model, state, pairs, dt, predicted_t[active], generator, params.noise)
+                x[active], v[active], S[active] = new.x, new.v, new.S
+            _check_predicted(x, v, S, predicted_t, x_frame, window, params, f_next)
+            f = f_next
+            observe(f)
+            box = observed.box(f)
+            active, pairs = frame_graph(f, box)
+            teacher_entropy(active, pairs, only_prescribed=True)
+            record(step, f, active, pairs)
+            progress.update(1)
+            if on_frame is not None:
+                on_frame(f)
+    except _Divergence as exc:
+        status = {"status": DIVERGED, "message": f"rollout diverged at frame {exc.frame}: {exc}; "
+                  f"kept the {len(records)} frames before it", "diverged_at_frame": exc.frame}
+        log.warning(status["message"])
+    finally:
+        progress.close()
+    frames_table = pd.concat(records, ignore_index=True) if records else _empty_frames()
+    status.update(
+        start_frame=int(frames[0]), frames_requested=len(frames), frames_written=len(records),
+        last_frame=int(rows[-1]["frame"]) if rows else None, steps=max(len(records) - 1, 0),
+        substeps=params.substeps, rebuilds=verlet.n_builds, n_predicted=int(is_predicted.sum()),
+        wall_s=time.perf_counter() - t_start, device=str(device), dtype=params.dtype, noise=params.noise,
+        seed=params.seed,
+    )
+    return RolloutResult(frames_table, pd.DataFrame(rows, columns=CONSERVATION_COLUMNS), status)
+
+
+CONSERVATION_COLUMNS = [
+    "step", "frame", "n_particles", "n_predicted", "momentum_x", "momentum_y", "energy", "kinetic_energy",
+    "entropy", "n_pairs", "rebuilds",
+]
+FRAME_COLUMNS = ["frame", "particle", "x", "y", "vx", "vy", "S", "predicted", "interior"]
+
+
+def _empty_frames() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype=float) for c in FRAME_COLUMNS})
+
+
+def _check_predicted(x, v, S, predicted, x_frame, window: Window | None, params: RolloutParams, frame: int) -> None:
+    """Raise _Divergence when the predicted particles' state is no longer physical."""
+    xp, vp, Sp = x[predicted], v[predicted], S[predicted]
+    if not (torch.isfinite(xp).all() and torch.isfinite(vp).all() and torch.isfinite(Sp).all()):
+        raise _Divergence(frame, "non-finite position, velocity or entropy")
+    if len(xp):
+        step = torch.linalg.vector_norm(xp - x_frame, dim=-1).max().item()
+        if step > params.max_step_displacement:
+            raise _Divergence(frame, f"a predicted particle moved {step:.3g} h in one frame "
+                              f"(max_step_displacement={params.max_step_displacement:g} h)")
+        if window is not None:
+            m = params.escape_margin
+            lo = torch.tensor([window.x_min - m, window.y_min - m], dtype=xp.dtype, device=xp.device)
+            hi = torch.tensor([window.x_max + m, window.y_max + m], dtype=xp.dtype, device=xp.device)
+            if ((xp < lo) | (xp > hi)).any():
+                raise _Divergence(frame, f"a predicted particle left the field of view by more than escape_margin={m:g} h")
+
+
+def _interpolate_prescribed(x, v, observed, f0, f1, alpha, ids, is_predicted, as_tensor) -> None:
+    """Prescribed particles present at f0 and f1 at the fraction alpha between the frames."""
+    a, b = observed.snapshots[f0], observed.snapshots[f1]
+    common, ia, ib = np.intersect1d(a.particle, b.particle, assume_unique=True, return_indices=True)
+    s = np.searchsorted(ids, common)
+    keep = ~is_predicted[s]
+    s, ia, ib = s[keep], ia[keep], ib[keep]
+    index = torch.as_tensor(s, device=x.device)
+    x[index] = torch.as_tensor((1 - alpha) * a.x[ia] + alpha * b.x[ib], **as_tensor)
+    v[index] = torch.as_tensor((1 - alpha) * a.v[ia] + alpha * b.v[ib], **as_tensor)
+
+
+def _interpolate_box(observed: ObservedFrames, f0: int, f1: int, alpha: float) -> Box | None:
+    if observed.boxes is None:
+        return None
+    a, b = observed.box(f0), observed.box(f1)
+    return Box((1 - alpha) * a.lx + alpha * b.lx, (1 - alpha) * a.ly + alpha * b.ly, (1 - alpha) * a.xy + alpha * b.xy)
+
+
+def _progress_bar(total: int, enabled: bool, desc: str):
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, disable=not (enabled and sys.stderr.isatty()), leave=False)
+
+
+# ---------------------------------------------------------------------------
+# Comparing a rollout with the data
+# ---------------------------------------------------------------------------
+
+
+def rollout_statistics_error(result: RolloutResult, observed: ObservedFrames) -> float:
+    """Relative error of the MSD and of the mean squared velocity of the predicted particles.
+
+    For each frame k after the start, over the predicted particles that the
+    data also has at that frame: MSD(k) = <|x(k) - x(0)|^2> and
+    <|v(k)|^2>, model vs data; the metric is the sum of the two relative L1
+    errors over the frames,
+        sum_k |MSD_model - MSD_data| / sum_k MSD_data + sum_k |v2_model - v2_data| / sum_k v2_data
+    (normalised by the sums, not frame by frame: under cyclic shear <v^2>
+    of the data nearly vanishes at the strain reversals, and a per-frame ratio
+    would be dominated by those frames).
+    Statistics, not paths: a stochastic model is not expected to follow the
+    observed trajectory of each particle. MSD tests drift and diffusion
+    (mobility, forces, the imposed flow); <v^2> tests the fluctuation
+    balance (heating or cooling). inf for a diverged or empty rollout.
+    """
+    table = result.frames
+    if result.status.get("status") != COMPLETED or table.empty:
+        return math.inf
+    table = table[table["predicted"].to_numpy(bool)]
+    frames = np.unique(table["frame"].to_numpy())
+    if len(frames) < 2:
+        return math.inf
+    start = observed.snapshots[int(frames[0])]
+    model_start = table[table["frame"] == frames[0]]
+    x0 = dict(zip(model_start["particle"].to_numpy(), model_start[["x", "y"]].to_numpy()))
+    data_disp = {int(p): np.zeros(2) for p in start.particle}  # unwrapped data displacement since the start
+    previous = start
+    msd, v2 = [], []  # per frame: (model, data)
+    for f in frames[1:]:
+        snap = observed.snapshots[int(f)]
+        common, ia, ib = np.intersect1d(previous.particle, snap.particle, assume_unique=True, return_indices=True)
+        step = minimum_image_shift(snap.x[ib] - previous.x[ia], observed.box(int(f))) + snap.x[ib] - previous.x[ia]
+        data_disp = {int(p): data_disp[int(p)] + d for p, d in zip(common, step) if int(p) in data_disp}
+        previous = Snapshot(common, snap.x[ib], snap.v[ib])
+        rows = table[table["frame"] == f]
+        particles = rows["particle"].to_numpy()
+        in_data = np.array([int(p) in data_disp for p in particles], bool)
+        if not in_data.any():
+            continue
+        rows = rows[in_data]
+        particles = particles[in_data]
+        model_disp = rows[["x", "y"]].to_numpy() - np.stack([x0[p] for p in particles])
+        data_d = np.stack([data_disp[int(p)] for p in particles])
+        msd_model, msd_data = (model_disp**2).sum(1).mean(), (data_d**2).sum(1).mean()
+        where = np.searchsorted(snap.particle, particles)
+        v2_model = (rows[["vx", "vy"]].to_numpy() ** 2).sum(1).mean()
+        v2_data = (snap.v[where] ** 2).sum(1).mean()
+        msd.append((msd_model, msd_data))
+        v2.append((v2_model, v2_data))
+    if not msd:
+        return math.inf
+    msd, v2 = np.array(msd), np.array(v2)
+    value = float(np.abs(msd[:, 0] - msd[:, 1]).sum() / max(msd[:, 1].sum(), 1e-300)
+                  + np.abs(v2[:, 0] - v2[:, 1]).sum() / max(v2[:, 1].sum(), 1e-300))
+    return value if math.isfinite(value) else math.inf
+
+
+__all__ = [
+    "COMPLETED",
+    "CONSERVATION_COLUMNS",
+    "DIVERGED",
+    "ExteriorRule",
+    "ObservedFrames",
+    "RolloutResult",
+    "Snapshot",
+    "VerletList",
+    "concatenate_pairs",
+    "minimum_image_shift",
+    "observed_from_table",
+    "reference_bonds",
+    "resolve_device",
+    "resolve_dtype",
+    "rollout",
+    "rollout_statistics_error",
+    "snapshot_pairs",
+]

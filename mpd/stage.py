@@ -1,0 +1,176 @@
+"""Stage functions the Snakemake rules call: train the model, roll it out (docs/training.md).
+
+Both write into `results/{exp}/model/`, file by file and each atomically
+(temporary file + rename), because the two rules share the folder:
+
+    train_model   -> model.pt, rollout_step.pt, training_log.csv (+ checkpoint.pt, kept for resuming)
+    rollout_model -> rollout.parquet, conservation.csv, rollout_status.json
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mpd.geometry.dataset import dataset_dir as find_dataset_dir
+from mpd.geometry.dataset import read_metadata
+from mpd.geometry.domain import Box
+from mpd.geometry.loader import SnapshotPairDataset
+from mpd.geometry.reference import reference_frames
+from mpd.params import ModelConfig, RolloutParams
+from mpd.rollout import observed_from_table, rollout
+from mpd.training import (
+    atomic_write_bytes,
+    dataset_frames,
+    load_model,
+    model_metadata,
+    save_model,
+    save_scripted_step,
+    train,
+    write_log,
+)
+
+log = logging.getLogger(__name__)
+
+TRAJECTORY_COLUMNS = ("frame", "particle", "x", "y", "vx", "vy")
+ROLLOUT_UNITS = {
+    "frame": "", "t": "s", "particle": "", "x": "µm", "y": "µm", "vx": "µm/s", "vy": "µm/s",
+    "S": "model entropy units", "predicted": "bool: integrated by the model (else prescribed from data)",
+    "interior": "bool: not exterior by the geometry stage's rule at this frame",
+    "xu": "µm, unwrapped (periodic data only)", "yu": "µm, unwrapped (periodic data only)",
+}
+
+
+def train_model(dataset_dir, out_dir, params=None, *, device=None, resume: bool = True) -> Path:
+    """Train on the geometry stage's dataset; write model.pt, rollout_step.pt, training_log.csv into out_dir.
+
+    dataset_dir : `results/{exp}/geometry` (or its `dataset/` folder).
+    out_dir : `results/{exp}/model`; checkpoint.pt is written there every
+        epoch and resumed from when `resume` and the configuration and data
+        are unchanged (an interrupted job continues where it stopped).
+    params : the ``model:`` config section (mapping) or a ModelConfig.
+    device : overrides model.training.device ("cpu", "cuda", "auto").
+    """
+    config = params if isinstance(params, ModelConfig) else ModelConfig.from_config(params)
+    out_dir = Path(out_dir)
+    result = train(dataset_dir, out_dir, config, device=device, resume=resume)
+    metadata = model_metadata(result, config, dataset_dir, config.training.dtype)
+    save_model(result.model, result.model_kwargs, metadata, out_dir / "model.pt")
+    save_scripted_step(result.model, out_dir / "rollout_step.pt")
+    write_log(result.log, out_dir / "training_log.csv")
+    return out_dir
+
+
+def rollout_model(model_path, trajectories, geometry_dir, out_dir, params=None, *, device=None) -> Path:
+    """Roll the trained model out against observed trajectories; write rollout.parquet, conservation.csv,
+    rollout_status.json into out_dir.
+
+    model_path : model.pt of `train_model`.
+    trajectories : DataFrame or .parquet/.csv path (frame, particle, x, y µm, vx, vy µm/s): the data that
+        gives the start state and the prescribed (exterior) particles at every frame.
+    geometry_dir : the geometry stage's output (or its dataset/): window, exterior rule, reference rule,
+        periodic boxes, scales and the default start (the test split).
+    params : RolloutParams, a ModelConfig, or the ``model:`` mapping (its ``rollout`` part is used).
+    A diverging rollout is not an error: the frames before it are written and
+    rollout_status.json says where and why it stopped.
+    """
+    params = _rollout_params(params)
+    out_dir = Path(out_dir)
+    model, meta = load_model(model_path, device=_device(device, params), dtype=params.dtype)
+    root = find_dataset_dir(geometry_dir)
+    data_meta = read_metadata(root)
+    h, dt = float(data_meta["length_scale_um"]), float(data_meta["time_scale_s"])
+    if not (math.isclose(meta["h_um"], h, rel_tol=1e-9) and math.isclose(meta["dt_s"], dt, rel_tol=1e-9)):
+        raise ValueError(f"model {model_path} was trained with h = {meta['h_um']} µm, dt = {meta['dt_s']} s, "
+                         f"but {root} has h = {h} µm, dt = {dt} s")
+    table = _load_trajectories(trajectories)
+    frames_info = dataset_frames(SnapshotPairDataset(root, "train"))
+    geometry = dict(data_meta.get("geometry") or {})
+    frames = np.unique(table["frame"].to_numpy(np.int64))
+    reference = geometry.get("reference") or {"rule": "lag", "lag_frames": 1}
+    refs = reference_frames(frames, reference=reference.get("rule", "lag"), lag_frames=reference.get("lag_frames", 1),
+                            cycle_frames=reference.get("cycle_frames"),
+                            cycle_start_frame=reference.get("cycle_start_frame", 0))
+    observed = observed_from_table(table, h, dt, reference_frame=dict(zip(frames.tolist(), refs.tolist())),
+                                   boxes=frames_info.boxes, exterior=frames_info.exterior_rule())
+    start = params.start_frame
+    if start is None:
+        test_first = data_meta.get("splits", {}).get("test", {}).get("first_frame")
+        start = int(test_first) if test_first is not None else int(frames[0])
+    n_frames = params.n_frames if params.n_frames is not None else int(frames[-1]) - start
+    if start not in observed.snapshots or n_frames < 1:
+        raise ValueError(f"cannot roll out from frame {start} for {n_frames} frames: the data has frames "
+                         f"{int(frames[0])}..{int(frames[-1])}")
+    result = rollout(model, observed, params, start_frame=start, n_frames=n_frames, device=_device(device, params))
+
+    physical = _physical_table(result.frames, table, h, dt, frames_info.boxes)
+    conservation = result.conservation.copy()
+    conservation.insert(2, "t", conservation["frame"] * dt)
+    status = dict(result.status, model=str(model_path), h_um=h, dt_s=dt, units=ROLLOUT_UNITS,
+                  conservation_units="model units (mass, energy, entropy); momentum = m * sum v, v in h per frame")
+    buffer = io.BytesIO()
+    physical.to_parquet(buffer, index=False)
+    atomic_write_bytes(buffer.getvalue(), out_dir / "rollout.parquet")
+    atomic_write_bytes(conservation.to_csv(index=False).encode(), out_dir / "conservation.csv")
+    atomic_write_bytes(json.dumps(status, indent=2, ensure_ascii=False).encode(), out_dir / "rollout_status.json")
+    if result.status["status"] != "completed":
+        log.warning("%s", result.status["message"])
+    return out_dir
+
+
+def _rollout_params(params) -> RolloutParams:
+    if isinstance(params, RolloutParams):
+        return params
+    if isinstance(params, ModelConfig):
+        return params.rollout
+    return ModelConfig.from_config(params).rollout
+
+
+def _device(device, params: RolloutParams):
+    return device if device is not None else params.device
+
+
+def _load_trajectories(trajectories) -> pd.DataFrame:
+    if isinstance(trajectories, pd.DataFrame):
+        table = trajectories
+    else:
+        path = Path(trajectories)
+        table = pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)
+    missing = [c for c in TRAJECTORY_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"trajectories lack the columns {', '.join(missing)} (docs/data_schema.md)")
+    return table[list(TRAJECTORY_COLUMNS)]
+
+
+def _physical_table(frames: pd.DataFrame, data: pd.DataFrame, h: float, dt: float, boxes) -> pd.DataFrame:
+    """The rollout in the trajectory schema: µm, µm/s, t in s; prescribed rows carry the data's exact values."""
+    out = pd.DataFrame({
+        "frame": frames["frame"].to_numpy(np.int64),
+        "t": frames["frame"].to_numpy(np.int64) * dt,
+        "particle": frames["particle"].to_numpy(np.int64),
+        "x": frames["x"].to_numpy(float) * h, "y": frames["y"].to_numpy(float) * h,
+        "vx": frames["vx"].to_numpy(float) * h / dt, "vy": frames["vy"].to_numpy(float) * h / dt,
+        "S": frames["S"].to_numpy(float),
+        "predicted": frames["predicted"].to_numpy(bool), "interior": frames["interior"].to_numpy(bool),
+    })
+    prescribed = ~out["predicted"].to_numpy()
+    if prescribed.any():  # exact data values, not x/h*h
+        keyed = data.set_index(["frame", "particle"])[["x", "y", "vx", "vy"]]
+        index = pd.MultiIndex.from_arrays([out["frame"][prescribed], out["particle"][prescribed]])
+        out.loc[prescribed, ["x", "y", "vx", "vy"]] = keyed.loc[index].to_numpy()
+    if boxes is not None:
+        out["xu"], out["yu"] = out["x"].copy(), out["y"].copy()
+        for f, rows in out.groupby("frame").groups.items():
+            b = boxes[int(f)]
+            wrapped = Box(b.lx * h, b.ly * h, b.xy * h).wrap(out.loc[rows, ["xu", "yu"]].to_numpy())
+            keep = out.loc[rows, "predicted"].to_numpy()
+            out.loc[rows[keep], ["x", "y"]] = wrapped[keep]
+    return out
+
+
+__all__ = ["ROLLOUT_UNITS", "rollout_model", "train_model"]

@@ -1,0 +1,682 @@
+"""Training of the metriplectic model on the snapshot-pair dataset (docs/training.md).
+
+Loss: the model's Gaussian negative log-likelihood of (v_i, S_i) at t+1 given
+the state at t (docs/model.md, Likelihood), over the interior particles of
+each snapshot pair, with self-supervised entropies S_t, S_{t+1} from the
+model's teacher (which trains through the loss). Units are the dataset's
+nondimensional ones: lengths / h, one frame per step (h = dt = 1 in the model).
+
+Reproducibility: every random stream (weights, shuffling, noise of the
+selection rollouts) is seeded from `TrainingParams.seed`, and `checkpoint.pt`
+holds the model, optimiser, scheduler, best weights, log, and every random
+state (torch CPU and CUDA, numpy, python, the DataLoader's shuffling
+generator), written to a temporary file and renamed after every epoch. A run
+resumed from it continues exactly as if it had not stopped (bitwise in
+float64 on CPU; tested).
+
+Model selection: after each epoch, short rollouts from validation snapshots
+are compared with the data (`mpd.rollout.rollout_statistics_error`: relative
+errors of the MSD and of <v^2>); the weights with the lowest value are kept
+as the best (`selection_metric: val_loss` uses the validation NLL instead).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+import logging
+import math
+import os
+import random
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from mpd.geometry.dataset import dataset_dir as find_dataset_dir
+from mpd.geometry.domain import Box
+from mpd.geometry.loader import SnapshotPairDataset, collate_snapshots
+from mpd.model import EulerMaruyama, MetriplecticModel, PairTensors, State
+from mpd.params import AUTO, ModelConfig, NetworkParams, RolloutParams, TrainingParams, config_hash
+from mpd.rollout import (
+    ExteriorRule,
+    ObservedFrames,
+    Snapshot,
+    concatenate_pairs,
+    resolve_device,
+    resolve_dtype,
+    rollout,
+    rollout_statistics_error,
+    snapshot_pairs,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "mpd-training-checkpoint"
+MODEL_FORMAT = "mpd-model"
+LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_rollout_metric", "lr", "wall_s"]
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the last checkpoint is kept."""
+
+
+# ---------------------------------------------------------------------------
+# Facts about the dataset's frames
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetFrames:
+    """Per frame, from pairs.parquet of all splits: the reference frame and (periodic data) the box / h.
+
+    The reader's items carry the box at t and t+1 but not the box of the
+    reference frame, which the strain bonds need (minimum image in the
+    reference box); every recorded frame appears as `frame` or `frame1` of
+    some pair, so the whole index has it.
+    """
+
+    reference_frame: dict[int, int]
+    boxes: dict[int, Box] | None
+    geometry: dict
+    length_um: float
+    time_s: float
+
+    def box(self, frame: int) -> Box | None:
+        if self.boxes is None:
+            return None
+        if frame not in self.boxes:
+            raise KeyError(f"the dataset records no box for frame {frame}")
+        return self.boxes[frame]
+
+    def exterior_rule(self) -> ExteriorRule | None:
+        if not self.geometry or (self.boxes is not None and not self.geometry.get("boundary_particles")
+                                 and not self.geometry.get("boundary_geometry_um")):
+            return None
+        return ExteriorRule.from_geometry(self.geometry, self.length_um)
+
+
+def dataset_frames(dataset: SnapshotPairDataset) -> DatasetFrames:
+    index = pd.read_parquet(dataset.root / "pairs.parquet")
+    reference = {int(f): int(r) for f, r in zip(index["frame"], index["ref_frame"])}
+    boxes = None
+    if dataset.periodic:
+        h = dataset.scales.length_um
+        boxes = {}
+        for suffix, frame_col in (("", "frame"), ("1", "frame1")):
+            cols = index[[frame_col, "lx" + suffix, "ly" + suffix, "xy" + suffix]].to_numpy()
+            for f, lx, ly, xy in cols:
+                boxes[int(f)] = Box(lx / h, ly / h, xy / h)
+    return DatasetFrames(reference, boxes, dict(dataset.metadata.get("geometry") or {}),
+                         dataset.scales.length_um, dataset.scales.time_s)
+
+
+def dataset_fingerprint(path) -> str:
+    """Hash of the dataset's metadata and index: a checkpoint is resumed only on the same data."""
+    root = find_dataset_dir(path)
+    digest = hashlib.sha256()
+    for name in ("metadata.json", "pairs.parquet"):
+        digest.update((root / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------
+# Pairs and loss of a batch of snapshot pairs
+# ---------------------------------------------------------------------------
+
+
+def batch_pairs(
+    batch: Mapping[str, torch.Tensor], frames: DatasetFrames, dtype: torch.dtype, device: torch.device
+) -> tuple[PairTensors, PairTensors]:
+    """PairTensors at t (neighbours + strain bonds) and at t+1 (neighbours, for the teacher) of a collated batch.
+
+    Pairs are searched per snapshot (`mpd.geometry.radius_pairs`, cut-off 1 = h)
+    and stacked with the row offsets, so no pair crosses snapshots.
+    """
+    at_t, at_t1, offsets = [], [], []
+    ptr = batch["ptr"].tolist()
+    for b in range(len(ptr) - 1):
+        rows = slice(ptr[b], ptr[b + 1])
+        frame = int(batch["frame"][b])
+        periodic = "box" in batch
+        box = Box(*batch["box"][b].tolist()) if periodic else None
+        box1 = Box(*batch["box1"][b].tolist()) if periodic else None
+        ref = frames.reference_frame.get(frame, -1)
+        box_ref = frames.box(ref) if periodic and ref >= 0 else box
+        at_t.append(snapshot_pairs(batch["x0"][rows], 1.0, box, batch["x_ref"][rows], batch["has_ref"][rows],
+                                   box_ref, dtype, device))
+        at_t1.append(snapshot_pairs(batch["x1"][rows], 1.0, box1, dtype=dtype, device=device))
+        offsets.append(ptr[b])
+    return concatenate_pairs(at_t, offsets), concatenate_pairs(at_t1, offsets)
+
+
+def batch_to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict:
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def snapshot_loss(
+    model: MetriplecticModel, batch: Mapping[str, torch.Tensor], pairs_t: PairTensors, pairs_t1: PairTensors,
+    jitter: float,
+) -> torch.Tensor:
+    """Mean NLL over the interior particles of the batch, entropies from the teacher at t and t+1."""
+    S0 = model.teacher_entropy(batch["x0"], batch["v0"], pairs_t)
+    S1 = model.teacher_entropy(batch["x1"], batch["v1"], pairs_t1)
+    return model.nll(State(batch["x0"], batch["v0"], S0), State(batch["x1"], batch["v1"], S1), pairs_t,
+                     1.0, batch["interior"], jitter)
+
+
+# ---------------------------------------------------------------------------
+# Model construction and data-driven initial scales
+# ---------------------------------------------------------------------------
+
+
+def model_kwargs(network: NetworkParams, velocity_scale: float) -> dict:
+    """Constructor arguments of MetriplecticModel (stored with the weights to rebuild it)."""
+    return {
+        "h": 1.0, "dim": 2,
+        "kernel_hidden": list(network.kernel_hidden), "energy_hidden": list(network.energy_hidden),
+        "amplitude_hidden": list(network.amplitude_hidden), "teacher_hidden": list(network.teacher_hidden),
+        "velocity_scale": float(velocity_scale), "k_B": 1.0, "mass": 1.0,  # both set after construction
+        "solid": bool(network.solid), "strict_convexity": float(network.strict_convexity),
+    }
+
+
+def build_model(kwargs: Mapping, dtype: torch.dtype, device: torch.device) -> MetriplecticModel:
+    return MetriplecticModel(**kwargs).to(dtype=dtype, device=device)
+
+
+def relative_velocity_scale(dataset: SnapshotPairDataset, n_items: int = 8) -> float:
+    """rms |v_i - v_j| over neighbour pairs of the first training pairs (h per frame): the teacher's velocity unit."""
+    total, count = 0.0, 0
+    for k in range(min(n_items, len(dataset))):
+        item = dataset[k]
+        pairs = snapshot_pairs(item["x0"], 1.0, Box(*item["box"].tolist()) if "box" in item else None)
+        dv = item["v0"][pairs.i] - item["v0"][pairs.j]
+        total += float((dv.double() ** 2).sum())
+        count += len(pairs.i)
+    scale = math.sqrt(total / count) if count else 0.0
+    return scale if scale > 0 and math.isfinite(scale) else 1.0
+
+
+def calibrate_mass(model: MetriplecticModel, batch: Mapping, pairs_t: PairTensors) -> float:
+    """m that makes the initial conservative accelerations as large as the data's velocity increments.
+
+    An untrained energy network exerts forces of order one in model units,
+    far above the observed accelerations (velocities change by a few per cent
+    of h per frame): m = rms|F| / rms|v_{t+1} - v_t| over interior particles
+    starts the drift at the data's scale. k_B is calibrated afterwards.
+    """
+    interior = batch["interior"]
+    with torch.enable_grad():
+        S0 = model.teacher_entropy(batch["x0"], batch["v0"], pairs_t).detach()
+        force = model.thermodynamics(batch["x0"], S0, pairs_t, with_dT_dS=False).force
+    force_rms = force[interior].pow(2).sum(-1).mean().sqrt()
+    dv_rms = (batch["v1"] - batch["v0"])[interior].pow(2).sum(-1).mean().sqrt()
+    mass = float(force_rms / dv_rms)
+    return mass if math.isfinite(mass) and mass > 0 else 1.0
+
+
+def calibrate_k_B(model: MetriplecticModel, batch: Mapping, pairs_t: PairTensors, pairs_t1: PairTensors) -> float:
+    """k_B that makes the model's velocity noise match the data's at the initial weights.
+
+    Sigma_vv = 2 k_B M_vv dt is proportional to k_B, so
+    k_B = <|v_{t+1} - v_t|^2> / <tr Sigma_vv(k_B = 1)> over interior particles
+    (an upper bound on the noise part: it includes the drift). Starting there
+    avoids thousands of optimiser steps spent only on k_B's scale.
+    """
+    interior = batch["interior"]
+    with torch.enable_grad():
+        S0 = model.teacher_entropy(batch["x0"], batch["v0"], pairs_t).detach()
+        sigma = model.marginal_covariance(State(batch["x0"], batch["v0"], S0), pairs_t, 1.0)
+    trace = torch.diagonal(sigma[interior][:, :2, :2], dim1=-2, dim2=-1).sum(-1).mean() / model.k_B.detach()
+    observed = ((batch["v1"] - batch["v0"])[interior] ** 2).sum(-1).mean()
+    k_B = float(observed / trace)
+    return k_B if math.isfinite(k_B) and k_B > 0 else 1.0
+
+
+def set_positive_scalar(scalar: torch.nn.Module, value: float) -> None:
+    """Set a PositiveScalar (softplus(raw)) to `value`."""
+    with torch.no_grad():
+        raw = torch.tensor(float(value), dtype=torch.float64)
+        scalar.raw.copy_(raw + torch.log(-torch.expm1(-raw)))  # inverse softplus
+
+
+def make_optimizer(model: torch.nn.Module, params: TrainingParams):
+    optimizer = torch.optim.Adam(model.parameters(), lr=params.learning_rate, weight_decay=params.weight_decay)
+    if params.schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer, T_max=params.epochs, eta_min=params.min_learning_rate)
+    elif params.schedule == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=params.step_epochs, gamma=params.step_factor)
+    else:
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=1.0)
+    return optimizer, scheduler
+
+
+# ---------------------------------------------------------------------------
+# Validation: likelihood and selection rollouts
+# ---------------------------------------------------------------------------
+
+
+def spaced_items(n: int, k: int | None) -> list[int]:
+    """k indices evenly spread over range(n) (all of them when k is None or >= n)."""
+    if k is None or k >= n:
+        return list(range(n))
+    return sorted({round(v) for v in np.linspace(0, n - 1, k)})
+
+
+def evaluate_loss(
+    model: MetriplecticModel, dataset: SnapshotPairDataset, items: Sequence[int], frames: DatasetFrames,
+    params: TrainingParams, device: torch.device, dtype: torch.dtype,
+) -> float:
+    """Interior-particle-weighted mean NLL over the given items (no parameter update)."""
+    total, weight = 0.0, 0
+    for start in range(0, len(items), params.batch_size):
+        batch = collate_snapshots([dataset[k] for k in items[start:start + params.batch_size]])
+        n_interior = int(batch["interior"].sum())
+        if n_interior == 0:
+            continue
+        pairs_t, pairs_t1 = batch_pairs(batch, frames, dtype, device)
+        with torch.enable_grad():  # forces are autograd gradients
+            loss = snapshot_loss(model, batch_to(batch, device), pairs_t, pairs_t1, params.jitter)
+        total += float(loss.detach()) * n_interior
+        weight += n_interior
+    return total / weight if weight else math.nan
+
+
+def observed_from_dataset(
+    dataset: SnapshotPairDataset, items: Sequence[int], frames: DatasetFrames
+) -> tuple[ObservedFrames, dict[int, np.ndarray]]:
+    """ObservedFrames of consecutive dataset items (frames f .. f+K) and the interior ids of each frame."""
+    snapshots, references, interior = {}, {}, {}
+    for k in items:
+        item = dataset[k]
+        f = int(item["frame"])
+        particle = item["particle"].numpy()
+        snapshots[f] = Snapshot(particle, item["x0"].double().numpy(), item["v0"].double().numpy())
+        if f + 1 not in snapshots:
+            snapshots[f + 1] = Snapshot(particle, item["x1"].double().numpy(), item["v1"].double().numpy())
+        has = item["has_ref"].numpy()
+        references[f] = Snapshot(particle[has], item["x_ref"].double().numpy()[has], np.zeros((has.sum(), 2)))
+        interior[f] = particle[item["interior"].numpy()]
+    observed = ObservedFrames(snapshots, dict(frames.reference_frame), references, frames.boxes,
+                              frames.exterior_rule())
+    return observed, interior
+
+
+def selection_windows(dataset: SnapshotPairDataset, steps: int, starts: int) -> list[list[int]]:
+    """Item lists of up to `starts` evenly spaced runs of `steps` consecutive frames (fewer steps if the block is short)."""
+    if len(dataset) == 0:
+        return []
+    frame = dataset.index["frame"].to_numpy()
+    run = np.ones(len(frame), int)  # run[k]: consecutive frames starting at item k
+    for k in range(len(frame) - 2, -1, -1):
+        run[k] = run[k + 1] + 1 if frame[k + 1] == frame[k] + 1 else 1
+    steps = min(steps, int(run.max()))
+    candidates = np.flatnonzero(run >= steps)
+    chosen = [candidates[i] for i in spaced_items(len(candidates), starts)]
+    return [list(range(k, k + steps)) for k in chosen]
+
+
+def selection_metric(
+    model: MetriplecticModel, dataset: SnapshotPairDataset, windows: Sequence[Sequence[int]],
+    frames: DatasetFrames, params: TrainingParams, device: torch.device,
+) -> float:
+    """Mean `rollout_statistics_error` of short noisy rollouts from validation snapshots.
+
+    The noise is drawn from generators seeded by the training seed and the
+    window, the same in every epoch (common random numbers: epochs differ by
+    their weights only) and independent of the training's random state.
+    """
+    if not windows:
+        return math.nan
+    values = []
+    for w, items in enumerate(windows):
+        observed, interior = observed_from_dataset(dataset, items, frames)
+        start = int(dataset.index["frame"].iloc[items[0]])
+        rollout_params = RolloutParams(dtype=params.dtype, seed=params.seed + w, progress=False, noise=True)
+        result = rollout(model, observed, rollout_params, start_frame=start, n_frames=len(items),
+                         predicted=interior[start], device=device)
+        values.append(rollout_statistics_error(result, observed))
+    return float(np.mean(values))
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------
+
+
+def random_states(loader_generator: torch.Generator) -> dict:
+    """Every random stream training may touch, in a form torch.load(weights_only=True) accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"name": name, "keys": torch.as_tensor(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+        "loader": loader_generator.get_state(),
+    }
+
+
+def restore_random_states(states: Mapping, loader_generator: torch.Generator) -> None:
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    n = states["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    loader_generator.set_state(states["loader"])
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """torch.save to a temporary file beside `path`, then rename: a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(data: bytes, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_log(rows: Sequence[Mapping], path: Path) -> None:
+    atomic_write_bytes(pd.DataFrame(list(rows), columns=LOG_COLUMNS).to_csv(index=False).encode(), path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# ---------------------------------------------------------------------------
+# The training loop
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class TrainingResult:
+    """The best model (by the selection metric), its constructor arguments and the run's record."""
+
+    model: MetriplecticModel
+    model_kwargs: dict
+    log: list[dict]
+    best_epoch: int
+    best_metric: float
+    selection_basis: str
+    scales: dict
+    dataset_fingerprint: str
+    checkpoint_path: Path
+    device: str
+
+
+def train(
+    dataset_path,
+    work_dir,
+    config: ModelConfig | Mapping | None = None,
+    *,
+    device: str | torch.device | None = None,
+    resume: bool = True,
+    stop_after_epoch: int | None = None,
+) -> TrainingResult:
+    """Train on the dataset's train split; checkpoint.pt and training_log.csv go to `work_dir` every epoch.
+
+    dataset_path : the geometry stage's output (or its dataset/ folder).
+    config : ModelConfig or the ``model:`` mapping (defaults for missing keys).
+    device : overrides TrainingParams.device ("auto": CUDA when available).
+    resume : continue from work_dir/checkpoint.pt when it was written by the
+        same configuration (`ModelConfig.training_hash`) on the same dataset;
+        otherwise start afresh (with a log message).
+    stop_after_epoch : stop after this many epochs in total, as if
+        interrupted there (tests); the checkpoint is the one of that epoch.
+    """
+    config = ModelConfig.from_config(config) if not isinstance(config, ModelConfig) else config
+    params = config.training
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = work_dir / "checkpoint.pt"
+    device = resolve_device(device if device is not None else params.device)
+    dtype = resolve_dtype(params.dtype)
+    threads = torch.get_num_threads()
+    if params.num_threads:
+        torch.set_num_threads(params.num_threads)
+    try:
+        return _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resume, stop_after_epoch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resume, stop_after_epoch):
+    params = config.training
+    train_set = SnapshotPairDataset(dataset_path, "train", dtype=dtype)
+    val_set = SnapshotPairDataset(dataset_path, "val", dtype=dtype)
+    if len(train_set) == 0:
+        raise TrainingError(f"the dataset {train_set.root} has no training pairs")
+    frames = dataset_frames(train_set)
+    fingerprint = dataset_fingerprint(dataset_path)
+    training_hash = config.training_hash()
+
+    loader_generator = torch.Generator()
+    checkpoint = None
+    if resume and checkpoint_path.is_file():
+        checkpoint = load_checkpoint(checkpoint_path)
+        if checkpoint.get("training_hash") != training_hash or checkpoint.get("dataset") != fingerprint:
+            log.info("%s was written by another configuration or dataset: starting afresh", checkpoint_path)
+            checkpoint = None
+    if checkpoint is not None:
+        kwargs = dict(checkpoint["model_kwargs"])
+        model = build_model(kwargs, dtype, device)
+        model.load_state_dict(checkpoint["model"])
+        optimizer, scheduler = make_optimizer(model, params)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        restore_random_states(checkpoint["rng"], loader_generator)
+        start_epoch, history = int(checkpoint["epoch"]), list(checkpoint["log"])
+        best_state, best_metric = checkpoint["best_model"], float(checkpoint["best_metric"])
+        best_epoch = int(checkpoint["best_epoch"])
+        log.info("resuming from %s after epoch %d", checkpoint_path, start_epoch)
+    else:
+        torch.manual_seed(params.seed)
+        np.random.seed(params.seed)
+        random.seed(params.seed)
+        loader_generator.manual_seed(params.seed)
+        network = config.network
+        velocity_scale = (relative_velocity_scale(train_set) if network.teacher_velocity_scale == AUTO
+                          else float(network.teacher_velocity_scale))
+        kwargs = model_kwargs(network, velocity_scale)
+        model = build_model(kwargs, dtype, device)
+        batch = collate_snapshots([train_set[k] for k in range(min(params.batch_size, len(train_set)))])
+        pairs_t, pairs_t1 = batch_pairs(batch, frames, dtype, device)
+        batch = batch_to(batch, device)
+        mass = calibrate_mass(model, batch, pairs_t) if network.mass_init == AUTO else float(network.mass_init)
+        set_positive_scalar(model.log_mass, mass)
+        k_B = calibrate_k_B(model, batch, pairs_t, pairs_t1) if network.k_B_init == AUTO else network.k_B_init
+        set_positive_scalar(model.log_k_B, float(k_B))
+        optimizer, scheduler = make_optimizer(model, params)
+        start_epoch, history, best_state, best_metric, best_epoch = 0, [], None, math.inf, 0
+
+    loader = DataLoader(train_set, batch_size=params.batch_size, shuffle=True, generator=loader_generator,
+                        collate_fn=collate_snapshots, num_workers=0)
+    val_items = spaced_items(len(val_set), params.max_val_pairs)
+    windows = selection_windows(val_set, params.selection_steps, params.selection_starts)
+    basis = ("val_rollout_metric" if params.selection_metric == "rollout" and windows
+             else "val_loss" if val_items else "train_loss")
+    show = params.progress and sys.stderr.isatty()
+    last_epoch = params.epochs if stop_after_epoch is None else min(params.epochs, stop_after_epoch)
+    if not history:  # epoch 0: the initial weights, for reference (never selected as the best)
+        t0 = time.perf_counter()
+        model.eval()
+        history.append({
+            "epoch": 0, "train_loss": math.nan,
+            "val_loss": evaluate_loss(model, val_set, val_items, frames, params, device, dtype),
+            "val_rollout_metric": selection_metric(model, val_set, windows, frames, params, device),
+            "lr": optimizer.param_groups[0]["lr"], "wall_s": time.perf_counter() - t0,
+        })
+
+    from tqdm.auto import tqdm
+
+    for epoch in range(start_epoch, last_epoch):
+        t0 = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]
+        model.train()
+        total, weight = 0.0, 0
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{params.epochs}", disable=not show, leave=False)
+        for step, batch in enumerate(bar):
+            n_interior = int(batch["interior"].sum())
+            if n_interior == 0:
+                continue
+            pairs_t, pairs_t1 = batch_pairs(batch, frames, dtype, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = snapshot_loss(model, batch_to(batch, device), pairs_t, pairs_t1, params.jitter)
+            if not torch.isfinite(loss):
+                raise TrainingError(
+                    f"non-finite training loss at epoch {epoch + 1}, batch {step + 1}; the checkpoint of "
+                    f"epoch {epoch} is kept in {checkpoint_path} (try a smaller learning_rate or float64)")
+            loss.backward()
+            if params.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+            optimizer.step()
+            value = loss.item()
+            total += value * n_interior
+            weight += n_interior
+            bar.set_postfix(loss=f"{value:.4g}")
+        bar.close()
+        scheduler.step()
+        model.eval()
+        train_loss = total / weight if weight else math.nan
+        val_loss = evaluate_loss(model, val_set, val_items, frames, params, device, dtype)
+        metric = selection_metric(model, val_set, windows, frames, params, device) if windows else math.nan
+        score = {"val_rollout_metric": metric, "val_loss": val_loss, "train_loss": train_loss}[basis]
+        if best_state is None or score < best_metric:
+            best_metric, best_epoch = score, epoch + 1
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
+                        "val_rollout_metric": metric, "lr": lr, "wall_s": time.perf_counter() - t0})
+        log.info("epoch %d: train %.5g val %.5g rollout %.4g lr %.3g", epoch + 1, train_loss, val_loss, metric, lr)
+        atomic_torch_save({
+            "format": CHECKPOINT_FORMAT, "version": 1, "epoch": epoch + 1, "training_hash": training_hash,
+            "dataset": fingerprint, "config": config.to_dict(), "model_kwargs": kwargs,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "best_model": best_state, "best_metric": best_metric, "best_epoch": best_epoch,
+            "selection_basis": basis, "log": history, "rng": random_states(loader_generator),
+        }, checkpoint_path)
+        write_log(history, work_dir / "training_log.csv")
+
+    best = build_model(kwargs, dtype, device)
+    best.load_state_dict(best_state if best_state is not None else model.state_dict())
+    best.eval()
+    scales = {"length_um": frames.length_um, "time_s": frames.time_s}
+    return TrainingResult(best, kwargs, history, best_epoch, best_metric, basis, scales, fingerprint,
+                          checkpoint_path, str(device))
+
+
+# ---------------------------------------------------------------------------
+# Outputs: model.pt and the TorchScript rollout step
+# ---------------------------------------------------------------------------
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    try:
+        package = metadata.version("colloid-mpd")
+    except metadata.PackageNotFoundError:
+        package = None
+    return {"python": sys.version.split()[0], "torch": str(torch.__version__), "numpy": str(np.__version__),
+            "pandas": str(pd.__version__), "colloid-mpd": package}
+
+
+def model_metadata(result: TrainingResult, config: ModelConfig, dataset_path, dtype: str) -> dict:
+    """What a user of model.pt needs besides the weights: units, scales, provenance."""
+    h, dt = result.scales["length_um"], result.scales["time_s"]
+    return {
+        "units": {"length": "h", "time": "frame (dt)", "velocity": "h per frame", "entropy": "model units",
+                  "energy": "model units", "mass": "model units"},
+        "h_um": h, "dt_s": dt, "scales": dict(result.scales),
+        "config_hash": config_hash(config), "training_hash": config.training_hash(), "config": config.to_dict(),
+        "dataset": {"path": str(dataset_path), "fingerprint": result.dataset_fingerprint},
+        "best_epoch": result.best_epoch, "best_metric": result.best_metric, "selection_basis": result.selection_basis,
+        "epochs_run": max(len(result.log) - 1, 0), "dtype": dtype, "device": result.device,
+        "versions": _versions(),
+    }
+
+
+def save_model(model: MetriplecticModel, kwargs: Mapping, metadata: Mapping, path: Path) -> None:
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_torch_save({"format": MODEL_FORMAT, "version": 1, "model_kwargs": dict(kwargs), "state_dict": state,
+                       "metadata": dict(metadata)}, path)
+
+
+def load_model(path, device: str | torch.device | None = "cpu", dtype: str | torch.dtype | None = None):
+    """(model, metadata) from model.pt; dtype default: the training dtype."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} is not an {MODEL_FORMAT} file")
+    metadata = saved["metadata"]
+    dtype = resolve_dtype(dtype or metadata.get("dtype", "float32"))
+    model = build_model(saved["model_kwargs"], dtype, resolve_device(device))
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    return model, metadata
+
+
+def save_scripted_step(model: MetriplecticModel, path: Path) -> None:
+    """TorchScript of one rollout step, `torch.jit.script(EulerMaruyama(model))` (docs/model.md).
+
+    Load with torch.jit.load; call it with grad mode on:
+    step(state, pairs, dt, interior, generator, noise).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated in favour of torch.export
+        scripted = torch.jit.script(EulerMaruyama(copy.deepcopy(model)))
+        buffer = io.BytesIO()
+        torch.jit.save(scripted, buffer)
+    atomic_write_bytes(buffer.getvalue(), path)
+
+
+__all__ = [
+    "LOG_COLUMNS",
+    "DatasetFrames",
+    "TrainingError",
+    "TrainingResult",
+    "batch_pairs",
+    "calibrate_k_B",
+    "dataset_frames",
+    "evaluate_loss",
+    "load_checkpoint",
+    "load_model",
+    "model_metadata",
+    "observed_from_dataset",
+    "save_model",
+    "save_scripted_step",
+    "selection_metric",
+    "snapshot_loss",
+    "train",
+]

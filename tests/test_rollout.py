@@ -1,0 +1,231 @@
+"""Rollouts: Verlet list exactness, the hand-over policy, outputs in the schema, conservation, divergence."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_training_support import H_UM, RATE, lattice_box, lattice_trajectories, quiet_model
+
+from mpd.geometry.domain import Box
+from mpd.geometry.neighbours import radius_pairs
+from mpd.geometry.stage import compute_geometry
+from mpd.params import RolloutParams
+from mpd.rollout import (
+    ExteriorRule,
+    RolloutResult,
+    VerletList,
+    observed_from_table,
+    rollout,
+    rollout_statistics_error,
+)
+from mpd.stage import rollout_model
+from mpd.training import load_model, save_model, save_scripted_step
+
+WINDOW = (4.0, 36.0, 3.0, 28.0)  # µm, inside the 14 x 12 lattice of spacing 3 µm
+QUIET = RolloutParams(progress=False, dtype="float64", device="cpu")
+
+
+def pair_set(i, j, shift):
+    return {(int(a), int(b), round(float(s[0]), 9), round(float(s[1]), 9)) for a, b, s in zip(i, j, shift)}
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_verlet_list_gives_the_pairs_of_a_fresh_search_at_every_step(periodic):
+    """Random walk with a changing tilt (periodic) or particles switching on and off (window)."""
+    rng = np.random.default_rng(0)
+    n, steps, skin = 400, 40, 0.3
+    box0 = Box(14.0, 12.0, 0.0) if periodic else None
+    x = torch.as_tensor(rng.uniform(0, 12, size=(n, 2)), dtype=torch.float64)
+    present = torch.ones(n, dtype=torch.bool)
+    verlet = VerletList(1.0, skin)
+    for step in range(steps):
+        x = x + 0.04 * torch.as_tensor(rng.normal(size=(n, 2)))
+        box = Box(box0.lx, box0.ly, 0.02 * step) if periodic else None  # the cell shears as it goes
+        if not periodic:
+            present = torch.as_tensor(rng.random(n) > 0.1)
+        i, j, shift = verlet.update(x, present, box)
+        keep = present.numpy()
+        idx = np.flatnonzero(keep)
+        fresh = radius_pairs(x.numpy()[idx], 1.0, box)
+        assert pair_set(i.numpy(), j.numpy(), shift.numpy()) == pair_set(idx[fresh.i], idx[fresh.j], fresh.shift)
+        r = x[i] - x[j] + shift
+        assert (torch.linalg.vector_norm(r, dim=-1) < 1.0).all()
+    assert 1 < verlet.n_builds < steps  # the skin saves searches, and the list is rebuilt when needed
+
+
+def test_verlet_list_rejects_a_reach_beyond_half_the_box():
+    verlet = VerletList(1.0, 0.5)
+    with pytest.raises(ValueError, match="min\\(lx, ly\\)/2"):
+        verlet.update(torch.zeros((3, 2), dtype=torch.float64), None, Box(2.5, 10.0))
+
+
+@pytest.fixture(scope="module")
+def window_case(tmp_path_factory):
+    """Drifting lattice seen through a window, its geometry output, and a quiet random model saved as model.pt."""
+    root = tmp_path_factory.mktemp("window")
+    traj = lattice_trajectories(n_frames=14, drift_um_s=(6.0, 2.0), window=WINDOW, seed=1)
+    geometry = compute_geometry(traj, root / "geometry", h_um=H_UM, frame_rate_hz=RATE, window=WINDOW)
+    model = quiet_model(mass=1e4, k_B=1e-4)
+    meta = {"h_um": H_UM, "dt_s": 1 / RATE, "dtype": "float64"}
+    save_model(model, _kwargs(), meta, root / "model.pt")
+    return traj, geometry, root
+
+
+def _kwargs():
+    return {"h": 1.0, "kernel_hidden": [8], "energy_hidden": [8, 8], "amplitude_hidden": [8], "teacher_hidden": [8],
+            "velocity_scale": 0.02}
+
+
+def test_window_rollout_prescribes_exterior_particles_exactly_and_keeps_the_predicted_set(window_case):
+    traj, geometry, root = window_case
+    out = rollout_model(root / "model.pt", traj, geometry, root / "out",
+                        RolloutParams(start_frame=2, n_frames=10, progress=False, device="cpu"))
+    table = pd.read_parquet(out / "rollout.parquet")
+    assert sorted(table["frame"].unique()) == list(range(2, 13))
+    data = traj.set_index(["frame", "particle"])
+    observables = pd.read_parquet(geometry / "observables.parquet")
+    start = observables[observables["frame"] == 2]
+    expected_predicted = set(start.loc[start["interior"], "particle"])
+    assert expected_predicted and len(expected_predicted) < len(start)
+    for f, rows in table.groupby("frame"):
+        # the predicted set is the start's interior, at every frame
+        assert set(rows.loc[rows["predicted"], "particle"]) == expected_predicted
+        # every other particle the data has at f is there, prescribed; nothing else is
+        observed_now = set(traj.loc[traj["frame"] == f, "particle"])
+        assert set(rows.loc[~rows["predicted"], "particle"]) == observed_now - expected_predicted
+    prescribed = table[~table["predicted"]]
+    assert len(prescribed) > 0
+    truth = data.loc[pd.MultiIndex.from_arrays([prescribed["frame"], prescribed["particle"]]), ["x", "y", "vx", "vy"]]
+    np.testing.assert_array_equal(prescribed[["x", "y", "vx", "vy"]].to_numpy(), truth.to_numpy())
+    # particles entered and left during the rollout (the drift), and the policy covered them
+    ids_by_frame = [set(r["particle"]) for _, r in traj[traj["frame"].between(2, 12)].groupby("frame")]
+    assert ids_by_frame[0] != ids_by_frame[-1]
+    # the predicted particles moved, and the first frame is the data itself
+    first = table[table["frame"] == 2]
+    np.testing.assert_array_equal(first[["x", "y"]].to_numpy(), data.loc[list(zip(first["frame"], first["particle"])),
+                                                                             ["x", "y"]].to_numpy())
+    moved = table[(table["frame"] == 12) & table["predicted"]]
+    assert not np.allclose(moved[["x", "y"]].to_numpy(),
+                           data.loc[list(zip(moved["frame"], moved["particle"])), ["x", "y"]].to_numpy(), atol=1e-9)
+
+
+def test_rollout_output_is_in_the_trajectory_schema_and_reproducible(window_case):
+    traj, geometry, root = window_case
+    params = RolloutParams(start_frame=0, n_frames=4, progress=False, device="cpu")
+    out_a = rollout_model(root / "model.pt", traj, geometry, root / "a", params)
+    out_b = rollout_model(root / "model.pt", traj, geometry, root / "b", params)
+    table = pd.read_parquet(out_a / "rollout.parquet")
+    assert list(table.columns) == ["frame", "t", "particle", "x", "y", "vx", "vy", "S", "predicted", "interior"]
+    assert table["frame"].dtype == np.int64 and table["particle"].dtype == np.int64
+    assert table["predicted"].dtype == bool and table["interior"].dtype == bool
+    np.testing.assert_allclose(table["t"], table["frame"] / RATE)
+    assert np.isfinite(table[["x", "y", "vx", "vy", "S"]].to_numpy()).all()
+    assert not table.duplicated(["frame", "particle"]).any()
+    pd.testing.assert_frame_equal(table, pd.read_parquet(out_b / "rollout.parquet"))  # same seed, same rollout
+    conservation = pd.read_csv(out_a / "conservation.csv")
+    assert list(conservation.columns) == ["step", "frame", "t", "n_particles", "n_predicted", "momentum_x",
+                                          "momentum_y", "energy", "kinetic_energy", "entropy", "n_pairs", "rebuilds"]
+    assert len(conservation) == 5
+    np.testing.assert_array_equal(conservation["n_particles"], table.groupby("frame").size().to_numpy())
+    status = json.loads((out_a / "rollout_status.json").read_text())
+    assert status["status"] == "completed" and status["frames_written"] == 5
+
+
+def test_momentum_is_conserved_to_round_off_in_a_periodic_run_with_noise():
+    box = lattice_box()
+    traj = lattice_trajectories(box=box, n_frames=10, seed=2)
+    model_box = Box(box.lx / H_UM, box.ly / H_UM, 0.0)
+    observed = observed_from_table(traj, H_UM, 1 / RATE, reference_frame={f: f - 1 for f in range(10)},
+                                   boxes={f: model_box for f in range(10)})
+    model = quiet_model(seed=3, mass=1e4, k_B=1e-3)
+    result = rollout(model, observed, QUIET, start_frame=0, n_frames=9)
+    assert result.status["status"] == "completed"
+    c = result.conservation
+    assert (c["n_predicted"] == c["n_particles"]).all() and c["n_particles"].nunique() == 1
+    p = c[["momentum_x", "momentum_y"]].to_numpy()
+    scale = model.mass.item() * np.abs(traj[["vx", "vy"]].to_numpy() * (1 / RATE) / H_UM).sum()
+    assert np.abs(p - p[0]).max() <= 1e-12 * scale
+    # and the noise did act: the kinetic energy and the velocities changed
+    assert not np.allclose(c["kinetic_energy"], c["kinetic_energy"].iloc[0], rtol=1e-6)
+    assert c["rebuilds"].iloc[-1] >= 1
+
+
+def test_a_diverging_rollout_stops_with_a_message_and_keeps_its_frames(window_case, caplog):
+    """Light particles under an untrained energy: the forces (times dt^2/m, as a huge time step
+    would give) throw particles across the window after a few frames."""
+    traj, geometry, root = window_case
+    light = quiet_model(mass=50.0, k_B=1e-4)
+    save_model(light, _kwargs(), {"h_um": H_UM, "dt_s": 1 / RATE, "dtype": "float64"}, root / "light.pt")
+    with caplog.at_level("WARNING"):
+        out = rollout_model(root / "light.pt", traj, geometry, root / "diverged",
+                            RolloutParams(start_frame=0, n_frames=13, progress=False, device="cpu"))
+    status = json.loads((out / "rollout_status.json").read_text())
+    assert status["status"] == "diverged"
+    assert "diverged at frame" in status["message"] and "diverged at frame" in caplog.text
+    table = pd.read_parquet(out / "rollout.parquet")
+    conservation = pd.read_csv(out / "conservation.csv")
+    written = status["frames_written"]
+    assert 1 <= written < 14
+    assert table["frame"].nunique() == written == len(conservation)
+    assert table["frame"].max() == status["diverged_at_frame"] - 1
+    assert np.isfinite(table[["x", "y", "vx", "vy", "S"]].to_numpy()).all()
+
+
+def test_statistics_error_is_zero_for_the_data_and_grows_with_a_wrong_velocity():
+    traj = lattice_trajectories(n_frames=6, seed=4)
+    observed = observed_from_table(traj, H_UM, 1 / RATE)
+    rows = []
+    for f, snap in observed.snapshots.items():
+        rows.append(pd.DataFrame({"frame": f, "particle": snap.particle, "x": snap.x[:, 0], "y": snap.x[:, 1],
+                                  "vx": snap.v[:, 0], "vy": snap.v[:, 1], "S": 0.0, "predicted": True,
+                                  "interior": True}))
+    frames = pd.concat(rows, ignore_index=True)
+    ok = RolloutResult(frames, pd.DataFrame(), {"status": "completed"})
+    assert rollout_statistics_error(ok, observed) == pytest.approx(0.0, abs=1e-12)
+    hot = frames.assign(vx=frames["vx"] * 2, vy=frames["vy"] * 2)
+    assert rollout_statistics_error(RolloutResult(hot, pd.DataFrame(), {"status": "completed"}), observed) > 1.0
+    assert math.isinf(rollout_statistics_error(RolloutResult(frames, pd.DataFrame(), {"status": "diverged"}),
+                                               observed))
+
+
+def test_exterior_rule_matches_the_geometry_stage(window_case):
+    _, geometry, _ = window_case
+    meta = json.loads((geometry / "metadata.json").read_text())["parameters"]
+    rule = ExteriorRule.from_geometry(meta, H_UM)
+    obs = pd.read_parquet(geometry / "observables.parquet")
+    exterior = rule(obs[["x", "y"]].to_numpy() / H_UM, obs["particle"].to_numpy())
+    np.testing.assert_array_equal(~exterior, obs["interior"].to_numpy())
+
+
+def test_scripted_rollout_step_loads_and_matches_the_eager_step(window_case, tmp_path):
+    _, _, root = window_case
+    model, _ = load_model(root / "model.pt", dtype="float64")
+    save_scripted_step(model, tmp_path / "rollout_step.pt")
+    step = torch.jit.load(str(tmp_path / "rollout_step.pt"))
+    from mpd.model import State, euler_maruyama_step
+    from mpd.rollout import snapshot_pairs
+
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.uniform(0, 4, size=(30, 2)))
+    state = State(x, 0.01 * torch.as_tensor(rng.normal(size=(30, 2))), torch.zeros(30, dtype=torch.float64))
+    pairs = snapshot_pairs(x, 1.0, x_ref=x)
+    interior = torch.ones(30, dtype=torch.bool)
+    eager = euler_maruyama_step(model, state, pairs, 1.0, interior, torch.Generator().manual_seed(5))
+    with torch.enable_grad():
+        scripted = step(state, pairs, 1.0, interior, torch.Generator().manual_seed(5), True)
+    for a, b in zip(eager, scripted):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_rollout_on_cuda_matches_the_deterministic_cpu_rollout(window_case):
+    traj, geometry, root = window_case
+    params = RolloutParams(start_frame=0, n_frames=3, progress=False, noise=False)
+    cpu = rollout_model(root / "model.pt", traj, geometry, root / "cpu", params, device="cpu")
+    gpu = rollout_model(root / "model.pt", traj, geometry, root / "gpu", params, device="cuda")
+    a, b = pd.read_parquet(cpu / "rollout.parquet"), pd.read_parquet(gpu / "rollout.parquet")
+    np.testing.assert_allclose(a[["x", "y", "vx", "vy"]], b[["x", "y", "vx", "vy"]], rtol=1e-9, atol=1e-9)
+    assert json.loads((gpu / "rollout_status.json").read_text())["device"].startswith("cuda")

@@ -1,0 +1,182 @@
+"""Training: exact resume from a checkpoint, learning on the digital twin, the stage's outputs, devices."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from test_training_support import H_UM, RATE, SMALL_NETWORK, lattice_trajectories
+
+from mpd.geometry.stage import compute_geometry
+from mpd.model import State, euler_maruyama_step
+from mpd.rollout import resolve_device, snapshot_pairs
+from mpd.stage import rollout_model, train_model
+from mpd.training import LOG_COLUMNS, load_checkpoint, load_model, train
+
+WINDOW = (4.0, 36.0, 3.0, 28.0)  # µm
+
+
+def small_config(epochs=3, dtype="float64", **training):
+    return {
+        "network": SMALL_NETWORK,
+        "training": {"epochs": epochs, "batch_size": 2, "dtype": dtype, "device": "cpu", "progress": False,
+                     "num_threads": 1, "selection_steps": 2, "selection_starts": 1, **training},
+        "rollout": {"progress": False, "device": "cpu"},
+    }
+
+
+@pytest.fixture(scope="module")
+def lattice_dataset(tmp_path_factory):
+    """A drifting, random-walking lattice seen through a window: 16 frames, ~100 particles per frame."""
+    root = tmp_path_factory.mktemp("lattice")
+    traj = lattice_trajectories(n_frames=16, drift_um_s=(4.0, 1.0), window=WINDOW, seed=5)
+    return traj, compute_geometry(traj, root / "geometry", h_um=H_UM, frame_rate_hz=RATE, window=WINDOW)
+
+
+def test_resumed_training_equals_an_uninterrupted_run_bitwise(lattice_dataset, tmp_path):
+    _, geometry = lattice_dataset
+    config = small_config(epochs=3)
+    straight = train(geometry, tmp_path / "straight", config)
+    interrupted = train(geometry, tmp_path / "resumed", config, stop_after_epoch=2)
+    assert [row["epoch"] for row in interrupted.log] == [0, 1, 2]
+    checkpoint = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    assert checkpoint["epoch"] == 2
+    assert set(checkpoint["rng"]) == {"torch", "cuda", "numpy", "python", "loader"}
+    assert {"model", "optimizer", "scheduler", "best_model", "best_metric", "log"} <= set(checkpoint)
+    # perturb every global random stream: a correct resume restores them all from the checkpoint
+    torch.manual_seed(123)
+    np.random.seed(123)
+    resumed = train(geometry, tmp_path / "resumed", config)
+
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for key in ("model", "best_model"):
+        for name, value in a[key].items():
+            assert torch.equal(value, b[key][name]), (key, name)
+    for key in ("train_loss", "val_loss", "val_rollout_metric", "lr"):
+        np.testing.assert_array_equal([r[key] for r in straight.log], [r[key] for r in resumed.log], err_msg=key)
+    assert torch.equal(a["rng"]["loader"], b["rng"]["loader"])
+    assert straight.best_epoch == resumed.best_epoch
+    assert not list((tmp_path / "resumed").glob("*.tmp"))  # written by rename, no leftovers
+
+
+def test_a_checkpoint_of_another_configuration_is_not_resumed(lattice_dataset, tmp_path):
+    _, geometry = lattice_dataset
+    train(geometry, tmp_path, small_config(epochs=1))
+    other = train(geometry, tmp_path, small_config(epochs=1, learning_rate=3e-3))
+    assert [row["epoch"] for row in other.log] == [0, 1]  # started afresh (epoch 0 is the initial model)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["config"]["training"]["learning_rate"] == 3e-3
+
+
+def test_stage_writes_the_model_its_scripted_step_the_log_and_resumes_instantly(lattice_dataset, tmp_path):
+    traj, geometry = lattice_dataset
+    config = small_config(epochs=2, dtype="float32")
+    out = train_model(geometry, tmp_path / "model", config)
+    names = {p.name for p in out.iterdir()}
+    assert {"model.pt", "rollout_step.pt", "training_log.csv", "checkpoint.pt"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+
+    log = pd.read_csv(out / "training_log.csv")
+    assert list(log.columns) == LOG_COLUMNS and log["epoch"].tolist() == [0, 1, 2]
+    assert np.isfinite(log.loc[1:, ["train_loss", "val_loss", "lr", "wall_s"]].to_numpy()).all()
+
+    model, meta = load_model(out / "model.pt")
+    assert meta["h_um"] == H_UM and meta["dt_s"] == pytest.approx(1 / RATE)
+    assert meta["scales"] == {"length_um": H_UM, "time_s": pytest.approx(1 / RATE)}
+    assert len(meta["config_hash"]) == 16 and meta["config"]["training"]["epochs"] == 2
+    assert meta["versions"]["torch"] and meta["dtype"] == "float32" and meta["device"] == "cpu"
+    assert meta["best_epoch"] in (1, 2) and meta["selection_basis"] == "val_rollout_metric"
+    assert next(model.parameters()).dtype == torch.float32
+
+    step = torch.jit.load(str(out / "rollout_step.pt"))
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.uniform(0, 4, size=(25, 2)), dtype=torch.float32)
+    state = State(x, 0.01 * torch.randn(25, 2), torch.zeros(25))
+    pairs = snapshot_pairs(x, 1.0, x_ref=x, dtype=torch.float32)
+    interior = torch.ones(25, dtype=torch.bool)
+    with torch.enable_grad():
+        scripted = step(state, pairs, 1.0, interior, torch.Generator().manual_seed(1), True)
+    eager = euler_maruyama_step(model, state, pairs, 1.0, interior, torch.Generator().manual_seed(1))
+    for s, e in zip(scripted, eager):
+        torch.testing.assert_close(s, e)
+
+    before = (out / "training_log.csv").read_bytes()
+    train_model(geometry, out, config)  # same config and data: resumes at the end, trains nothing
+    assert (out / "training_log.csv").read_bytes() == before
+
+    rolled = rollout_model(out / "model.pt", traj, geometry, out, config)
+    status = json.loads((rolled / "rollout_status.json").read_text())
+    assert status["start_frame"] == 14  # the test split's first frame
+    assert pd.read_parquet(rolled / "rollout.parquet")["frame"].min() == 14
+
+
+def test_periodic_data_train_and_roll_out_with_every_particle_predicted(tmp_path):
+    """Periodic box: bonds use the reference frame's box; the rollout predicts all and wraps x, y."""
+    from test_training_support import lattice_box
+
+    box = lattice_box()
+    traj = lattice_trajectories(n_frames=16, box=box, seed=6)
+    geometry = compute_geometry(traj, tmp_path / "geometry", h_um=H_UM, frame_rate_hz=RATE, box=box)
+    config = small_config(epochs=1, selection_starts=1)
+    out = train_model(geometry, tmp_path / "model", config)
+    log = pd.read_csv(out / "training_log.csv")
+    assert np.isfinite(log.loc[1, ["train_loss", "val_loss"]].astype(float)).all()
+    rollout_model(out / "model.pt", traj, geometry, out, {**config, "rollout": {
+        "start_frame": 0, "n_frames": 3, "progress": False, "device": "cpu"}})
+    table = pd.read_parquet(out / "rollout.parquet")
+    assert {"xu", "yu"} <= set(table.columns) and table["predicted"].all()
+    assert table.groupby("frame").size().eq(traj["particle"].nunique()).all()
+    inside = table["x"].between(0, box.lx) & table["y"].between(0, box.ly)
+    assert inside.all()
+
+
+@pytest.fixture(scope="module")
+def twin_dataset(tmp_path_factory):
+    """A small sheared digital twin (Brownian dynamics, not the model's form), seen through a window."""
+    from twin.params import ShearParams, SimulationParams
+    from twin.simulate import simulate
+
+    root = tmp_path_factory.mktemp("twin")
+    params = SimulationParams(seed=3, n_particles=200, equilibration_s=0.5,
+                              shear=ShearParams(amplitude=0.04, period_s=1.0, cycles=1.5))
+    simulate(params, root / "truth")
+    truth = pd.read_parquet(root / "truth" / "trajectories.parquet")
+    window = (8.0, 57.0, 8.0, 57.0)  # µm, inside the 65 µm box: no periodic wrapping within view
+    seen = truth[truth.x.between(window[0], window[1]) & truth.y.between(window[2], window[3])]
+    return compute_geometry(seen, root / "geometry", h_um=7.0, frame_rate_hz=params.frame_rate_hz, window=window)
+
+
+def test_a_short_training_on_the_twin_lowers_the_validation_loss(twin_dataset, tmp_path):
+    config = {"training": {"epochs": 4, "dtype": "float32", "device": "cpu", "progress": False, "num_threads": 1}}
+    result = train(twin_dataset, tmp_path, config)
+    log = pd.DataFrame(result.log)
+    initial, final = log["val_loss"].iloc[0], log["val_loss"].iloc[-1]
+    assert np.isfinite(log["val_loss"]).all()
+    assert final < initial - 0.1, log
+    assert log["train_loss"].iloc[-1] < log["train_loss"].iloc[1]
+    best = load_checkpoint(tmp_path / "checkpoint.pt")["best_model"]
+    for name, value in result.model.state_dict().items():
+        assert torch.equal(value.cpu(), best[name])
+
+
+def test_device_is_chosen_automatically_and_an_unavailable_cuda_is_refused():
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            resolve_device("cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_training_on_cuda_matches_cpu_loosely_and_loads_on_cpu(lattice_dataset, tmp_path):
+    _, geometry = lattice_dataset
+    cpu = train(geometry, tmp_path / "cpu", small_config(epochs=1, dtype="float64"), device="cpu")
+    gpu = train(geometry, tmp_path / "gpu", small_config(epochs=1, dtype="float64"), device="cuda")
+    assert next(gpu.model.parameters()).is_cuda
+    np.testing.assert_allclose(cpu.log[-1]["train_loss"], gpu.log[-1]["train_loss"], rtol=1e-6)
+    out = train_model(geometry, tmp_path / "stage", small_config(epochs=1, dtype="float32"), device="cuda")
+    model, meta = load_model(Path(out) / "model.pt", device="cpu")
+    assert meta["device"].startswith("cuda") and not next(model.parameters()).is_cuda
