@@ -12,6 +12,10 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/twin.smk"
 include: "workflow/rules/video.smk"
+include: "workflow/rules/tracking.smk"
+include: "workflow/rules/geometry.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/analysis.smk"
 
 
 rule all:

@@ -11,6 +11,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import yaml
 
@@ -25,6 +26,24 @@ class ConfigError(ValueError):
 def load_schema(path: Path = SCHEMA_PATH) -> dict:
     with open(path) as handle:
         return yaml.safe_load(handle)
+
+
+def _retrieve_file(uri: str):
+    """Resolve a $ref to another schema file (each stage keeps its own section's schema)."""
+    from referencing import Resource
+
+    path = Path(unquote(urlparse(uri).path))
+    return Resource.from_contents(load_schema(path))
+
+
+def config_validator():
+    """A validator of the whole config, with the stages' schema files resolved by relative $ref."""
+    from jsonschema import Draft202012Validator
+    from referencing import Registry
+
+    schema = load_schema()
+    schema["$id"] = SCHEMA_PATH.as_uri()
+    return Draft202012Validator(schema, registry=Registry(retrieve=_retrieve_file))
 
 
 def _dotted(path) -> str:
@@ -62,13 +81,11 @@ def validate_config(config: Mapping[str, Any], *, check_paths: bool = True, work
     cannot be read. Relative paths are resolved against ``workdir`` (default:
     the current directory, which is Snakemake's working directory).
     """
-    from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
     if not isinstance(config, Mapping):
         raise ConfigError("the configuration must be a mapping with an 'experiments' key")
-    validator = Draft202012Validator(load_schema())
-    error = best_match(validator.iter_errors(dict(config)))
+    error = best_match(config_validator().iter_errors(dict(config)))
     if error is not None:
         raise ConfigError(
             f"invalid configuration: {_describe(error)}. "

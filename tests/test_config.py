@@ -41,6 +41,15 @@ def test_default_config_is_valid():
          "experiments.real.video.pixel_size_um"),
         (lambda c: c["experiments"].update(both={"video": {}, "synthetic": {}}), "both"),
         (lambda c: c.update(experimets={}), "experimets"),
+        # each stage's own schema file is enforced through the main schema
+        (lambda c: c["experiments"]["twin_demo"].update(tracking={"locate": {"diameterr": 11}}),
+         "experiments.twin_demo.tracking.locate.diameterr"),
+        (lambda c: c["experiments"]["twin_demo"].update(geometry={"reference": "first"}),
+         "experiments.twin_demo.geometry.reference"),
+        (lambda c: c["experiments"]["twin_demo"].update(model={"training": {"epoch": 3}}),
+         "experiments.twin_demo.model.training.epoch"),
+        (lambda c: c["experiments"]["twin_demo"].update(analysis={"rdf_bins": 2}),
+         "experiments.twin_demo.analysis.rdf_bins"),
     ],
 )
 def test_bad_config_names_the_key(edit, key):

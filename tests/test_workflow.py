@@ -14,10 +14,20 @@ BULK_WATER = REPO.parent / "shared" / "data" / "bulk_water"
 TINY_TWIN = {
     "synthetic": {
         "simulation": {"n_particles": 150, "equilibration_s": 0.5, "frame_rate_hz": 10,
-                       "shear": {"amplitude": 0.04, "period_s": 1.0, "cycles": 1}},
+                       "shear": {"amplitude": 0.04, "period_s": 1.0, "cycles": 2}},
         "microscope": {"width_px": 96, "height_px": 96},
-    }
+    },
+    "model": {"training": {"epochs": 1}},
 }
+N_FRAMES = 21
+
+
+def targets(experiments) -> list[str]:
+    """Everything for the twin; tracking only for the real sample (its training is not a test's job)."""
+    wanted = ["results/tiny/analysis/metrics.json", "results/tiny/tracking/accuracy.json"]
+    if "bulk_water" in experiments:
+        wanted.append("results/bulk_water/tracking/qc.json")
+    return wanted
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -35,9 +45,10 @@ def finished_run(tmp_path_factory):
     experiments = {"tiny": TINY_TWIN}
     if BULK_WATER.exists():
         experiments["bulk_water"] = {"video": {"path": str(BULK_WATER / "*.png"), "pixel_size_um": 1 / 2.85,
-                                               "frame_rate_hz": 24}}
+                                               "frame_rate_hz": 24},
+                                     "tracking": {"locate": {"invert": True}}}
     (workdir / "config.yaml").write_text(yaml.safe_dump({"experiments": experiments}))
-    result = snakemake(workdir)
+    result = snakemake(workdir, *targets(experiments))
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
@@ -46,13 +57,13 @@ def test_twin_outputs_follow_the_schema(finished_run):
     truth_dir = finished_run / "results" / "tiny" / "truth"
     truth = pd.read_parquet(truth_dir / "trajectories.parquet")
     assert {"frame", "t", "particle", "species", "diameter", "x", "y", "xu", "yu", "vx", "vy"} <= set(truth.columns)
-    assert truth["particle"].nunique() == 150 and truth["frame"].nunique() == 11
+    assert truth["particle"].nunique() == 150 and truth["frame"].nunique() == N_FRAMES
     strain = pd.read_csv(truth_dir / "strain.csv")
     assert strain["strain"].abs().max() == pytest.approx(0.04, rel=0.05)
 
     video_dir = finished_run / "results" / "tiny" / "video"
     meta = json.loads((video_dir / "metadata.json").read_text())
-    assert meta["n_frames"] == 11 and meta["width_px"] == 96 and meta["source"] == "rendered"
+    assert meta["n_frames"] == N_FRAMES and meta["width_px"] == 96 and meta["source"] == "rendered"
     pixels = pd.read_parquet(video_dir / "truth_pixels.parquet")
     # particles enter and leave the field of view
     in_view = pixels[pixels["in_fov"]].groupby("frame")["particle"].apply(frozenset)
@@ -70,8 +81,29 @@ def test_real_video_is_linked_not_copied(finished_run):
     assert sorted(p.name for p in video_dir.iterdir()) == ["metadata.json"]
 
 
+def test_every_stage_ran_on_the_twin(finished_run):
+    exp = finished_run / "results" / "tiny"
+    accuracy = json.loads((exp / "tracking" / "accuracy.json").read_text())
+    assert accuracy["localisation_rms_px"] < 0.1 and accuracy["fraction_correct_links"] >= 0.99
+    assert (exp / "geometry" / "dataset" / "metadata.json").exists()
+    for name in ("model.pt", "rollout_step.pt", "training_log.csv", "rollout.parquet", "conservation.csv"):
+        assert (exp / "model" / name).stat().st_size > 0, name
+    metrics = json.loads((exp / "analysis" / "metrics.json").read_text())
+    assert set(metrics["datasets"]) == {"experiment", "truth", "rollout"}
+    assert metrics["errors"]["truth"]["rollout"]["rdf"] >= 0
+    assert len(list((exp / "analysis" / "figures").glob("*.png"))) == 7
+
+
+@pytest.mark.skipif(not BULK_WATER.exists(), reason="the shared real sample is not beside the checkout")
+def test_real_video_is_tracked(finished_run):
+    qc = json.loads((finished_run / "results" / "bulk_water" / "tracking" / "qc.json").read_text())
+    assert qc["frames_analysed"] == 30
+    assert 100 < qc["features_per_frame"]["median"] < 2000
+
+
 def test_rerun_has_nothing_to_do(finished_run):
-    result = snakemake(finished_run, "--dry-run")
+    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+    result = snakemake(finished_run, "--dry-run", *targets(config["experiments"]))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "Nothing to be done" in result.stdout + result.stderr
 
@@ -82,8 +114,9 @@ def test_changing_one_twin_parameter_reruns_only_that_experiment(finished_run):
     changed = finished_run / "changed.yaml"
     changed.write_text(yaml.safe_dump(config))
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(finished_run),
-         "--configfile", str(changed), "--cores", "1", "--dry-run", "--quiet", "rules"],
+        # targets first: --configfile and --quiet both take several values
+        [sys.executable, "-m", "snakemake", *targets(config["experiments"]), "-s", str(REPO / "Snakefile"),
+         "-d", str(finished_run), "--configfile", str(changed), "--cores", "1", "--dry-run", "--quiet", "rules"],
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]

@@ -39,9 +39,10 @@ def experiment_section(experiment, *keys):
 def all_outputs():
     outputs = []
     for name in EXPERIMENTS:
-        outputs.append(f"results/{name}/video/metadata.json")
+        outputs.append(f"results/{name}/tracking/trajectories.parquet")
+        outputs.append(f"results/{name}/analysis/metrics.json")
         if name in SYNTHETIC:
-            outputs.append(f"results/{name}/truth/trajectories.parquet")
+            outputs.append(f"results/{name}/tracking/accuracy.json")
     return outputs
 
 
@@ -52,3 +53,16 @@ def video_files(experiment):
     return video_input_files(
         config["experiments"][experiment]["video"]["path"], key=f"experiments.{experiment}.video.path"
     )
+
+
+def shear_period_s(experiment):
+    """The imposed shear period (s) when known: the twin's, or video.shear_period_s; else None."""
+    section = config["experiments"][experiment]
+    if "synthetic" in section:
+        from twin.params import SimulationParams, from_dict
+
+        return from_dict(SimulationParams, section["synthetic"].get("simulation"), "simulation").shear.period_s
+    return section["video"].get("shear_period_s")
+
+
+ANALYSIS_FIGURES = ["rdf", "msd", "vacf", "d2min_distribution", "d2min_map", "defect_map", "cycle"]

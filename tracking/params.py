@@ -1,0 +1,242 @@
+"""Tracking parameters, with their units and defaults.
+
+These dataclasses are the single home of the defaults: the workflow's schema
+(``tracking/config_schema.yaml``) checks the types and ranges of the same keys
+but sets no defaults, so a value is never defined in two places.
+``from_config`` rejects unknown keys by name, so a typo in ``config.yaml``
+cannot be silently ignored.
+
+Units: lengths the user writes in a config are in micrometres (``*_um``) where
+they describe the sample (how far a particle may move), and in pixels
+(``*_px`` or trackpy's own names) where they describe the image (how large a
+spot looks). Times are in frames where they count frames.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+AUTO = "auto"
+PREDICTORS = ("none", "nearest_velocity", "affine")
+SMOOTHING = ("none", "savgol")
+
+
+class ParameterError(ValueError):
+    """A tracking parameter is unknown or out of range; the message names the key."""
+
+
+@dataclass(frozen=True)
+class LocateParams:
+    """Feature finding (trackpy.locate); image lengths in pixels."""
+
+    diameter: int | str = AUTO        # px, odd: trackpy's mask diameter; "auto" estimates it (docs/tracking.md)
+    minmass: float | str = AUTO       # trackpy mass units (integrated band-passed brightness); "auto" estimates it
+    # px, smallest distance between two features; None: trackpy's diameter + 1;
+    # "auto": trackpy's default, or less where the spots are denser
+    separation: float | str | None = AUTO
+    invert: bool = False              # True for dark particles on a bright background (bright field)
+    percentile: float = 64.0          # %, a peak must be brighter than this percentile of the band-passed image
+    noise_size: float = 1.0           # px, width of the Gaussian noise filter of trackpy's band pass
+    smoothing_size: float | None = None  # px, background box size of the band pass; None: the diameter
+    max_mass: float | None = None     # drop features brighter than this (same units as minmass)
+    min_size: float | None = None     # px, drop features with a smaller radius of gyration
+    max_size: float | None = None     # px, drop features with a larger radius of gyration
+    min_ecc: float | None = None      # drop features less eccentric than this (0 = round)
+    max_ecc: float | None = None      # drop features more eccentric than this (1 = a line)
+    auto_frames: int = 3              # frames, counted from the first selected one, the auto estimates look at
+
+
+@dataclass(frozen=True)
+class LinkParams:
+    """Linking features into trajectories (trackpy.link); sample lengths in µm."""
+
+    # µm, farthest a particle may move between frames beyond the predicted
+    # position; "auto": half the median nearest-neighbour distance of features
+    search_range_um: float | str = AUTO
+    memory: int = 0                    # frames a particle may vanish and still keep its id
+    # µm, smallest search range adaptive search may shrink to; None: adaptive search off
+    adaptive_stop_um: float | None = None
+    adaptive_step: float = 0.95        # factor by which adaptive search shrinks the search range per retry
+    predictor: str = "none"            # "none", "nearest_velocity" (trackpy) or "affine" (shear-aware)
+    subtract_drift: bool = False       # remove the median displacement per frame as a rigid translation
+    min_length: int = 3                # observations: shorter trajectories (stubs) are dropped
+
+
+@dataclass(frozen=True)
+class VelocityParams:
+    """Velocities by finite differences inside each trajectory, never across a gap."""
+
+    smoothing: str = "none"  # "none" (central differences) or "savgol" (Savitzky-Golay derivative)
+    window: int = 5          # frames, odd: Savitzky-Golay window length
+    polyorder: int = 2       # Savitzky-Golay polynomial order, < window
+
+
+@dataclass(frozen=True)
+class FrameRange:
+    """Frames to track, as a Python slice of the video's frames (stop exclusive)."""
+
+    start: int = 0
+    stop: int | None = None  # None: to the end of the video
+    step: int = 1
+
+
+@dataclass(frozen=True)
+class RegionOfInterest:
+    """Rectangle of the image to track, in pixels of the full frame."""
+
+    x0: int  # px, first column
+    y0: int  # px, first row
+    width: int   # px
+    height: int  # px
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    """The ``tracking:`` section of an experiment."""
+
+    locate: LocateParams = field(default_factory=LocateParams)
+    link: LinkParams = field(default_factory=LinkParams)
+    velocity: VelocityParams = field(default_factory=VelocityParams)
+    frame_range: FrameRange | None = None       # None: every frame
+    roi: RegionOfInterest | None = None         # None: the full frame
+
+
+_NESTED = {
+    "locate": LocateParams,
+    "link": LinkParams,
+    "velocity": VelocityParams,
+    "frame_range": FrameRange,
+    "roi": RegionOfInterest,
+}
+
+
+def _build(cls, values: Mapping[str, Any] | None, where: str):
+    if values is None:
+        values = {}
+    if not isinstance(values, Mapping):
+        raise ParameterError(f"{where} must be a mapping, got {type(values).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ParameterError(
+            f"unknown key {where}.{unknown[0]}; allowed keys: {', '.join(sorted(names))}"
+        )
+    try:
+        return cls(**values)
+    except TypeError as error:  # a required key (of the ROI) is missing
+        missing = sorted(names - set(values))
+        raise ParameterError(f"{where} needs the keys {', '.join(missing)}") from error
+
+
+def from_config(section: Mapping[str, Any] | None) -> TrackingParams:
+    """Build ``TrackingParams`` from the ``tracking:`` section of an experiment.
+
+    Missing keys take the defaults; unknown keys and out-of-range values raise
+    ``ParameterError`` naming the dotted key, e.g. ``tracking.link.memory``.
+    """
+    section = {} if section is None else section
+    if not isinstance(section, Mapping):
+        raise ParameterError(f"tracking must be a mapping, got {type(section).__name__}")
+    unknown = sorted(set(section) - set(_NESTED))
+    if unknown:
+        raise ParameterError(
+            f"unknown key tracking.{unknown[0]}; allowed keys: {', '.join(sorted(_NESTED))}"
+        )
+    kwargs = {}
+    for name, cls in _NESTED.items():
+        if name in section and section[name] is not None:
+            kwargs[name] = _build(cls, section[name], f"tracking.{name}")
+        elif name in ("locate", "link", "velocity"):
+            kwargs[name] = cls()
+    params = TrackingParams(**kwargs)
+    check(params)
+    return params
+
+
+def to_dict(params: TrackingParams) -> dict:
+    """Plain-dict form of the parameters (for qc.json and for Snakemake params)."""
+    return dataclasses.asdict(params)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require(condition: bool, key: str, expected: str, value) -> None:
+    if not condition:
+        raise ParameterError(f"tracking.{key} must be {expected}, got {value!r}")
+
+
+def check(params: TrackingParams) -> None:
+    """Check types and ranges; raise ParameterError naming the first bad key."""
+    loc = params.locate
+    _require(loc.diameter == AUTO or (_is_int(loc.diameter) and loc.diameter >= 3 and loc.diameter % 2 == 1),
+             "locate.diameter", "'auto' or an odd integer >= 3 (px)", loc.diameter)
+    _require(loc.minmass == AUTO or (_is_number(loc.minmass) and loc.minmass >= 0),
+             "locate.minmass", "'auto' or a number >= 0", loc.minmass)
+    _require(loc.separation is None or loc.separation == AUTO or (_is_number(loc.separation) and loc.separation > 0),
+             "locate.separation", "'auto', null or a number > 0 (px)", loc.separation)
+    _require(isinstance(loc.invert, bool), "locate.invert", "true or false", loc.invert)
+    _require(_is_number(loc.percentile) and 0 <= loc.percentile <= 100,
+             "locate.percentile", "a number in [0, 100]", loc.percentile)
+    _require(_is_number(loc.noise_size) and loc.noise_size > 0,
+             "locate.noise_size", "a number > 0 (px)", loc.noise_size)
+    _require(loc.smoothing_size is None or (_is_number(loc.smoothing_size) and loc.smoothing_size > 0),
+             "locate.smoothing_size", "null or a number > 0 (px)", loc.smoothing_size)
+    for key in ("max_mass", "min_size", "max_size"):
+        value = getattr(loc, key)
+        _require(value is None or (_is_number(value) and value >= 0), f"locate.{key}", "null or a number >= 0", value)
+    for key in ("min_ecc", "max_ecc"):
+        value = getattr(loc, key)
+        _require(value is None or (_is_number(value) and 0 <= value <= 1), f"locate.{key}",
+                 "null or a number in [0, 1]", value)
+    _require(_is_int(loc.auto_frames) and loc.auto_frames >= 1, "locate.auto_frames", "an integer >= 1",
+             loc.auto_frames)
+
+    link = params.link
+    _require(link.search_range_um == AUTO or (_is_number(link.search_range_um) and link.search_range_um > 0),
+             "link.search_range_um", "'auto' or a number > 0 (µm)", link.search_range_um)
+    _require(_is_int(link.memory) and link.memory >= 0, "link.memory", "an integer >= 0 (frames)", link.memory)
+    _require(link.adaptive_stop_um is None or (_is_number(link.adaptive_stop_um) and link.adaptive_stop_um > 0),
+             "link.adaptive_stop_um", "null or a number > 0 (µm)", link.adaptive_stop_um)
+    _require(_is_number(link.adaptive_step) and 0 < link.adaptive_step < 1,
+             "link.adaptive_step", "a number in (0, 1)", link.adaptive_step)
+    _require(link.predictor in PREDICTORS, "link.predictor", f"one of {', '.join(PREDICTORS)}", link.predictor)
+    _require(isinstance(link.subtract_drift, bool), "link.subtract_drift", "true or false", link.subtract_drift)
+    _require(_is_int(link.min_length) and link.min_length >= 1, "link.min_length", "an integer >= 1", link.min_length)
+
+    vel = params.velocity
+    _require(vel.smoothing in SMOOTHING, "velocity.smoothing", f"one of {', '.join(SMOOTHING)}", vel.smoothing)
+    _require(_is_int(vel.window) and vel.window >= 3 and vel.window % 2 == 1,
+             "velocity.window", "an odd integer >= 3 (frames)", vel.window)
+    _require(_is_int(vel.polyorder) and 1 <= vel.polyorder < vel.window,
+             "velocity.polyorder", "an integer >= 1 and < velocity.window", vel.polyorder)
+
+    fr = params.frame_range
+    if fr is not None:
+        _require(_is_int(fr.start) and fr.start >= 0, "frame_range.start", "an integer >= 0", fr.start)
+        _require(fr.stop is None or (_is_int(fr.stop) and fr.stop > fr.start),
+                 "frame_range.stop", "null or an integer > frame_range.start", fr.stop)
+        _require(_is_int(fr.step) and fr.step >= 1, "frame_range.step", "an integer >= 1", fr.step)
+
+    roi = params.roi
+    if roi is not None:
+        _require(_is_int(roi.x0) and roi.x0 >= 0, "roi.x0", "an integer >= 0 (px)", roi.x0)
+        _require(_is_int(roi.y0) and roi.y0 >= 0, "roi.y0", "an integer >= 0 (px)", roi.y0)
+        _require(_is_int(roi.width) and roi.width >= 8, "roi.width", "an integer >= 8 (px)", roi.width)
+        _require(_is_int(roi.height) and roi.height >= 8, "roi.height", "an integer >= 8 (px)", roi.height)
+
+
+def as_params(params: TrackingParams | Mapping[str, Any] | None) -> TrackingParams:
+    """Accept parameters as dataclasses, as a config section, or None (defaults)."""
+    if isinstance(params, TrackingParams):
+        check(params)
+        return params
+    return from_config(params)

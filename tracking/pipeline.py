@@ -1,0 +1,300 @@
+"""One call from a microscopy video to linked trajectories with velocities.
+
+``track_video`` reads and validates the input, resolves the automatic
+parameters, locates (trackpy.batch on N processes), links, filters stubs,
+optionally removes drift, computes velocities, compares with a truth when one
+is given, and writes everything atomically (docs/tracking.md lists the files
+and their columns). Nothing is written before every frame has been read and
+tracked, and the output directory appears only complete: on any error it is
+left as it was.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import qc
+from .accuracy import accuracy_report
+from .io import TrackingInputError, open_video
+from .link import compute_drift, filter_stubs, link_features, subtract_drift
+from .locate import NoParticlesError, filter_features, locate_stack, prepare, resolve, tidy
+from .motion import add_velocities, finite_differences
+from .params import TrackingParams, as_params, to_dict
+
+FEATURE_COLUMNS = ["frame", "t", "x", "y", "x_px", "y_px", "mass", "size", "ecc", "signal", "raw_mass", "ep"]
+TRAJECTORY_COLUMNS = ["frame", "t", "particle", "x", "y", "x_px", "y_px", "vx", "vy",
+                      "mass", "size", "ecc", "signal", "raw_mass", "ep"]
+
+
+@dataclass
+class TrackingResult:
+    """What track_video wrote, also returned in memory."""
+
+    out_dir: Path
+    features: pd.DataFrame
+    trajectories: pd.DataFrame
+    qc: dict
+    accuracy: dict | None
+
+
+def check_units(pixel_size_um, frame_rate_hz) -> tuple[float, float]:
+    """Physical units are required: a missing or invalid one is an error naming its key."""
+    values = {}
+    for key, value, meaning in (("pixel_size_um", pixel_size_um, "micrometres per pixel"),
+                                ("frame_rate_hz", frame_rate_hz, "frames per second")):
+        if value is None:
+            raise TrackingInputError(f"{key} is required ({meaning}) and has no default; give it in the "
+                                     f"experiment's video section or the video's metadata.json")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value <= 0:
+            raise TrackingInputError(f"{key} must be a positive number ({meaning}), got {value!r}")
+        values[key] = float(value)
+    return values["pixel_size_um"], values["frame_rate_hz"]
+
+
+def load_truth(truth_pixels) -> pd.DataFrame | None:
+    """Read a truth_pixels table (path or DataFrame), checking its columns before any work."""
+    if truth_pixels is None:
+        return None
+    if isinstance(truth_pixels, pd.DataFrame):
+        truth = truth_pixels
+    else:
+        path = os.fspath(truth_pixels)
+        if not os.path.isfile(path):
+            raise TrackingInputError(f"{path}: truth table not found; check truth_pixels")
+        truth = pd.read_parquet(path)
+    from .accuracy import TRUTH_COLUMNS
+
+    missing = [c for c in TRUTH_COLUMNS if c not in truth.columns]
+    if missing:
+        raise TrackingInputError(f"the truth table lacks the columns {missing} (docs/data_schema.md, "
+                                 f"truth_pixels.parquet)")
+    return truth
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    versions = {"python": platform.python_version()}
+    for package in ("trackpy", "pims", "numpy", "scipy", "pandas", "tifffile"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _json_ready(value):
+    """Make numpy scalars and NaN JSON-safe (NaN becomes null)."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if not math.isfinite(float(value)) else float(value)
+    if isinstance(value, np.ndarray):
+        return _json_ready(value.tolist())
+    return value
+
+
+def _write_json(path: Path, data: dict) -> None:
+    with open(path, "w") as handle:
+        json.dump(_json_ready(data), handle, indent=2)
+        handle.write("\n")
+
+
+def _chmod_as_created(path: Path) -> None:
+    """mkdtemp makes a private (0700) directory; give it the permissions mkdir would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o777 & ~umask)
+
+
+def _publish(tmp: Path, out_dir: Path) -> None:
+    """Move the finished temporary directory into place, replacing an older out_dir."""
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.replace(out_dir, old / out_dir.name)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out_dir)
+
+
+def locate_video(video, params: TrackingParams, processes: int = 1):
+    """Resolve 'auto' locate parameters, then locate every selected frame.
+
+    Returns (features with px columns x, y in full-frame pixels, resolved
+    parameters, record of the automatic choices).
+    """
+    invert = params.locate.invert
+    n_auto = min(params.locate.auto_frames, len(video))
+    first_images = prepare(np.stack([video.read(i) for i in range(n_auto)]), invert)
+    try:
+        resolved, chosen, probes = resolve(params.locate, first_images)
+    except NoParticlesError as error:
+        raise TrackingInputError(f"{video.source}: no particle found: {error}") from None
+    pieces = []
+    if probes is not None:
+        # The minmass estimate located the first frames already (at minmass 0).
+        for index, probe in enumerate(probes):
+            kept = probe[probe["mass"] > resolved.minmass].assign(frame=int(video.frame_numbers[index]))
+            pieces.append(tidy(kept))
+    pieces += [locate_stack(prepare(stack, invert), numbers, resolved, processes)
+               for numbers, stack in video.chunks(skip=0 if probes is None else len(probes))]
+    features = pd.concat(pieces, ignore_index=True)
+    x0, y0 = video.origin_px
+    features["x"] += x0
+    features["y"] += y0
+    features = filter_features(features, params.locate)
+    if len(features) == 0:
+        raise TrackingInputError(
+            f"{video.source}: no particle found in any of the {len(video)} frames (diameter {resolved.diameter} px, "
+            f"minmass {resolved.minmass:.4g}, invert {invert}); check locate.invert (true for dark particles), "
+            f"lower locate.minmass or loosen the mass/size/ecc filters")
+    return features, resolved, chosen
+
+
+def track_video(frames_path, out_dir, params: TrackingParams | dict | None = None, *, pixel_size_um: float,
+                frame_rate_hz: float, processes: int = 1, truth_pixels=None) -> TrackingResult:
+    """Track a video into ``out_dir`` (see docs/tracking.md for the files and columns).
+
+    Parameters
+    ----------
+    frames_path : str or path
+        A multi-page TIFF, AVI/MP4/MOV, ND2, a folder of images or a glob of
+        image files (one frame each, natural sort order).
+    out_dir : str or path
+        Directory to create (replaced atomically if it exists).
+    params : TrackingParams, dict or None
+        The experiment's ``tracking:`` section (``tracking.params.from_config``)
+        or its dataclasses; None takes every default.
+    pixel_size_um : float
+        Micrometres per pixel. Required: no default.
+    frame_rate_hz : float
+        Frames per second. Required: no default.
+    processes : int
+        Processes for trackpy.batch (the Snakemake rule's threads).
+    truth_pixels : path or DataFrame, optional
+        Truth in pixel coordinates (``truth_pixels.parquet``); when given,
+        ``accuracy.json`` is written.
+
+    Raises
+    ------
+    TrackingInputError
+        Bad input: missing/empty/unsupported/corrupt file, missing unit, no particle.
+    tracking.params.ParameterError
+        Unknown or out-of-range parameter.
+    tracking.link.LinkingError
+        Linking impossible with these parameters (names the key to change).
+    """
+    timing = {}
+    start = time.perf_counter()
+    pixel_size_um, frame_rate_hz = check_units(pixel_size_um, frame_rate_hz)
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise TrackingInputError(f"processes must be an integer >= 1, got {processes!r}")
+    params = as_params(params)
+    out_dir = Path(out_dir)
+    truth = load_truth(truth_pixels)
+    video = open_video(frames_path, params.frame_range, params.roi)
+    frame_numbers = video.frame_numbers
+    frame_step = params.frame_range.step if params.frame_range is not None else 1
+    timing["open"] = time.perf_counter() - start
+
+    mark = time.perf_counter()
+    features, resolved, chosen = locate_video(video, params, processes)
+    timing["locate"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    linked, link_record = link_features(features, params.link, pixel_size_um)
+    if "search_range" in link_record:
+        chosen["search_range"] = link_record.pop("search_range")
+    trajectories = filter_stubs(linked, params.link.min_length)
+    timing["link"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    features = features.rename(columns={"x": "x_px", "y": "y_px"})
+    features["x"] = features["x_px"] * pixel_size_um
+    features["y"] = features["y_px"] * pixel_size_um
+    features["t"] = features["frame"] / frame_rate_hz
+    features = features.sort_values(["frame", "y_px", "x_px"], kind="stable")[FEATURE_COLUMNS]
+    features = features.reset_index(drop=True)
+
+    trajectories = trajectories.rename(columns={"x": "x_px", "y": "y_px"})
+    trajectories["x"] = trajectories["x_px"] * pixel_size_um
+    trajectories["y"] = trajectories["y_px"] * pixel_size_um
+    drift = drift_velocity = None
+    if params.link.subtract_drift:
+        drift = compute_drift(trajectories, frame_numbers, pos_columns=("x", "y"))
+        trajectories = subtract_drift(trajectories, drift)
+        # Drift velocity by the same stencil as the particles', for comparing with a truth.
+        drift_velocity = pd.DataFrame(
+            finite_differences(drift.to_numpy(), frame_numbers / frame_rate_hz, np.zeros(len(drift), int)),
+            index=drift.index, columns=["vx", "vy"])
+    trajectories = add_velocities(trajectories, frame_rate_hz, params.velocity, frame_step=frame_step)
+    trajectories["t"] = trajectories["frame"] / frame_rate_hz
+    trajectories = trajectories.sort_values(["frame", "particle"], kind="stable")[TRAJECTORY_COLUMNS]
+    trajectories = trajectories.reset_index(drop=True)
+    timing["velocities"] = time.perf_counter() - mark
+
+    accuracy = None
+    if truth is not None:
+        mark = time.perf_counter()
+        height, width = video.frame_shape
+        accuracy = accuracy_report(trajectories, truth, pixel_size_um=pixel_size_um, frame_numbers=frame_numbers,
+                                   region_px=(*video.origin_px, width, height), mask_diameter_px=resolved.diameter,
+                                   drift_velocity_um_s=drift_velocity)
+        timing["accuracy"] = time.perf_counter() - mark
+
+    report = {
+        "source": video.source,
+        "frame_numbers": {"first": int(frame_numbers[0]), "last": int(frame_numbers[-1]), "step": frame_step},
+        "frame_shape_px": list(video.frame_shape),
+        "roi_origin_px": list(video.origin_px),
+        **qc.summary(features, trajectories, frame_numbers),
+        "auto": chosen,
+        "resolved": {"locate": dataclasses.asdict(resolved), "link": link_record},
+        "parameters": to_dict(params),
+        "units": {"pixel_size_um": pixel_size_um, "frame_rate_hz": frame_rate_hz},
+        "processes": processes,
+        "software": _versions(),
+    }
+
+    mark = time.perf_counter()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        _chmod_as_created(tmp)
+        features.to_parquet(tmp / "features.parquet", index=False)
+        trajectories.to_parquet(tmp / "trajectories.parquet", index=False)
+        if drift is not None:
+            table = drift.reset_index()
+            table.insert(1, "t", table["frame"] / frame_rate_hz)
+            table.to_csv(tmp / "drift.csv", index=False)
+        report["figures"] = qc.write_figures(tmp / "qc", video.read(0), video.origin_px, features, trajectories,
+                                             frame_numbers, resolved.diameter)
+        if accuracy is not None:
+            _write_json(tmp / "accuracy.json", accuracy)
+        timing["write"] = time.perf_counter() - mark
+        timing["total"] = time.perf_counter() - start
+        report["timing_s"] = {k: round(v, 3) for k, v in timing.items()}
+        _write_json(tmp / "qc.json", report)
+        _publish(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return TrackingResult(out_dir=out_dir, features=features, trajectories=trajectories, qc=report,
+                          accuracy=accuracy)

@@ -1,0 +1,45 @@
+# Analysis: the same statistics on experiment, model rollout and (for twins) truth, and the figures of the report.
+
+
+rule analyse_video:
+    input:
+        trajectories="results/{experiment}/tracking/trajectories.parquet",
+        video="results/{experiment}/video/metadata.json",
+        rollout=rules.rollout_model.output.rollout,
+    output:
+        metrics="results/{experiment}/analysis/metrics.json",
+        figures=[
+            report(
+                f"results/{{experiment}}/analysis/figures/{name}.png",
+                caption=f"../report/{name}.rst",
+                category="{experiment}",
+                subcategory="analysis",
+            )
+            for name in ANALYSIS_FIGURES
+        ],
+    params:
+        analysis=lambda wildcards: experiment_section(wildcards.experiment, "analysis"),
+    wildcard_constraints:
+        experiment=experiment_pattern(VIDEOS),
+    log:
+        "logs/{experiment}/analyse.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/analyse.py"
+
+
+use rule analyse_video as analyse_twin with:
+    input:
+        trajectories="results/{experiment}/tracking/trajectories.parquet",
+        video="results/{experiment}/video/metadata.json",
+        rollout=rules.rollout_model.output.rollout,
+        truth="results/{experiment}/truth/trajectories.parquet",
+        truth_metadata="results/{experiment}/truth/metadata.json",
+        strain="results/{experiment}/truth/strain.csv",
+    wildcard_constraints:
+        experiment=experiment_pattern(SYNTHETIC),

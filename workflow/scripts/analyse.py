@@ -1,0 +1,14 @@
+from pathlib import Path
+
+import _repo
+
+from analysis.stage import analyse_experiment
+
+log = _repo.setup_logging(snakemake)  # noqa: F821 (injected by Snakemake)
+inputs = snakemake.input  # noqa: F821
+metrics = analyse_experiment(
+    inputs.trajectories, inputs.video, Path(snakemake.output.metrics).parent,  # noqa: F821
+    truth=inputs.get("truth"), truth_metadata=inputs.get("truth_metadata"), strain=inputs.get("strain"),
+    rollout=inputs.rollout, settings=snakemake.params.analysis,  # noqa: F821
+)
+log.info("analysed: %s", sorted(metrics))
