@@ -12,7 +12,7 @@ rule train_model:
         model=lambda wildcards: experiment_section(wildcards.experiment, "model"),
     log:
         "logs/{experiment}/train_model.log",
-    threads: workflow.cores
+    threads: 8  # an upper bound: Snakemake lowers it to the cores it is given
     resources:
         mem_mb=8000,
         runtime=240,
@@ -36,7 +36,7 @@ rule rollout_model:
         model=lambda wildcards: experiment_section(wildcards.experiment, "model"),
     log:
         "logs/{experiment}/rollout_model.log",
-    threads: workflow.cores
+    threads: 8  # an upper bound: Snakemake lowers it to the cores it is given
     resources:
         mem_mb=8000,
         runtime=60,

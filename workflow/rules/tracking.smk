@@ -16,7 +16,7 @@ rule track_video:
         experiment=experiment_pattern(VIDEOS),
     log:
         "logs/{experiment}/track_video.log",
-    threads: workflow.cores
+    threads: 8  # an upper bound: Snakemake lowers it to the cores it is given
     resources:
         mem_mb=4000,
         runtime=60,
