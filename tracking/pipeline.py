@@ -15,14 +15,14 @@ import json
 import math
 import os
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from mpd.atomic import atomic_output_dir
 
 from . import qc
 from .accuracy import accuracy_report
@@ -114,24 +114,6 @@ def _write_json(path: Path, data: dict) -> None:
     with open(path, "w") as handle:
         json.dump(_json_ready(data), handle, indent=2)
         handle.write("\n")
-
-
-def _chmod_as_created(path: Path) -> None:
-    """mkdtemp makes a private (0700) directory; give it the permissions mkdir would."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o777 & ~umask)
-
-
-def _publish(tmp: Path, out_dir: Path) -> None:
-    """Move the finished temporary directory into place, replacing an older out_dir."""
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / out_dir.name)
-        os.replace(tmp, out_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out_dir)
 
 
 def locate_video(video, params: TrackingParams, processes: int = 1):
@@ -274,10 +256,7 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
     }
 
     mark = time.perf_counter()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        _chmod_as_created(tmp)
+    with atomic_output_dir(out_dir) as tmp:
         features.to_parquet(tmp / "features.parquet", index=False)
         trajectories.to_parquet(tmp / "trajectories.parquet", index=False)
         if drift is not None:
@@ -292,9 +271,5 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
         timing["total"] = time.perf_counter() - start
         report["timing_s"] = {k: round(v, 3) for k, v in timing.items()}
         _write_json(tmp / "qc.json", report)
-        _publish(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return TrackingResult(out_dir=out_dir, features=features, trajectories=trajectories, qc=report,
                           accuracy=accuracy)

@@ -10,15 +10,13 @@
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-import uuid
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from mpd.atomic import atomic_output_dir
 from mpd.geometry.dataset import write_dataset
 from mpd.geometry.domain import Box, Window
 from mpd.geometry.inputs import GeometryInputError, boxes_per_frame, load_trajectories, validate_trajectories
@@ -195,31 +193,9 @@ def compute_geometry(
         }
         (tmp / "metadata.json").write_text(json.dumps(metadata, indent=2, ensure_ascii=False))
 
-    return write_atomically(out_dir, write)
-
-
-def write_atomically(out_dir, write) -> Path:
-    """Call write(tmp) on a fresh directory beside `out_dir`, then rename it to `out_dir`.
-
-    Either the complete new output is in place, or (on any exception) the
-    temporary directory is removed and `out_dir` is as it was.
-    """
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    with atomic_output_dir(out_dir) as tmp:
         write(tmp)
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex}")
-            out_dir.rename(old)
-            tmp.rename(out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out_dir
+    return Path(out_dir)
 
 
 def _resolve_window(window, video_metadata, positions):
