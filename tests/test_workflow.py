@@ -123,3 +123,43 @@ def test_changing_one_twin_parameter_reruns_only_that_experiment(finished_run):
     jobs = result.stdout + result.stderr
     assert "render_twin" in jobs
     assert "simulate_twin" not in jobs and "link_video" not in jobs
+
+
+def dry_run_jobs(workdir: Path, config: dict, targets_: list[str]) -> list[tuple[str, str]]:
+    """(rule, experiment) of every job a dry run with `config` would run."""
+    changed = workdir / "dry_run.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", *targets_, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+         "--configfile", str(changed), "--cores", "1", "--dry-run"],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs, rule = [], None
+    for line in (result.stdout + result.stderr).splitlines():
+        line = line.strip()
+        if line.startswith("rule ") and line.endswith(":"):
+            rule = line[5:-1]
+        elif line.startswith("wildcards:") and rule:
+            jobs.append((rule, line.split("experiment=")[1].split(",")[0].strip()))
+            rule = None
+    return jobs
+
+
+def test_adding_an_experiment_runs_only_its_stages(finished_run):
+    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+    config["experiments"]["tiny2"] = {**TINY_TWIN, "synthetic": {
+        **TINY_TWIN["synthetic"], "simulation": {**TINY_TWIN["synthetic"]["simulation"], "seed": 7}}}
+    wanted = targets(config["experiments"]) + ["results/tiny2/analysis/metrics.json"]
+    jobs = dry_run_jobs(finished_run, config, wanted)
+    assert {experiment for _, experiment in jobs} == {"tiny2"}
+    assert {rule for rule, _ in jobs} == {"simulate_twin", "render_twin", "track_twin", "geometry", "train_model",
+                                          "rollout_model", "analyse_twin"}
+
+
+def test_changing_a_tracking_parameter_reruns_tracking_and_downstream_of_that_experiment(finished_run):
+    config = yaml.safe_load((finished_run / "config.yaml").read_text())
+    config["experiments"]["tiny"]["tracking"] = {"link": {"memory": 1}}
+    jobs = dry_run_jobs(finished_run, config, targets(config["experiments"]))
+    assert {experiment for _, experiment in jobs} == {"tiny"}
+    assert {rule for rule, _ in jobs} == {"track_twin", "geometry", "train_model", "rollout_model", "analyse_twin"}

@@ -23,6 +23,8 @@ rule analyse_video:
         experiment=experiment_pattern(VIDEOS),
     log:
         "logs/{experiment}/analyse.log",
+    benchmark:
+        "results/{experiment}/benchmarks/analyse_video.tsv"
     threads: 1
     resources:
         mem_mb=4000,
@@ -43,3 +45,7 @@ use rule analyse_video as analyse_twin with:
         strain="results/{experiment}/truth/strain.csv",
     wildcard_constraints:
         experiment=experiment_pattern(SYNTHETIC),
+    log:
+        "logs/{experiment}/analyse_twin.log",
+    benchmark:
+        "results/{experiment}/benchmarks/analyse_twin.tsv"

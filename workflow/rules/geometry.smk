@@ -14,6 +14,8 @@ rule geometry:
         shear_period_s=lambda wildcards: shear_period_s(wildcards.experiment),
     log:
         "logs/{experiment}/geometry.log",
+    benchmark:
+        "results/{experiment}/benchmarks/geometry.tsv"
     threads: 1
     resources:
         mem_mb=4000,

@@ -12,6 +12,8 @@ rule train_model:
         model=lambda wildcards: experiment_section(wildcards.experiment, "model"),
     log:
         "logs/{experiment}/train_model.log",
+    benchmark:
+        "results/{experiment}/benchmarks/train_model.tsv"
     threads: 8  # an upper bound: Snakemake lowers it to the cores it is given
     resources:
         mem_mb=8000,
@@ -36,6 +38,8 @@ rule rollout_model:
         model=lambda wildcards: experiment_section(wildcards.experiment, "model"),
     log:
         "logs/{experiment}/rollout_model.log",
+    benchmark:
+        "results/{experiment}/benchmarks/rollout_model.tsv"
     threads: 8  # an upper bound: Snakemake lowers it to the cores it is given
     resources:
         mem_mb=8000,

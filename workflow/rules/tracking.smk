@@ -16,6 +16,8 @@ rule track_video:
         experiment=experiment_pattern(VIDEOS),
     log:
         "logs/{experiment}/track_video.log",
+    benchmark:
+        "results/{experiment}/benchmarks/track_video.tsv"
     threads: 8  # an upper bound: Snakemake lowers it to the cores it is given
     resources:
         mem_mb=4000,
@@ -40,3 +42,5 @@ use rule track_video as track_twin with:
         experiment=experiment_pattern(SYNTHETIC),
     log:
         "logs/{experiment}/track_twin.log",
+    benchmark:
+        "results/{experiment}/benchmarks/track_twin.tsv"

@@ -12,6 +12,8 @@ rule simulate_twin:
         experiment=experiment_pattern(SYNTHETIC),
     log:
         "logs/{experiment}/simulate_twin.log",
+    benchmark:
+        "results/{experiment}/benchmarks/simulate_twin.tsv"
     threads: 1
     resources:
         mem_mb=2000,
@@ -36,6 +38,8 @@ rule render_twin:
         experiment=experiment_pattern(SYNTHETIC),
     log:
         "logs/{experiment}/render_twin.log",
+    benchmark:
+        "results/{experiment}/benchmarks/render_twin.tsv"
     threads: 1
     resources:
         mem_mb=2000,

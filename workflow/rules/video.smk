@@ -12,6 +12,8 @@ rule link_video:
         experiment=experiment_pattern(VIDEOS),
     log:
         "logs/{experiment}/link_video.log",
+    benchmark:
+        "results/{experiment}/benchmarks/link_video.tsv"
     threads: 1
     resources:
         mem_mb=1000,
