@@ -1,0 +1,238 @@
+"""The SLURM profile on a real one-node SLURM cluster started on localhost.
+
+The fixture starts munged, slurmctld and slurmd in the foreground from a
+temporary directory (its own munge key and socket, its own slurm.conf named by
+SLURM_CONF, free ports), waits for the node to be idle, and stops the daemons
+by their process ids at teardown. Skips (never fails) where slurm-wlm, munge or
+snakemake-executor-plugin-slurm are not installed, or when not root.
+See docs/cluster.md.
+"""
+import importlib.util
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "workflow" / "profiles" / "slurm"
+TARGET = "results/tiny/video/metadata.json"
+TINY = {"experiments": {"tiny": {"synthetic": {
+    "simulation": {"n_particles": 150, "equilibration_s": 0.5, "frame_rate_hz": 10,
+                   "shear": {"amplitude": 0.04, "period_s": 1.0, "cycles": 1}},
+    "microscope": {"width_px": 96, "height_px": 96},
+}}}}
+DAEMONS = ("munged", "slurmctld", "slurmd")
+CLIENTS = ("sinfo", "squeue", "sbatch", "srun", "scancel")
+
+
+def _missing() -> str | None:
+    if os.name != "posix" or os.geteuid() != 0:
+        return "starting slurmctld/slurmd/munged needs root"
+    absent = [b for b in DAEMONS + CLIENTS
+              if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
+    if absent:
+        return f"SLURM/munge binaries not installed ({', '.join(absent)}): apt-get install slurm-wlm munge"
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        return "snakemake-executor-plugin-slurm is not installed (pip install snakemake-executor-plugin-slurm)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
+
+
+def _binary(name: str) -> str:
+    return shutil.which(name) or str(Path("/usr/sbin", name))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _memory_mb() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    return 4096
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+
+
+@pytest.fixture(scope="module")
+def slurm_cluster(tmp_path_factory):
+    """A one-node cluster; yields the environment (SLURM_CONF) for its clients."""
+    root = tmp_path_factory.mktemp("slurm")
+    for sub in ("spool", "state", "log", "munge"):
+        (root / sub).mkdir()
+    os.chmod(root / "munge", 0o700)
+    key = root / "munge" / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    os.chmod(key, 0o400)
+    munge_socket = root / "munge" / "munge.socket"
+    host = socket.gethostname().split(".")[0]
+    cpus = os.cpu_count() or 1
+    memory = max(1024, int(_memory_mb() * 0.8))
+    conf = root / "slurm.conf"
+    conf.write_text("\n".join([
+        "ClusterName=pytest",
+        f"SlurmctldHost={host}(127.0.0.1)",
+        f"SlurmctldPort={_free_port()}",
+        f"SlurmdPort={_free_port()}",
+        "SlurmUser=root",
+        "SlurmdUser=root",
+        "AuthType=auth/munge",
+        "CredType=cred/munge",
+        f"AuthInfo=socket={munge_socket}",
+        f"StateSaveLocation={root / 'state'}",
+        f"SlurmdSpoolDir={root / 'spool'}",
+        f"SlurmctldPidFile={root / 'slurmctld.pid'}",
+        f"SlurmdPidFile={root / 'slurmd.pid'}",
+        f"SlurmctldLogFile={root / 'log' / 'ctld.log'}",
+        f"SlurmdLogFile={root / 'log' / 'd.log'}",
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "JobAcctGatherType=jobacct_gather/none",
+        "AccountingStorageType=accounting_storage/none",
+        "SelectType=select/cons_tres",
+        "SelectTypeParameters=CR_Core_Memory",
+        "ReturnToService=2",
+        # squeue must still see finished jobs when the plugin asks (>= 3 x init interval)
+        "MinJobAge=300",
+        f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN",
+        f"PartitionName=main Nodes={host} Default=YES MaxTime=INFINITE State=UP",
+        "",
+    ]))
+    # snakemake-executor-plugin-slurm-jobstep (0.6.1) drops every SLURM_* variable, SLURM_CONF
+    # included, before its `srun` inside the job; on a real cluster slurm.conf sits at the default
+    # path. Here a `srun` first on PATH (PATH is kept) names this cluster's slurm.conf again.
+    wrappers = root / "bin"
+    wrappers.mkdir()
+    srun = wrappers / "srun"
+    srun.write_text(f'#!/bin/sh\nSLURM_CONF="{conf}" exec "{shutil.which("srun")}" "$@"\n')
+    srun.chmod(0o755)
+    env = dict(os.environ, SLURM_CONF=str(conf), PATH=f"{wrappers}{os.pathsep}{os.environ.get('PATH', '')}")
+    procs: list[subprocess.Popen] = []
+    logs = []
+
+    def start(args):
+        log = open(root / "log" / f"{Path(args[0]).name}.out", "w")
+        logs.append(log)
+        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
+        procs.append(proc)
+        return proc
+
+    def diagnostics() -> str:
+        text = []
+        for f in sorted((root / "log").iterdir()):
+            text.append(f"== {f.name}\n" + f.read_text(errors="replace")[-1500:])
+        return "\n".join(text)
+
+    try:
+        start([_binary("munged"), "--foreground", "--force", f"--key-file={key}",
+               f"--socket={munge_socket}", f"--pid-file={root / 'munge' / 'munged.pid'}",
+               f"--seed-file={root / 'munge' / 'munge.seed'}", f"--log-file={root / 'log' / 'munged.log'}"])
+        deadline = time.monotonic() + 20
+        while not munge_socket.exists():
+            if time.monotonic() > deadline or procs[0].poll() is not None:
+                pytest.fail("munged did not start\n" + diagnostics())
+            time.sleep(0.2)
+        start([_binary("slurmctld"), "-D", "-i", "-f", str(conf)])
+        time.sleep(1)
+        start([_binary("slurmd"), "-D", "-f", str(conf)])
+        deadline = time.monotonic() + 60
+        state = ""
+        while time.monotonic() < deadline:
+            if any(p.poll() is not None for p in procs):
+                pytest.fail("a SLURM daemon exited\n" + diagnostics())
+            out = subprocess.run(["sinfo", "-h", "-n", host, "-o", "%t"], env=env,
+                                 capture_output=True, text=True, timeout=10)
+            state = out.stdout.strip()
+            if state == "idle":
+                break
+            time.sleep(1)
+        else:
+            pytest.fail(f"node not idle after 60 s (state {state!r})\n" + diagnostics())
+        yield env
+    finally:
+        subprocess.run(["scancel", "--full", "-u", "root"], env=env, capture_output=True, timeout=20,
+                       check=False)
+        for proc in reversed(procs):  # slurmd, slurmctld, then munged: by pid only
+            _stop(proc)
+        for log in logs:
+            log.close()
+
+
+def test_profile_runs_jobs_through_slurm(slurm_cluster, tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY))
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
+           "--profile", str(PROFILE), TARGET,
+           "--configfile", str(tmp_path / "config.yaml"),
+           # the test cluster has no accounting: status via squeue; and it polls quickly
+           "--slurm-status-command", "squeue",
+           "--slurm-init-seconds-before-status-checks", "3", "--slurm-keep-successful-logs",
+           "--latency-wait", "5", "--retries", "0", "--jobs", "4"]
+    started = time.monotonic()
+    result = subprocess.run(cmd, cwd=tmp_path, env=slurm_cluster, capture_output=True, text=True,
+                            timeout=240, check=False)
+    log = result.stdout[-4000:] + result.stderr[-6000:]
+    assert result.returncode == 0, log
+    assert time.monotonic() - started < 240
+
+    meta = json.loads((tmp_path / TARGET).read_text())
+    assert meta["width_px"] == 96 and meta["n_frames"] > 0
+    assert (tmp_path / "results/tiny/truth/trajectories.parquet").stat().st_size > 0
+    assert (tmp_path / "results/tiny/video/frames.tif").stat().st_size > 0
+
+    # evidence that SLURM ran both rules: the plugin's per-job logs, named by SLURM job id
+    slurm_logs = tmp_path / ".snakemake" / "slurm_logs"
+    by_rule = {d.name: sorted(d.rglob("*.log")) for d in slurm_logs.glob("rule_*")}
+    assert by_rule.get("rule_simulate_twin") and by_rule.get("rule_render_twin"), \
+        f"no SLURM job logs in {slurm_logs}: {list(slurm_logs.rglob('*'))}\n{log}"
+    job_ids = {p.stem for logs in by_rule.values() for p in logs}
+    assert all(j.isdigit() for j in job_ids) and len(job_ids) >= 2, job_ids
+    # and slurmctld knows them (squeue shows finished jobs for MinJobAge seconds; no sacct needed)
+    seen = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i %T"], env=slurm_cluster,
+                          capture_output=True, text=True, timeout=20, check=True).stdout.split("\n")
+    states = dict(line.split() for line in seen if line.strip())
+    assert job_ids <= set(states), (job_ids, states)
+    assert {states[j] for j in job_ids} == {"COMPLETED"}, states
+
+
+class _Resources(dict):
+    __getattr__ = dict.__getitem__
+
+
+@pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
+                    reason="snakemake-executor-plugin-slurm is not installed")
+def test_profile_asks_slurm_for_a_gpu_for_train_model():
+    """No cluster needed: the sbatch line the plugin builds from the profile's train_model resources."""
+    from types import SimpleNamespace
+
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    assert profile["executor"] == "slurm" and profile["slurm-status-command"] == "squeue"
+    resources = _Resources(profile["default-resources"], **profile["set-resources"]["train_model"])
+    job = SimpleNamespace(resources=resources, threads=profile["set-threads"]["train_model"])
+    params = {"run_uuid": "x", "slurm_logfile": "x.log", "comment_str": "train_model", "account": "",
+              "partition": "", "workdir": "."}
+    call = get_submit_command(job, params) + set_gres_string(job)
+    assert "--gpus=1" in call and "--mem 8000" in call and "-t 240" in call
+    assert "--cpus-per-gpu=8" in call or "--cpus-per-task=8" in call
