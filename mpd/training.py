@@ -41,6 +41,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from mpd import distributed as ddp
 from mpd.geometry.dataset import dataset_dir as find_dataset_dir
 from mpd.geometry.domain import Box
 from mpd.geometry.loader import SnapshotPairDataset, collate_snapshots
@@ -456,6 +457,12 @@ def train(
         otherwise start afresh (with a log message).
     stop_after_epoch : stop after this many epochs in total, as if
         interrupted there (tests); the checkpoint is the one of that epoch.
+
+    Data-parallel: when a torch.distributed process group with more than one
+    rank is initialised (torchrun; `mpd.distributed`), every rank trains on
+    its shard of each global batch, the gradients are summed over the ranks
+    and rank 0 alone evaluates and writes (docs/training.md, Distributed
+    training). Each rank returns a TrainingResult; rank 0's is the one to save.
     """
     config = ModelConfig.from_config(config) if not isinstance(config, ModelConfig) else config
     params = config.training
@@ -482,6 +489,7 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
     frames = dataset_frames(train_set)
     fingerprint = dataset_fingerprint(dataset_path)
     training_hash = config.training_hash()
+    ctx = ddp.context()
 
     loader_generator = torch.Generator()
     checkpoint = None
@@ -522,21 +530,26 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
         optimizer, scheduler = make_optimizer(model, params)
         start_epoch, history, best_state, best_metric, best_epoch = 0, [], None, math.inf, 0
 
-    loader = DataLoader(train_set, batch_size=params.batch_size, shuffle=True, generator=loader_generator,
-                        collate_fn=collate_snapshots, num_workers=0)
+    if ctx.active:
+        ddp.broadcast_module(model)  # identical by construction; rank 0's values make sure of it
+        # the global batches' item indices: the same sampler and generator draws as the 1-process loader
+        loader = DataLoader(list(range(len(train_set))), batch_size=params.batch_size, shuffle=True,
+                            generator=loader_generator, collate_fn=list, num_workers=0)
+    else:
+        loader = DataLoader(train_set, batch_size=params.batch_size, shuffle=True, generator=loader_generator,
+                            collate_fn=collate_snapshots, num_workers=0)
     val_items = spaced_items(len(val_set), params.max_val_pairs)
     windows = selection_windows(val_set, params.selection_steps, params.selection_starts)
     basis = ("val_rollout_metric" if params.selection_metric == "rollout" and windows
              else "val_loss" if val_items else "train_loss")
-    show = params.progress and sys.stderr.isatty()
+    show = params.progress and sys.stderr.isatty() and ctx.is_main
     last_epoch = params.epochs if stop_after_epoch is None else min(params.epochs, stop_after_epoch)
     if not history:  # epoch 0: the initial weights, for reference (never selected as the best)
         t0 = time.perf_counter()
         model.eval()
+        val_loss, metric = _evaluate(model, val_set, val_items, windows, frames, params, device, dtype, ctx, True)
         history.append({
-            "epoch": 0, "train_loss": math.nan,
-            "val_loss": evaluate_loss(model, val_set, val_items, frames, params, device, dtype),
-            "val_rollout_metric": selection_metric(model, val_set, windows, frames, params, device),
+            "epoch": 0, "train_loss": math.nan, "val_loss": val_loss, "val_rollout_metric": metric,
             "lr": optimizer.param_groups[0]["lr"], "wall_s": time.perf_counter() - t0,
         })
 
@@ -549,6 +562,16 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
         total, weight = 0.0, 0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{params.epochs}", disable=not show, leave=False)
         for step, batch in enumerate(bar):
+            if ctx.active:
+                stepped = _distributed_step(model, optimizer, train_set, batch, frames, params, device, dtype, ctx,
+                                            f"at epoch {epoch + 1}, batch {step + 1}; the checkpoint of epoch "
+                                            f"{epoch} is kept in {checkpoint_path}")
+                if stepped is not None:
+                    value, n_interior = stepped
+                    total += value * n_interior
+                    weight += n_interior
+                    bar.set_postfix(loss=f"{value:.4g}")
+                continue
             n_interior = int(batch["interior"].sum())
             if n_interior == 0:
                 continue
@@ -571,14 +594,15 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
         scheduler.step()
         model.eval()
         train_loss = total / weight if weight else math.nan
-        val_loss = evaluate_loss(model, val_set, val_items, frames, params, device, dtype)
-        metric = selection_metric(model, val_set, windows, frames, params, device) if windows else math.nan
+        val_loss, metric = _evaluate(model, val_set, val_items, windows, frames, params, device, dtype, ctx, False)
         score = {"val_rollout_metric": metric, "val_loss": val_loss, "train_loss": train_loss}[basis]
         if best_state is None or score < best_metric:
             best_metric, best_epoch = score, epoch + 1
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
                         "val_rollout_metric": metric, "lr": lr, "wall_s": time.perf_counter() - t0})
+        if not ctx.is_main:
+            continue
         log.info("epoch %d: train %.5g val %.5g rollout %.4g lr %.3g", epoch + 1, train_loss, val_loss, metric, lr)
         atomic_torch_save({
             "format": CHECKPOINT_FORMAT, "version": 1, "epoch": epoch + 1, "training_hash": training_hash,
@@ -595,6 +619,56 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
     scales = {"length_um": frames.length_um, "time_s": frames.time_s}
     return TrainingResult(best, kwargs, history, best_epoch, best_metric, basis, scales, fingerprint,
                           checkpoint_path, str(device))
+
+
+def _evaluate(model, val_set, val_items, windows, frames, params, device, dtype, ctx, initial: bool):
+    """(val_loss, val_rollout_metric); data-parallel: rank 0 computes them and broadcasts them."""
+    if ctx.is_main:
+        val_loss = evaluate_loss(model, val_set, val_items, frames, params, device, dtype)
+        metric = (selection_metric(model, val_set, windows, frames, params, device) if initial or windows
+                  else math.nan)
+    else:
+        val_loss, metric = math.nan, math.nan
+    if ctx.active:
+        val_loss, metric = ddp.broadcast_floats([val_loss, metric], device)
+    return val_loss, metric
+
+
+def _distributed_step(model, optimizer, train_set, indices, frames, params, device, dtype, ctx, where):
+    """One optimiser step on this rank's shard of a global batch (item indices); (loss, n_interior) of the
+    global batch, or None when it has no interior particle (every rank skips it).
+
+    The shard's NLL summed over its interior particles, divided by the global
+    batch's count, is backpropagated and the gradients summed over the ranks:
+    the 1-process gradient of the global batch's mean NLL (up to summation order).
+    """
+    mine = ddp.shard(indices, ctx)
+    batch = collate_snapshots([train_set[k] for k in mine]) if mine else None
+    n_local = int(batch["interior"].sum()) if batch is not None else 0
+    n_total = int(ddp.all_sum([n_local], device)[0])
+    if n_total == 0:
+        return None
+    optimizer.zero_grad(set_to_none=True)
+    loss_sum = None
+    if n_local > 0:
+        pairs_t, pairs_t1 = batch_pairs(batch, frames, dtype, device)
+        b = batch_to(batch, device)
+        S0 = model.teacher_entropy(b["x0"], b["v0"], pairs_t)
+        S1 = model.teacher_entropy(b["x1"], b["v1"], pairs_t1)
+        loss_sum = ddp.sharded_nll_sum(model, State(b["x0"], b["v0"], S0), State(b["x1"], b["v1"], S1), pairs_t,
+                                       1.0, b["interior"], params.jitter, device)
+    else:
+        ddp.sharded_nll_sum(model, None, None, None, 1.0, None, params.jitter, device)
+    value = ddp.all_sum([float(loss_sum.detach()) if loss_sum is not None else 0.0], device)[0] / n_total
+    if not math.isfinite(value):
+        raise TrainingError(f"non-finite training loss {where} (try a smaller learning_rate or float64)")
+    if loss_sum is not None:
+        (loss_sum / n_total).backward()
+    ddp.all_reduce_gradients(list(model.parameters()))
+    if params.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
+    optimizer.step()
+    return value, n_total
 
 
 # ---------------------------------------------------------------------------
