@@ -35,7 +35,7 @@ def rule_blocks():
     for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
         text = smk.read_text()
         starts = [(m.start(), m.group(1) or m.group(2))
-                  for m in re.finditer(r"^(?:rule (\w+):|use rule \w+ as (\w+) with:)", text, re.M)]
+                  for m in re.finditer(r"^(?:rule (\w+):|use rule \w+ as (\w+) with:)", text, re.MULTILINE)]
         if not starts:
             continue  # helpers only (common.smk)
         for (start, name), (end, _) in zip(starts, starts[1:] + [(len(text), None)], strict=True):

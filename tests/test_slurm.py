@@ -131,7 +131,7 @@ def slurm_cluster(tmp_path_factory):
     logs = []
 
     def start(args):
-        log = open(root / "log" / f"{Path(args[0]).name}.out", "w")
+        log = open(root / "log" / f"{Path(args[0]).name}.out", "w")  # noqa: SIM115 (open for the daemon's life, closed at teardown)
         logs.append(log)
         proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
         procs.append(proc)
@@ -160,7 +160,7 @@ def slurm_cluster(tmp_path_factory):
         while time.monotonic() < deadline:
             if any(p.poll() is not None for p in procs):
                 pytest.fail("a SLURM daemon exited\n" + diagnostics())
-            out = subprocess.run(["sinfo", "-h", "-n", host, "-o", "%t"], env=env,
+            out = subprocess.run(["sinfo", "-h", "-n", host, "-o", "%t"], check=False, env=env,
                                  capture_output=True, text=True, timeout=10)
             state = out.stdout.strip()
             if state == "idle":
