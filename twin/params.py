@@ -24,7 +24,7 @@ class ShearParams:
     strain(t) = amplitude * sin(2 pi t / period_s) for t >= 0 (after equilibration).
     """
 
-    amplitude: float = 0.04          # dimensionless strain amplitude gamma_0
+    amplitude: float = 0.08          # dimensionless strain amplitude gamma_0 (enough for occasional rearrangements)
     period_s: float = 2.0            # s, period of one cycle
     cycles: float = 2.0              # number of cycles recorded
 
@@ -39,7 +39,7 @@ class InteractionParams:
     d_ij = (d_i + d_j) / 2. Energies in units of the thermal energy kT.
     """
 
-    dipolar_kT: float = 600.0                # kT, amplitude A of A (d_ij/r)^3 (the truncation lowers the energy at contact to 0.69 A)
+    dipolar_kT: float = 300.0                # kT, amplitude A of A (d_ij/r)^3 (the truncation lowers the energy at contact to 0.69 A)
     contact_stiffness_kT_um2: float = 2000.0  # kT / um^2, harmonic contact stiffness
     cutoff_diameters: float = 2.0             # cut-off radius in units of d_ij
 
@@ -51,7 +51,7 @@ class SimulationParams:
     seed: int = 1
     n_particles: int = 600
     # Area fraction sum(pi d^2 / 4) / box area. The default monolayer is jammed by
-    # its dipolar repulsion (coupling ~ 900 kT for small pairs, far above 2D dipolar
+    # its dipolar repulsion (coupling ~ 450 kT for small pairs, far above 2D dipolar
     # melting at ~60) with gaps between particles, as at an oil-water interface;
     # set >= 0.84 with a weak dipolar_kT for a contact-jammed packing.
     packing_fraction: float = 0.5
