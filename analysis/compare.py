@@ -23,6 +23,7 @@ import pandas as pd
 from analysis.inputs import check_trajectories
 from analysis.measure import PHASE_COLUMNS, Measurements, Settings, measure, resolve_settings
 from mpd.atomic import atomic_output_dir
+from mpd.jsonsafe import json_ready
 
 __all__ = ["METRIC_KEYS", "compare", "curve_error", "errors", "relative_l2", "write_outputs"]
 
@@ -96,18 +97,6 @@ def errors(reference: Measurements, candidate: Measurements) -> dict:
     return {k: _none(float(v)) for k, v in out.items()}
 
 
-def _json_ready(obj):
-    if isinstance(obj, dict):
-        return {str(k): _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return _none(float(obj))
-    return obj
-
-
 def write_outputs(out_dir, metrics: dict, measurements: dict[str, Measurements], *, reference: str,
                   map_frame: int | None = None, window=None, figures: bool = True) -> Path:
     """Write metrics.json, tables/<name>/*.csv and (unless `figures` is False) figures/*.png atomically."""
@@ -130,7 +119,7 @@ def write_outputs(out_dir, metrics: dict, measurements: dict[str, Measurements],
 
             figure_module.all_figures(measurements, tmp / "figures", reference=reference,
                                       settings=metrics["settings"], map_frame=map_frame, window=window)
-        (tmp / "metrics.json").write_text(json.dumps(_json_ready(metrics), indent=2, allow_nan=False) + "\n")
+        (tmp / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=2, allow_nan=False) + "\n")
     return Path(out_dir)
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from mpd.atomic import atomic_output_dir
+from mpd.jsonsafe import json_ready
 
 from . import qc
 from .accuracy import accuracy_report
@@ -95,24 +96,9 @@ def _versions() -> dict:
     return versions
 
 
-def _json_ready(value):
-    """Make numpy scalars and NaN JSON-safe (NaN becomes null)."""
-    if isinstance(value, dict):
-        return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return None if not math.isfinite(float(value)) else float(value)
-    if isinstance(value, np.ndarray):
-        return _json_ready(value.tolist())
-    return value
-
-
 def _write_json(path: Path, data: dict) -> None:
     with open(path, "w") as handle:
-        json.dump(_json_ready(data), handle, indent=2)
+        json.dump(json_ready(data), handle, indent=2, allow_nan=False)
         handle.write("\n")
 
 
