@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ import torch
 import torch.distributed as dist
 
 from mpd.model import MetriplecticModel, State
-from mpd.model.dynamics import assemble_drift, marginal_mobility
+from mpd.model.dynamics import gaussian_nll
 
 log = logging.getLogger(__name__)
 
@@ -153,23 +152,11 @@ def sharded_nll_sum(
     if state_t is None:
         all_sum([0.0] * 4, device)  # diagonal sums (D+1 = 3) and count of the floor
         return None
-    thermo, terms = model._terms(state_t, pairs, with_derivatives=True, create_graph=True)
-    mass, k_B, n = model.mass, model.k_B, state_t.x.shape[0]
-    f_v, f_S = assemble_drift(thermo, terms, pairs, mass, k_B)
-    mean = torch.cat([state_t.v + f_v * dt, (state_t.S + f_S * dt)[:, None]], dim=-1)
-    target = torch.cat([state_t1.v, state_t1.S[:, None]], dim=-1)
-    covariance = 2 * k_B * dt * marginal_mobility(terms, mass, pairs, n)
-    mean, target, covariance = mean[interior], target[interior], covariance[interior]
+    residual, covariance = model.predictive_moments(state_t, state_t1, pairs, dt, interior)
     diagonal = torch.diagonal(covariance, dim1=-2, dim2=-1)
     sums = all_sum(diagonal.detach().sum(0).tolist() + [diagonal.shape[0]], device)
-    floor = jitter * torch.tensor(sums[:-1], dtype=diagonal.dtype, device=diagonal.device) / sums[-1]
-    regularised = covariance + torch.diag_embed(floor.expand_as(diagonal))
-    cholesky = torch.linalg.cholesky(regularised)
-    residual = target - mean
-    whitened = torch.linalg.solve_triangular(cholesky, residual[:, :, None], upper=False).squeeze(-1)
-    log_det_half = torch.log(torch.diagonal(cholesky, dim1=-2, dim2=-1)).sum(-1)
-    k = residual.shape[-1]
-    return (0.5 * (whitened * whitened).sum(-1) + log_det_half + 0.5 * k * math.log(2 * math.pi)).sum()
+    global_mean = torch.tensor(sums[:-1], dtype=diagonal.dtype, device=diagonal.device) / sums[-1]
+    return gaussian_nll(residual, covariance, jitter, diagonal_mean=global_mean).sum()
 
 
 # ---------------------------------------------------------------------------

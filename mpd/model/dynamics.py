@@ -241,17 +241,19 @@ def assemble_drift(
     return f_v, f_S
 
 
-def gaussian_nll(residual: torch.Tensor, covariance: torch.Tensor, jitter: float) -> torch.Tensor:
+def gaussian_nll(residual: torch.Tensor, covariance: torch.Tensor, jitter: float,
+                 diagonal_mean: torch.Tensor | None = None) -> torch.Tensor:
     """-log N(residual; 0, covariance) per row, (K,), by batched Cholesky.
 
     The jitter adds jitter * mean_k(Sigma_k,aa) to each diagonal entry a: one
     regulariser per component, so it is unit-consistent (velocities and
     entropies have different units) and scale-free, and it keeps a particle
     whose block is singular (no neighbour, hence no noise) finite. It is detached:
-    a numerical floor, not part of the model.
+    a numerical floor, not part of the model. ``diagonal_mean`` replaces the
+    mean over these rows (data-parallel training passes the global batch's).
     """
     diagonal = torch.diagonal(covariance, dim1=-2, dim2=-1)
-    floor = jitter * diagonal.mean(0).detach()
+    floor = jitter * (diagonal.mean(0) if diagonal_mean is None else diagonal_mean).detach()
     regularised = covariance + torch.diag_embed(floor.expand_as(diagonal))
     cholesky = torch.linalg.cholesky(regularised)
     whitened = torch.linalg.solve_triangular(cholesky, residual[:, :, None], upper=False).squeeze(-1)
@@ -522,6 +524,18 @@ class MetriplecticModel(nn.Module):
         k_B div M), Sigma_ii = 2 k_B M_ii dt. Keeps the graph for training; the
         entropies may come from the teacher (their graph is kept too).
         """
+        residual, covariance = self.predictive_moments(state_t, state_t1, pairs, dt, interior)
+        return gaussian_nll(residual, covariance, jitter).mean()
+
+    def predictive_moments(
+        self,
+        state_t: State,
+        state_t1: State,
+        pairs: PairTensors,
+        dt: float,
+        interior: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(v_i, S_i)^{t+1} - mu_i and Sigma_ii = 2 k_B M_ii dt of the (interior) particles, with graph."""
         thermo, terms = self._terms(state_t, pairs, with_derivatives=True, create_graph=True)
         mass, k_B, n = self.mass, self.k_B, state_t.x.shape[0]
         f_v, f_S = assemble_drift(thermo, terms, pairs, mass, k_B)
@@ -529,8 +543,8 @@ class MetriplecticModel(nn.Module):
         target = torch.cat([state_t1.v, state_t1.S[:, None]], dim=-1)
         covariance = 2 * k_B * dt * marginal_mobility(terms, mass, pairs, n)
         if interior is not None:
-            mean, target, covariance = mean[interior], target[interior], covariance[interior]
-        return gaussian_nll(target - mean, covariance, jitter).mean()
+            target, mean, covariance = target[interior], mean[interior], covariance[interior]
+        return target - mean, covariance
 
     # -- self-supervision -------------------------------------------------------------
     def teacher_entropy(self, x: torch.Tensor, v: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
