@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 def _umask() -> int:
@@ -54,3 +55,34 @@ def atomic_output_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """Yield a binary handle whose content becomes ``path`` only when the block succeeds.
+
+    For stages whose outputs are single files in a shared folder (the model's
+    checkpoint, log and rollout files). The data are flushed to disk before
+    the rename, so a kill or power loss leaves the old file or the new one,
+    never half of either; the file gets the permissions ``open`` would give
+    it, not mkstemp's private 0600.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` to ``path`` all at once or not at all (see atomic_file)."""
+    with atomic_file(path) as handle:
+        handle.write(data)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mpd.atomic import atomic_write_bytes
 from mpd.geometry.dataset import dataset_dir as find_dataset_dir
 from mpd.geometry.dataset import read_metadata
 from mpd.geometry.domain import Box
@@ -25,7 +26,6 @@ from mpd.geometry.reference import reference_frames
 from mpd.params import ModelConfig, RolloutParams
 from mpd.rollout import observed_from_table, rollout
 from mpd.training import (
-    atomic_write_bytes,
     dataset_frames,
     load_model,
     model_metadata,

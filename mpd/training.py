@@ -26,10 +26,8 @@ import hashlib
 import io
 import logging
 import math
-import os
 import random
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -42,6 +40,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from mpd import distributed as ddp
+from mpd.atomic import atomic_file, atomic_write_bytes
 from mpd.geometry.dataset import dataset_dir as find_dataset_dir
 from mpd.geometry.domain import Box
 from mpd.geometry.loader import SnapshotPairDataset, collate_snapshots
@@ -381,32 +380,9 @@ def restore_random_states(states: Mapping, loader_generator: torch.Generator) ->
 
 
 def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save to a temporary file beside `path`, then rename: a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(data: bytes, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save all at once or not at all: a kill never leaves half a checkpoint."""
+    with atomic_file(path) as handle:
+        torch.save(obj, handle)
 
 
 def write_log(rows: Sequence[Mapping], path: Path) -> None:

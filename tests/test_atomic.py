@@ -38,3 +38,20 @@ def test_error_leaves_previous_state(tmp_path):
         raise RuntimeError("boom")
     assert sorted(p.name for p in out.iterdir()) == ["kept.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stage"]
+
+
+def test_atomic_file_replaces_whole_or_not_at_all(tmp_path):
+    from mpd.atomic import atomic_file, atomic_write_bytes
+
+    path = tmp_path / "model.pt"
+    atomic_write_bytes(b"old", path)
+    with pytest.raises(RuntimeError), atomic_file(path) as handle:
+        handle.write(b"half")
+        raise RuntimeError("killed")
+    assert path.read_bytes() == b"old"
+    atomic_write_bytes(b"new", path)
+    assert path.read_bytes() == b"new"
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]

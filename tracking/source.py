@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import numpy as np
 
+from mpd.atomic import atomic_write_bytes
 from tracking.io import open_video
 
 
@@ -55,12 +55,5 @@ def write_video_metadata(video_section: dict, out_path: str | os.PathLike) -> di
         exposure_s=video_section.get("exposure_s"),
         bit_depth=video_section.get("bit_depth"),
     )
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(metadata, indent=2) + "\n")
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes((json.dumps(metadata, indent=2) + "\n").encode(), out_path)
     return metadata
