@@ -21,6 +21,23 @@ def _umask() -> int:
     return mask
 
 
+def prepare_parent(out_dir: str | os.PathLike) -> Path:
+    """Create the parent folder of ``out_dir`` and check it is writable; returns it.
+
+    Stages with a long computation call this first, so a bad output location
+    fails at once rather than after the work.
+    """
+    parent = Path(out_dir).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PermissionError(f"cannot create the parent directory {parent} of {out_dir}: {exc}") from exc
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"the parent directory {parent} of {out_dir} is not writable; "
+                              f"choose another output folder or fix its permissions")
+    return parent
+
+
 @contextmanager
 def atomic_output_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder that becomes ``out_dir`` on success.
@@ -32,10 +49,7 @@ def atomic_output_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     so results stay readable by collaborators on a shared cluster.
     """
     out_dir = Path(out_dir)
-    parent = out_dir.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"cannot write to '{parent}': the output folder's parent is not writable")
+    parent = prepare_parent(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())

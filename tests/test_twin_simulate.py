@@ -154,7 +154,7 @@ def test_unwritable_parent_is_reported(tmp_path, monkeypatch):
     locked = tmp_path / "locked"
     locked.mkdir()
     if os.geteuid() == 0:  # root may write anywhere: pretend the permission check fails
-        monkeypatch.setattr(sim_mod.os, "access", lambda path, mode: Path(path) != locked)
+        monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != locked)
     locked.chmod(0o500)
     try:
         with pytest.raises(PermissionError, match="not writable"):

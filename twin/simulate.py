@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import subprocess
 import tempfile
@@ -80,7 +79,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial import cKDTree
 
-from mpd.atomic import atomic_output_dir
+from mpd.atomic import atomic_output_dir, prepare_parent
 from twin import lammps_env
 from twin.params import ParameterError, SimulationParams, to_dict
 from twin.potential import write_pair_table
@@ -423,18 +422,6 @@ def _versions(lammps_version: str) -> dict:
             "pyarrow": v("pyarrow"), "scipy": v("scipy")}
 
 
-def _prepare_parent(out_dir: Path) -> Path:
-    parent = out_dir.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PermissionError(f"cannot create the parent directory {parent} of out_dir: {exc}") from exc
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise PermissionError(f"the parent directory {parent} of out_dir is not writable; "
-                              f"choose another out_dir or fix its permissions")
-    return parent
-
-
 # ---------------------------------------------------------------------------
 # public entry point
 
@@ -454,7 +441,7 @@ def simulate(params: SimulationParams, out_dir: Path, workdir: Path | None = Non
     t_start = time.perf_counter()
     setup = _check_params(params)
     out_dir = Path(out_dir).absolute()
-    _prepare_parent(out_dir)  # fail before a long run, not after it
+    prepare_parent(out_dir)  # fail before a long run, not after it
     n, n_frames, spf = params.n_particles, params.n_frames, setup.steps_per_frame
     lx = ly = setup.box_l
 
