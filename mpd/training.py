@@ -46,6 +46,7 @@ from mpd.geometry.domain import Box
 from mpd.geometry.loader import SnapshotPairDataset, collate_snapshots
 from mpd.model import EulerMaruyama, MetriplecticModel, PairTensors, State
 from mpd.params import AUTO, ModelConfig, NetworkParams, RolloutParams, TrainingParams, config_hash
+from mpd.provenance import software_versions
 from mpd.rollout import (
     ExteriorRule,
     ObservedFrames,
@@ -652,17 +653,6 @@ def _distributed_step(model, optimizer, train_set, indices, frames, params, devi
 # ---------------------------------------------------------------------------
 
 
-def _versions() -> dict:
-    from importlib import metadata
-
-    try:
-        package = metadata.version("colloid-mpd")
-    except metadata.PackageNotFoundError:
-        package = None
-    return {"python": sys.version.split()[0], "torch": str(torch.__version__), "numpy": str(np.__version__),
-            "pandas": str(pd.__version__), "colloid-mpd": package}
-
-
 def model_metadata(result: TrainingResult, config: ModelConfig, dataset_path, dtype: str) -> dict:
     """What a user of model.pt needs besides the weights: units, scales, provenance."""
     h, dt = result.scales["length_um"], result.scales["time_s"]
@@ -674,7 +664,7 @@ def model_metadata(result: TrainingResult, config: ModelConfig, dataset_path, dt
         "dataset": {"path": str(dataset_path), "fingerprint": result.dataset_fingerprint},
         "best_epoch": result.best_epoch, "best_metric": result.best_metric, "selection_basis": result.selection_basis,
         "epochs_run": max(len(result.log) - 1, 0), "dtype": dtype, "device": result.device,
-        "versions": _versions(),
+        "versions": software_versions("torch", "numpy", "pandas"),
     }
 
 

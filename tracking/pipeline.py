@@ -14,7 +14,6 @@ import dataclasses
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import pandas as pd
 
 from mpd.atomic import atomic_output_dir
 from mpd.jsonsafe import json_ready
+from mpd.provenance import software_versions
 
 from . import qc
 from .accuracy import accuracy_report
@@ -82,18 +82,6 @@ def load_truth(truth_pixels) -> pd.DataFrame | None:
         raise TrackingInputError(f"the truth table lacks the columns {missing} (docs/data_schema.md, "
                                  f"truth_pixels.parquet)")
     return truth
-
-
-def _versions() -> dict:
-    from importlib import metadata
-
-    versions = {"python": platform.python_version()}
-    for package in ("trackpy", "pims", "numpy", "scipy", "pandas", "tifffile"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    return versions
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -238,7 +226,7 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
         "parameters": to_dict(params),
         "units": {"pixel_size_um": pixel_size_um, "frame_rate_hz": frame_rate_hz},
         "processes": processes,
-        "software": _versions(),
+        "software": software_versions("trackpy", "pims", "numpy", "scipy", "pandas", "tifffile"),
     }
 
     mark = time.perf_counter()

@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import pandas as pd
 from scipy.special import erf, erfc
 
 from mpd.atomic import atomic_output_dir
+from mpd.provenance import software_versions
 from twin.params import MicroscopeParams, to_dict
 from twin.video_io import to_uint8_preview, write_movie, write_tiff_stack
 
@@ -427,18 +427,6 @@ def truth_to_pixels(
 
 # --------------------------------------------------------------------------- video
 
-def _software_versions() -> dict:
-    import importlib.metadata as md
-
-    versions = {"python": platform.python_version()}
-    for pkg in ("numpy", "scipy", "pandas", "pyarrow", "tifffile", "imageio", "imageio-ffmpeg"):
-        try:
-            versions[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return versions
-
-
 def render_video(
     truth: pd.DataFrame, truth_meta: dict, params: MicroscopeParams, out_dir: str | os.PathLike
 ) -> RenderResult:
@@ -515,7 +503,7 @@ def render_video(
         "box_um": [float(truth_meta["lx_um"]), float(truth_meta["ly_um"])],
         "mean_particles_in_fov": float(truth_pixels["in_fov"].sum() / n_frames),
         "microscope": to_dict(params),
-        "software": _software_versions(),
+        "software": software_versions("numpy", "scipy", "pandas", "pyarrow", "tifffile", "imageio", "imageio-ffmpeg"),
     }
 
     with atomic_output_dir(out_dir) as tmp:

@@ -65,14 +65,12 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import subprocess
 import tempfile
 import time
 import warnings
 from contextlib import ExitStack
 from dataclasses import dataclass
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +78,7 @@ import pandas as pd
 from scipy.spatial import cKDTree
 
 from mpd.atomic import atomic_output_dir, prepare_parent
+from mpd.provenance import software_versions
 from twin import lammps_env
 from twin.params import ParameterError, SimulationParams, to_dict
 from twin.potential import write_pair_table
@@ -411,17 +410,6 @@ def _max_overlap_fraction(x, y, diam, lx: float, ly: float, xy: float) -> float:
 # writing
 
 
-def _versions(lammps_version: str) -> dict:
-    def v(name):
-        try:
-            return importlib_metadata.version(name)
-        except importlib_metadata.PackageNotFoundError:
-            return None
-    return {"lammps": lammps_version, "lammps_wheel": v("lammps"), "mpich": v("mpich"),
-            "python": platform.python_version(), "numpy": np.__version__, "pandas": pd.__version__,
-            "pyarrow": v("pyarrow"), "scipy": v("scipy")}
-
-
 # ---------------------------------------------------------------------------
 # public entry point
 
@@ -542,7 +530,8 @@ def simulate(params: SimulationParams, out_dir: Path, workdir: Path | None = Non
         "mpi_ranks": params.mpi_ranks,
         "simulation_params": to_dict(params),
         "diagnostics": {"max_overlap_fraction": max_overlap, "rms_nonaffine_displacement_um": rms_na},
-        "software": _versions(version),
+        "software": {**software_versions("lammps", "mpich", "numpy", "pandas", "pyarrow", "scipy"),
+                     "lammps_library": version},
     }
 
     with atomic_output_dir(out_dir) as tmp:

@@ -21,9 +21,11 @@ from mpd.geometry.dataset import write_dataset
 from mpd.geometry.domain import Box, Window
 from mpd.geometry.inputs import GeometryInputError, boxes_per_frame, load_trajectories, validate_trajectories
 from mpd.geometry.masks import exterior_mask, window_from_video_metadata
+from mpd.geometry.neighbours import torch_cluster_available
 from mpd.geometry.reference import reference_frames
 from mpd.geometry.strain import local_strain
 from mpd.geometry.voronoi import voronoi_areas
+from mpd.provenance import software_versions
 
 OBSERVABLE_UNITS = {
     "frame": "", "t": "s", "particle": "", "x": "µm", "y": "µm",
@@ -218,10 +220,4 @@ def _check_positive(**values) -> None:
 
 
 def _versions() -> dict:
-    import pyarrow
-    import scipy
-
-    from mpd.geometry.neighbours import torch_cluster_available
-
-    return {"numpy": np.__version__, "scipy": scipy.__version__, "pandas": pd.__version__,
-            "pyarrow": pyarrow.__version__, "torch_cluster": torch_cluster_available()}
+    return {**software_versions("numpy", "scipy", "pandas", "pyarrow"), "torch_cluster": torch_cluster_available()}

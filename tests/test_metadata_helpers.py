@@ -12,3 +12,11 @@ def test_numpy_and_non_finite_values_become_strict_json():
     text = json.dumps(json_ready(data), allow_nan=False)
     assert json.loads(text) == {"n": 3, "x": 0.5, "flag": True, "nan": None, "inf": None,
                                 "arr": [1.0, None], "7": [1, 2.5]}
+
+
+def test_software_versions_name_what_is_installed_and_what_is_not():
+    from mpd.provenance import software_versions
+
+    versions = software_versions("numpy", "surely-not-installed-dist")
+    assert versions["numpy"] == np.__version__ and versions["surely-not-installed-dist"] is None
+    assert versions["python"] and "colloid-mpd" in versions
