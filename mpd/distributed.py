@@ -10,16 +10,14 @@ shard is weighted by its interior particles and the gradients are summed over
 the ranks (explicit all-reduce after backward, no DDP hooks: the model's
 forward itself calls autograd.grad), which gives the gradient of the
 1-process loss (mean NLL over the global batch's interior particles) up to
-summation order. The likelihood's covariance floor (`jitter` times the batch
-mean of the covariance diagonal) uses the global batch's mean. Rank 0 alone
+summation order. The likelihood's covariance floor (`covariance_floor`) takes its
+small batch-mean part over the global batch. Rank 0 alone
 evaluates, selects and writes checkpoint.pt, training_log.csv and the model
 files; the evaluation results are broadcast so that every rank holds the same log.
 
-Not exact: the strain bonds' regulariser of a solid model (`solid: true`)
-contains the batch mean of the bond eigenvalues (mpd.model.geometry), which
-each rank takes over its shard: a small difference from the 1-process run
-(4e-13 in the parameters after 6 float64 steps in tests/test_distributed.py;
-fluid models are exact up to rounding).
+Exact up to summation order for fluid and solid models alike (the strain
+solve has no batch-dependent regulariser; the floor's small batch-mean part
+uses the global batch).
 """
 from __future__ import annotations
 
@@ -35,7 +33,7 @@ import torch
 import torch.distributed as dist
 
 from mpd.model import MetriplecticModel, State
-from mpd.model.dynamics import gaussian_nll
+from mpd.model.dynamics import gaussian_nll, row_scales
 
 log = logging.getLogger(__name__)
 
@@ -145,18 +143,18 @@ def sharded_nll_sum(
     """Sum over this shard's interior particles of -log N((v_i, S_i)^{t+1}; mu_i, Sigma_ii).
 
     `MetriplecticModel.nll` times the number of interior particles, except
-    that the detached covariance floor, jitter * mean_k(Sigma_k,aa), takes
-    the mean over the global batch (all ranks; a collective: every rank calls
+    that the small batch-mean part of the detached covariance floor
+    (`mpd.model.dynamics.covariance_floor`) takes the mean over the global batch (all ranks; a collective: every rank calls
     this once per step, an empty shard with `state_t` None).
     """
     if state_t is None:
-        all_sum([0.0] * 4, device)  # diagonal sums (D+1 = 3) and count of the floor
+        all_sum([0.0] * 3, device)  # the velocity and entropy scale sums and the row count of the floor
         return None
     residual, covariance = model.predictive_moments(state_t, state_t1, pairs, dt, interior)
-    diagonal = torch.diagonal(covariance, dim1=-2, dim2=-1)
-    sums = all_sum(diagonal.detach().sum(0).tolist() + [diagonal.shape[0]], device)
-    global_mean = torch.tensor(sums[:-1], dtype=diagonal.dtype, device=diagonal.device) / sums[-1]
-    return gaussian_nll(residual, covariance, jitter, diagonal_mean=global_mean).sum()
+    scales = row_scales(covariance, covariance.shape[-1] - 1).detach()
+    sums = all_sum(scales.sum(0).tolist() + [scales.shape[0]], device)
+    global_mean = torch.tensor(sums[:-1], dtype=scales.dtype, device=scales.device) / sums[-1]
+    return gaussian_nll(residual, covariance, jitter, scale_mean=global_mean).sum()
 
 
 # ---------------------------------------------------------------------------

@@ -25,9 +25,8 @@ PARAMETER_TOLERANCE = 1e-9  # max |theta_2proc - theta_1proc| after training, mo
 
 
 def config(epochs=2, solid=False):
-    # batch_size 3 on 2 ranks: uneven shards (2 + 1 pairs); "auto" k_B, mass and teacher scale. A fluid model is
-    # exact up to rounding; a solid one takes the strain regulariser's batch mean per shard (docs/training.md),
-    # which moves the parameters by ~4e-13 here, still within the tolerance
+    # batch_size 3 on 2 ranks: uneven shards (2 + 1 pairs); "auto" k_B, mass and teacher scale. Fluid and solid
+    # models are exact up to rounding (docs/training.md)
     return {
         "network": dict(SMALL_NETWORK, solid=solid),
         "training": {"epochs": epochs, "batch_size": 3, "dtype": "float64", "device": "cpu", "progress": False,

@@ -241,20 +241,48 @@ def assemble_drift(
     return f_v, f_S
 
 
-def gaussian_nll(residual: torch.Tensor, covariance: torch.Tensor, jitter: float,
-                 diagonal_mean: torch.Tensor | None = None) -> torch.Tensor:
-    """-log N(residual; 0, covariance) per row, (K,), by batched Cholesky.
+def covariance_floor(covariance: torch.Tensor, jitter: float, n_velocity: int,
+                     scale_mean: torch.Tensor | None = None) -> torch.Tensor:
+    """The likelihood's diagonal floor per row, (K, D+1): isotropic in velocity, separate for entropy.
 
-    The jitter adds jitter * mean_k(Sigma_k,aa) to each diagonal entry a: one
-    regulariser per component, so it is unit-consistent (velocities and
-    entropies have different units) and scale-free, and it keeps a particle
-    whose block is singular (no neighbour, hence no noise) finite. It is detached:
-    a numerical floor, not part of the model. ``diagonal_mean`` replaces the
-    mean over these rows (data-parallel training passes the global batch's).
+    Each row's scale is its own: s_v = tr(Sigma_vv)/D for every velocity
+    component (one value, so the NLL is invariant under rotations of the
+    velocities) and s_S = Sigma_SS for the entropy (another unit). The floor is
+    jitter_eff * (s + 1e-6 <s>), with <s> the batch mean of the same scales
+    (`scale_mean`, (2,): data-parallel training passes the global batch's),
+    which only keeps a row whose block vanishes (no neighbour, no bath) finite.
+    jitter_eff = max(jitter, 100 eps) of the dtype (1.2e-5 in float32), so that
+    the Cholesky factorisation is safe at the dtype's resolution. Detached: a
+    numerical floor, not part of the model.
     """
+    scales = row_scales(covariance, n_velocity).detach()
+    mean = scales.mean(0) if scale_mean is None else scale_mean.detach()
+    effective = max(float(jitter), 100.0 * torch.finfo(covariance.dtype).eps)
+    per_row = effective * (scales + 1e-6 * mean)
+    n_entropy = covariance.shape[-1] - n_velocity
+    return torch.cat([per_row[:, :1].expand(-1, n_velocity), per_row[:, 1:].expand(-1, n_entropy)], dim=-1)
+
+
+def row_scales(covariance: torch.Tensor, n_velocity: int) -> torch.Tensor:
+    """(tr Sigma_vv / D, mean of the entropy diagonal) per row, (K, 2)."""
     diagonal = torch.diagonal(covariance, dim1=-2, dim2=-1)
-    floor = jitter * (diagonal.mean(0) if diagonal_mean is None else diagonal_mean).detach()
-    regularised = covariance + torch.diag_embed(floor.expand_as(diagonal))
+    velocity = diagonal[:, :n_velocity].mean(-1)
+    entropy = diagonal[:, n_velocity:].mean(-1) if diagonal.shape[-1] > n_velocity else torch.zeros_like(velocity)
+    return torch.stack([velocity, entropy], dim=-1)
+
+
+def gaussian_nll(residual: torch.Tensor, covariance: torch.Tensor, jitter: float,
+                 scale_mean: torch.Tensor | None = None, n_velocity: int | None = None) -> torch.Tensor:
+    """-log N(residual; 0, covariance + floor) per row, (K,), by batched Cholesky.
+
+    Rows are (v_1..v_D, S); the floor is `covariance_floor` (isotropic in the
+    velocities, so rotating the velocities leaves the NLL unchanged, and
+    relative to each row's own scale, so a nearly singular row is not
+    swamped by its neighbours' scale). n_velocity defaults to all components but the last.
+    """
+    n_velocity = residual.shape[-1] - 1 if n_velocity is None else n_velocity
+    floor = covariance_floor(covariance, jitter, n_velocity, scale_mean)
+    regularised = covariance + torch.diag_embed(floor)
     cholesky = torch.linalg.cholesky(regularised)
     whitened = torch.linalg.solve_triangular(cholesky, residual[:, :, None], upper=False).squeeze(-1)
     log_det_half = torch.log(torch.diagonal(cholesky, dim1=-2, dim2=-1)).sum(-1)
@@ -304,14 +332,12 @@ class MetriplecticModel(nn.Module):
         mass: float = 1.0,
         solid: bool = True,
         strict_convexity: float = 1e-3,
-        strain_regularization: float = 1e-9,
         collinear_tol: float = 1e-2,
     ):
         super().__init__()
         self.h = float(h)
         self.dim = int(dim)
         self.solid = bool(solid)
-        self.strain_regularization = float(strain_regularization)
         self.collinear_tol = float(collinear_tol)
         self.kernel = VolumeKernel(h, kernel_hidden)
         self.U_vol = VolumetricEnergy(energy_hidden, strict_convexity)
@@ -339,7 +365,7 @@ class MetriplecticModel(nn.Module):
 
     def strain_invariant(self, x: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
         """I_i over the strain bonds (reference neighbours), zero where ill-conditioned."""
-        return strain_invariant(x, pairs, self.strain_regularization, self.collinear_tol)
+        return strain_invariant(x, pairs, self.collinear_tol)
 
     def internal_energy(self, S: torch.Tensor, V: torch.Tensor, I: torch.Tensor) -> torch.Tensor:
         """U_i = U_vol(S_i, V_i) + U_dev(S_i, I_i) (U_dev omitted for solid=False)."""
@@ -558,6 +584,7 @@ __all__ = [
     "State",
     "Thermodynamics",
     "assemble_drift",
+    "covariance_floor",
     "entropy_gradient_flow",
     "friction_tensor",
     "gaussian_nll",
@@ -565,4 +592,5 @@ __all__ = [
     "mobility_divergence",
     "noise_projectors",
     "pair_mobility",
+    "row_scales",
 ]

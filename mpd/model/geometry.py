@@ -132,39 +132,38 @@ def particle_volume(kernel: VolumeKernel, r_ij: torch.Tensor, pairs: PairTensors
 
 
 def local_deformation_gradient(
-    x: torch.Tensor, pairs: PairTensors, regularization: float = 1e-9, collinear_tol: float = 1e-2
+    x: torch.Tensor, pairs: PairTensors, collinear_tol: float = 1e-2
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Best-fit local deformation gradient over the strain bonds (Falk and Langer 1998).
 
     Returns F (N, D, D) and valid (N,) bool. With d = current and d0 = reference
     separation of each bond of i,
 
-        X_i = sum_j d d0^T,   Y_i = sum_j d0 d0^T,   F_i = X_i (Y_i + lambda_i I)^{-1},
+        X_i = sum_j d d0^T,   Y_i = sum_j d0 d0^T,   F_i = X_i Y_i^{-1},
 
     the geometry stage's estimator (mpd.geometry.strain), unweighted like it. A
     bond adds the same d d0^T to both ends (both vectors flip sign). Y depends
     on the reference only, so F is linear in the current positions.
 
     valid_i: det(Y_i) / (tr Y_i / D)^D > collinear_tol, the data stage's test
-    (1 for an isotropic neighbourhood, 0 for collinear bonds); where it fails
-    the data stage reports NaN. Here F stays finite thanks to the Tikhonov term
-    lambda_i = regularization (tr Y_i / D + mean_k tr Y_k / D), tiny so that it
-    does not bias a well-conditioned F; it shrinks F towards zero rather than
-    towards I so that F -> Q F under a rotation Q of the current configuration
-    (the strain stays objective).
+    (1 for an isotropic neighbourhood, 0 for collinear bonds or fewer than D
+    bonds). It bounds the condition number of Y_i (below 4 / collinear_tol in
+    2D: 400 by default), so the unregularised solve is exact and safe in
+    float32. Where it fails the data stage reports NaN; here Y_i is replaced
+    by the identity before the solve, so F_i is finite (and unused: callers
+    mask it with `valid`) and no gradient can become NaN. No Tikhonov term:
+    one small enough not to bias F would sit below float32 resolution.
     """
     dim, n = x.shape[-1], x.shape[0]
     d, d0 = bond_separations(x, pairs), pairs.bond_r_ref
     X = sum_to_both_ends(d[:, :, None] * d0[:, None, :], pairs.bond_i, pairs.bond_j, n)
     Y = sum_to_both_ends(d0[:, :, None] * d0[:, None, :], pairs.bond_i, pairs.bond_j, n)
     mean_eigenvalue = torch.diagonal(Y, dim1=-2, dim2=-1).sum(-1) / dim
-    valid = torch.linalg.det(Y) > collinear_tol * mean_eigenvalue**dim
-    # + 1e-30 (length^2, normal in float32): finite F even without any bond at all
-    lam = regularization * (mean_eigenvalue + mean_eigenvalue.mean()) + 1e-30
+    valid = (mean_eigenvalue > 0) & (torch.linalg.det(Y) > collinear_tol * mean_eigenvalue**dim)
     identity = torch.eye(dim, dtype=x.dtype, device=x.device)
-    Y_reg = Y + lam[:, None, None] * identity
-    # F = X Y_reg^{-1}  <=>  Y_reg F^T = X^T (Y_reg symmetric)
-    F = torch.linalg.solve(Y_reg, X.transpose(-1, -2)).transpose(-1, -2)
+    Y_safe = torch.where(valid[:, None, None], Y, identity)
+    # F = X Y^{-1}  <=>  Y F^T = X^T (Y symmetric)
+    F = torch.linalg.solve(Y_safe, X.transpose(-1, -2)).transpose(-1, -2)
     return F, valid
 
 
@@ -185,9 +184,7 @@ def deviatoric_strain_invariant(F: torch.Tensor) -> torch.Tensor:
     return 0.5 * (dev_E * dev_E).sum((-2, -1))
 
 
-def strain_invariant(
-    x: torch.Tensor, pairs: PairTensors, regularization: float = 1e-9, collinear_tol: float = 1e-2
-) -> torch.Tensor:
+def strain_invariant(x: torch.Tensor, pairs: PairTensors, collinear_tol: float = 1e-2) -> torch.Tensor:
     """I_i, the deviatoric strain invariant of x against the bonds' reference, (N,).
 
     Zero where the neighbourhood is too degenerate for a strain (valid False:
@@ -195,7 +192,7 @@ def strain_invariant(
     energy driven by noise amplified across its thin direction. valid depends on
     the reference only, so this switch never flips during a rollout.
     """
-    F, valid = local_deformation_gradient(x, pairs, regularization, collinear_tol)
+    F, valid = local_deformation_gradient(x, pairs, collinear_tol)
     return torch.where(valid, deviatoric_strain_invariant(F), torch.zeros_like(F[:, 0, 0]))
 
 
