@@ -5,6 +5,7 @@ noise covariance 2 k_B M, div(M) against finite differences, the marginal
 covariance and the likelihood, and linear cost in N. float64 throughout.
 """
 import math
+
 import numpy as np
 import torch
 from hypothesis import Phase, given, settings
