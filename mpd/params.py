@@ -61,6 +61,9 @@ class NetworkParams(_FromConfig):
     mass_init: float | str = AUTO   # initial particle mass m (model units); "auto": match the forces to the data's accelerations
     teacher_velocity_scale: float | str = AUTO  # h/frame, velocity unit of the teacher's inputs; "auto": rms |v_ij| of the data
     strict_convexity: float = 1e-3  # weight of the strictly convex floor of the energy networks (docs/model.md)
+    bath: bool = True               # single-particle friction and noise against the solvent (docs/model.md, Bath)
+    bath_hidden: tuple[int, ...] = (16,)  # widths of the bath's heat-conductance network kappa(T / T_b)
+    bath_friction_init: float = 0.5  # 1/frame, initial friction rate gamma of the bath
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class TrainingParams(_FromConfig):
     selection_steps: int = 4          # frames per selection rollout
     progress: bool = True             # tqdm progress bar (also off when stderr is not a terminal)
     num_threads: int | None = None    # torch CPU threads; None: torch's default
+    measurement_noise_um: float = 0.0  # µm, rms localisation error per coordinate of the tracked positions (docs/training.md)
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ class ModelConfig(_FromConfig):
 
 
 _NESTED = {"network": NetworkParams, "training": TrainingParams, "rollout": RolloutParams}
-_TUPLES = ("kernel_hidden", "energy_hidden", "amplitude_hidden", "teacher_hidden")
+_TUPLES = ("kernel_hidden", "energy_hidden", "amplitude_hidden", "teacher_hidden", "bath_hidden")
 _POSITIVE_INTS = ("epochs", "batch_size", "step_epochs", "selection_starts", "selection_steps", "substeps")
 _OPTIONAL_POSITIVE_INTS = ("max_val_pairs", "num_threads", "n_frames")
 _CHOICES = {"schedule": SCHEDULES, "selection_metric": SELECTION_METRICS, "dtype": DTYPES, "device": DEVICES}
@@ -183,7 +187,7 @@ def _problem(name: str, value) -> str | None:
         return None if ok else "must be a non-empty list of positive integers"
     if name in ("k_B_init", "mass_init", "teacher_velocity_scale"):
         return None if value == AUTO or (_is_number(value) and value > 0) else "must be a positive number or 'auto'"
-    if name in ("solid", "progress", "noise"):
+    if name in ("solid", "progress", "noise", "bath"):
         return None if isinstance(value, bool) else "must be true or false"
     if name in _POSITIVE_INTS:
         return None if _is_int(value) and value >= 1 else "must be an integer >= 1"
@@ -195,7 +199,7 @@ def _problem(name: str, value) -> str | None:
         return None if value is None or (_is_int(value) and value >= 0) else "must be an integer >= 0 or null"
     if name == "grad_clip":
         return None if value is None or (_is_number(value) and value > 0) else "must be a positive number or null"
-    if name in ("weight_decay", "skin"):
+    if name in ("weight_decay", "skin", "measurement_noise_um"):
         return None if _is_number(value) and value >= 0 else "must be a number >= 0"
     if name == "step_factor":
         return None if _is_number(value) and 0 < value <= 1 else "must be in (0, 1]"

@@ -56,6 +56,7 @@ import pandas as pd
 import torch
 
 from mpd.geometry.domain import Box, Window
+from mpd.geometry.kinematics import affine_flow, backward_velocities, shear_box_flow
 from mpd.geometry.masks import exterior_mask
 from mpd.geometry.neighbours import radius_pairs
 from mpd.model import MetriplecticModel, PairTensors, State, euler_maruyama_step, make_pairs
@@ -235,8 +236,13 @@ class VerletList:
 
     def update(
         self, x: torch.Tensor, present: torch.Tensor | None = None, box: Box | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(i, j, shift) of the present pairs with |x_i - x_j + shift| < cutoff, i < j, sorted by (i, j)."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(i, j, shift, m) of the present pairs with |x_i - x_j + shift| < cutoff, i < j, sorted by (i, j).
+
+        m (E,) is each pair's image index across the tilted edge (shift = n a + m b,
+        b = (xy, ly)); zero without a box. A tilt changing at rate d(xy)/dt moves the
+        image, so the pair's shift changes at m (d(xy)/dt, 0) (Lees-Edwards).
+        """
         if self.needs_rebuild(x, box):
             self.build(x, box)
         shift = self.shifts(box, x.dtype, x.device)
@@ -244,7 +250,8 @@ class VerletList:
         keep = torch.linalg.vector_norm(r, dim=-1) < self.cutoff
         if present is not None:
             keep = keep & present[self._i] & present[self._j]
-        return self._i[keep], self._j[keep], shift[keep]
+        image = self._nm[:, 1] if self._nm is not None else torch.zeros(len(self._i), dtype=x.dtype, device=x.device)
+        return self._i[keep], self._j[keep], shift[keep], image[keep].to(x.dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -314,6 +321,12 @@ class ObservedFrames:
         (only the particles that have one; v unused), when it is not itself a snapshot.
     boxes: frame -> periodic Box in model units, or None for an open window.
     exterior: the exterior rule, or None (no exterior, e.g. a periodic box).
+    flows: frame t -> the 6 coefficients (u0x, u0y, gxx, gxy, gyx, gyy) of the background
+        flow u(x) = u0 + G x during t -> t+1 in model units (h per frame, 1/frame;
+        `mpd.geometry.kinematics`); a frame without one has a zero flow.
+
+    A closed periodic box (no exterior rule) needs a snapshot of the start frame
+    only, and boxes for every frame: nothing is prescribed after the start.
     """
 
     snapshots: dict[int, Snapshot]
@@ -321,6 +334,7 @@ class ObservedFrames:
     references: dict[int, Snapshot] = field(default_factory=dict)
     boxes: dict[int, Box] | None = None
     exterior: ExteriorRule | None = None
+    flows: dict[int, np.ndarray] = field(default_factory=dict)
 
     def box(self, frame: int) -> Box | None:
         if self.boxes is None:
@@ -328,6 +342,10 @@ class ObservedFrames:
         if frame not in self.boxes:
             raise KeyError(f"no periodic box known for frame {frame}")
         return self.boxes[frame]
+
+    def flow(self, frame: int) -> np.ndarray:
+        """The background flow's 6 coefficients during frame -> frame + 1 (zero when unknown)."""
+        return np.asarray(self.flows.get(frame, np.zeros(6)), np.float64)
 
     def reference_snapshot(self, frame: int) -> Snapshot | None:
         if frame in self.references:
@@ -343,18 +361,40 @@ def observed_from_table(
     reference_frame: Mapping[int, int] | None = None,
     boxes: Mapping[int, Box] | None = None,
     exterior: ExteriorRule | None = None,
+    velocity: str = "backward",
+    flows: Mapping[int, np.ndarray] | None = None,
 ) -> ObservedFrames:
     """ObservedFrames from a trajectory table (frame, particle, x, y µm, vx, vy µm/s; docs/data_schema.md).
 
     length_um (h) and time_s (dt) are the model's scales; boxes (periodic data)
     are in model units already (lengths / h), as `mpd.training.DatasetFrames` has them.
+    velocity: "backward" (default) recomputes every velocity as the kinematic
+    backward difference of the positions, the estimator the model was trained on
+    (`mpd.geometry.kinematics`); "tracked" keeps the table's vx, vy.
+    flows: frame -> background-flow coefficients in model units; default: the
+    exterior particles' affine flow of each step (open window), the box's shear
+    (periodic), exactly as the geometry stage computes them for training.
+    A particle observed in a single frame has no difference quotient: it is
+    given the background flow's velocity at its position.
     """
-    velocity = length_um / time_s
+    velocity_scale = length_um / time_s
     table = table.sort_values(["frame", "particle"], kind="stable")
     frame = table["frame"].to_numpy(np.int64)
     particle = table["particle"].to_numpy(np.int64)
-    x = table[["x", "y"]].to_numpy(np.float64) / length_um
-    v = table[["vx", "vy"]].to_numpy(np.float64) / velocity
+    x_um = table[["x", "y"]].to_numpy(np.float64)
+    if velocity == "backward":
+        minimum_image = None
+        if boxes is not None:
+            def minimum_image(f, d):
+                b = boxes[f]
+                return Box(b.lx * length_um, b.ly * length_um, b.xy * length_um).minimum_image(d)
+        v_um, _ = backward_velocities(frame, particle, x_um, 1.0 / time_s, minimum_image)
+    elif velocity == "tracked":
+        v_um = table[["vx", "vy"]].to_numpy(np.float64)
+    else:
+        raise ValueError(f"velocity must be 'backward' or 'tracked', got {velocity!r}")
+    x = x_um / length_um
+    v = v_um / velocity_scale
     frames, starts, counts = np.unique(frame, return_index=True, return_counts=True)
     snapshots = {}
     for f, s, c in zip(frames, starts, counts):
@@ -362,7 +402,32 @@ def observed_from_table(
         if len(np.unique(particle[rows])) != c:
             raise ValueError(f"frame {f} lists a particle id twice")
         snapshots[int(f)] = Snapshot(particle[rows], x[rows], v[rows])
-    return ObservedFrames(snapshots, dict(reference_frame or {}), {}, None if boxes is None else dict(boxes), exterior)
+    if flows is None:
+        flows = observed_flows(snapshots, boxes, exterior)
+    for f, snap in snapshots.items():  # a lone observation has no difference: it moves with the flow
+        lone = ~np.isfinite(snap.v).all(axis=1)
+        if lone.any():
+            c = np.asarray(flows.get(f, flows.get(f - 1, np.zeros(6))), np.float64)
+            snap.v[lone] = c[:2] + snap.x[lone] @ c[2:].reshape(2, 2).T
+    return ObservedFrames(snapshots, dict(reference_frame or {}), {}, None if boxes is None else dict(boxes), exterior,
+                          dict(flows))
+
+
+def observed_flows(snapshots: Mapping[int, Snapshot], boxes: Mapping[int, Box] | None,
+                   exterior: ExteriorRule | None) -> dict[int, np.ndarray]:
+    """Background flow of every step f -> f+1 in model units (the geometry stage's rule, `mpd.geometry.kinematics`)."""
+    flows = {}
+    for f in sorted(snapshots):
+        if f + 1 not in snapshots and not (boxes is not None and f + 1 in boxes):
+            continue
+        if boxes is not None:
+            flows[f] = shear_box_flow(boxes[f].xy, boxes[f + 1].xy, boxes[f].ly, 1.0)
+            continue
+        a, b = snapshots[f], snapshots[f + 1]
+        common, ia, ib = np.intersect1d(a.particle, b.particle, assume_unique=True, return_indices=True)
+        outside = exterior(a.x[ia], common) if exterior is not None else np.ones(len(common), bool)
+        flows[f] = affine_flow(a.x[ia][outside], b.x[ib][outside], 1.0)
+    return flows
 
 
 # ---------------------------------------------------------------------------
@@ -418,10 +483,8 @@ def rollout(
         generator = torch.Generator(device=device).manual_seed(params.seed)
     t_start = time.perf_counter()
     frames = list(range(int(start_frame), int(start_frame) + int(n_frames) + 1))
-    missing = [f for f in frames if f not in observed.snapshots]
-    if missing:
-        raise ValueError(f"frames {missing[:5]} of the rollout are not in the data (a rollout needs every frame)")
-
+    if frames[0] not in observed.snapshots:
+        raise ValueError(f"the start frame {frames[0]} is not in the data")
     first = observed.snapshots[frames[0]]
     if predicted is None:
         exterior = observed.exterior(first.x, first.particle) if observed.exterior else np.zeros(len(first.x), bool)
@@ -429,13 +492,24 @@ def rollout(
     predicted = np.unique(np.asarray(predicted, np.int64))
     if not np.isin(predicted, first.particle).all():
         raise ValueError(f"predicted particles must be observed at the start frame {frames[0]}")
+    # A closed system (every particle predicted, no exterior rule: a periodic box) needs no data after the start.
+    closed = observed.exterior is None and len(predicted) == len(first.particle)
+    missing = [f for f in frames if f not in observed.snapshots]
+    if missing and not closed:
+        raise ValueError(f"frames {missing[:5]} of the rollout are not in the data (a rollout with prescribed "
+                         f"particles needs every frame)")
+    if observed.boxes is not None:
+        no_box = [f for f in frames if f not in observed.boxes]
+        if no_box:
+            raise ValueError(f"frames {no_box[:5]} of the rollout have no periodic box")
+    data_frames = [f for f in frames if f in observed.snapshots]
 
     # Slots: every particle that takes part, in one fixed numbering for the whole rollout.
-    ids = np.unique(np.concatenate([predicted] + [observed.snapshots[f].particle for f in frames]))
+    ids = np.unique(np.concatenate([predicted] + [observed.snapshots[f].particle for f in data_frames]))
     n_slots = len(ids)
     is_predicted = np.isin(ids, predicted)
     placeholder = np.full((n_slots, 2), np.nan)
-    for f in reversed(frames):  # each slot's first observed position stands in while it is absent
+    for f in reversed(data_frames):  # each slot's first observed position stands in while it is absent
         snap = observed.snapshots[f]
         placeholder[np.searchsorted(ids, snap.particle)] = snap.x
 
@@ -456,6 +530,9 @@ def rollout(
     def observe(f: int, include_predicted: bool = False) -> None:
         """Prescribe the observed particles of frame f (and, at the start, the predicted ones too)."""
         nonlocal present
+        if f not in observed.snapshots:  # closed system: nothing to prescribe
+            present = is_predicted.copy()
+            return
         snap = observed.snapshots[f]
         s = slots(snap.particle)
         keep = np.ones(len(s), bool) if include_predicted else ~is_predicted[s]
@@ -490,10 +567,14 @@ def rollout(
         bond_cache[r] = (s_ref[bi], s_ref[bj], r_ref)
         return bond_cache[r]
 
-    def frame_graph(f: int, box: Box | None) -> tuple[torch.Tensor, PairTensors]:
-        """Active slots and their PairTensors (compact numbering) at the current configuration."""
+    def frame_graph(f: int, box: Box | None, tilt_rate: float = 0.0) -> tuple[torch.Tensor, PairTensors]:
+        """Active slots and their PairTensors (compact numbering) at the current configuration.
+
+        tilt_rate: d(xy)/dt of the periodic cell over the step in which the current velocities were taken.
+        """
         present_t = torch.as_tensor(present, device=device)
-        i, j, shift = verlet.update(x, present_t, box)
+        i, j, shift, image = verlet.update(x, present_t, box)
+        shift_rate = image[:, None] * torch.tensor([tilt_rate, 0.0], **as_tensor)
         active = np.flatnonzero(present)
         compact = np.full(n_slots, -1, np.int64)
         compact[active] = np.arange(len(active))
@@ -506,9 +587,20 @@ def rollout(
         pairs = PairTensors(
             compact_t[i], compact_t[j], shift,
             torch.as_tensor(compact[bi], device=device), torch.as_tensor(compact[bj], device=device),
-            torch.as_tensor(bond_shift, **as_tensor), torch.as_tensor(r_ref, **as_tensor),
+            torch.as_tensor(bond_shift, **as_tensor), torch.as_tensor(r_ref, **as_tensor), shift_rate,
         )
         return torch.as_tensor(active, device=device), pairs
+
+    def tilt_rate(f0: int, f1: int) -> float:
+        """d(xy)/dt (model units, per frame) of the periodic cell from frame f0 to f1 (0 without a box)."""
+        if observed.boxes is None or f0 not in observed.boxes or f1 not in observed.boxes:
+            return 0.0
+        return (observed.boxes[f1].xy - observed.boxes[f0].xy) / (f1 - f0)
+
+    def flow_at(f: int, active: torch.Tensor) -> torch.Tensor:
+        """Background velocity u0 + G x of the active slots during f -> f+1."""
+        c = torch.as_tensor(observed.flow(f), **as_tensor)
+        return c[:2] + x[active] @ c[2:].reshape(2, 2).T
 
     def teacher_entropy(active: torch.Tensor, pairs: PairTensors, only_prescribed: bool) -> None:
         with torch.no_grad():
@@ -562,7 +654,10 @@ def rollout(
     try:
         observe(f, include_predicted=True)
         box = observed.box(f)
-        active, pairs = frame_graph(f, box)
+        # the start velocities are backward differences: the cell moved as over the step before the start
+        start_rate = tilt_rate(f - 1, f) if observed.boxes is not None and f - 1 in observed.boxes else \
+            tilt_rate(f, f + 1)
+        active, pairs = frame_graph(f, box, start_rate)
         teacher_entropy(active, pairs, only_prescribed=False)
         record(0, f, active, pairs)
         dt = 1.0 / params.substeps
@@ -570,17 +665,20 @@ def rollout(
             x_frame = x[predicted_t].clone()
             for sub in range(params.substeps):
                 if sub > 0:
-                    _interpolate_prescribed(x, v, observed, f, f_next, sub * dt, ids, is_predicted, as_tensor)
+                    if f in observed.snapshots and f_next in observed.snapshots:
+                        _interpolate_prescribed(x, v, observed, f, f_next, sub * dt, ids, is_predicted, as_tensor)
                     box = _interpolate_box(observed, f, f_next, sub * dt)
-                    active, pairs = frame_graph(f, box)
+                    active, pairs = frame_graph(f, box, tilt_rate(f, f_next))
                 state = State(x[active], v[active], S[active])
-                new = euler_maruyama_step(model, state, pairs, dt, predicted_t[active], generator, params.noise)
+                new = euler_maruyama_step(model, state, pairs, dt, predicted_t[active], generator, params.noise,
+                                          flow_at(f, active))
                 x[active], v[active], S[active] = new.x, new.v, new.S
             _check_predicted(x, v, S, predicted_t, x_frame, window, params, f_next)
+            rate = tilt_rate(f, f_next)
             f = f_next
             observe(f)
             box = observed.box(f)
-            active, pairs = frame_graph(f, box)
+            active, pairs = frame_graph(f, box, rate)
             teacher_entropy(active, pairs, only_prescribed=True)
             record(step, f, active, pairs)
             progress.update(1)

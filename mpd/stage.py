@@ -97,7 +97,8 @@ def rollout_model(model_path, trajectories, geometry_dir, out_dir, params=None, 
                             cycle_frames=reference.get("cycle_frames"),
                             cycle_start_frame=reference.get("cycle_start_frame", 0))
     observed = observed_from_table(table, h, dt, reference_frame=dict(zip(frames.tolist(), refs.tolist())),
-                                   boxes=frames_info.boxes, exterior=frames_info.exterior_rule())
+                                   boxes=frames_info.boxes, exterior=frames_info.exterior_rule(),
+                                   velocity=geometry.get("velocity", "tracked"))
     start = params.start_frame
     if start is None:
         test_first = data_meta.get("splits", {}).get("test", {}).get("first_frame")
@@ -108,7 +109,8 @@ def rollout_model(model_path, trajectories, geometry_dir, out_dir, params=None, 
                          f"{int(frames[0])}..{int(frames[-1])}")
     result = rollout(model, observed, params, start_frame=start, n_frames=n_frames, device=_device(device, params))
 
-    physical = _physical_table(result.frames, table, h, dt, frames_info.boxes)
+    physical = _physical_table(result.frames, table, h, dt, frames_info.boxes,
+                               exact_velocities=geometry.get("velocity", "tracked") == "tracked")
     conservation = result.conservation.copy()
     conservation.insert(2, "t", conservation["frame"] * dt)
     status = dict(result.status, model=str(model_path), h_um=h, dt_s=dt, units=ROLLOUT_UNITS,
@@ -147,8 +149,13 @@ def _load_trajectories(trajectories) -> pd.DataFrame:
     return table[list(TRAJECTORY_COLUMNS)]
 
 
-def _physical_table(frames: pd.DataFrame, data: pd.DataFrame, h: float, dt: float, boxes) -> pd.DataFrame:
-    """The rollout in the trajectory schema: µm, µm/s, t in s; prescribed rows carry the data's exact values."""
+def _physical_table(frames: pd.DataFrame, data: pd.DataFrame, h: float, dt: float, boxes,
+                    exact_velocities: bool = True) -> pd.DataFrame:
+    """The rollout in the trajectory schema: µm, µm/s, t in s; prescribed rows carry the data's exact positions.
+
+    Their velocities are the ones the model saw: the data's own columns with `exact_velocities`
+    (the dataset used the tracked velocities), else the kinematic (backward-difference) ones.
+    """
     out = pd.DataFrame({
         "frame": frames["frame"].to_numpy(np.int64),
         "t": frames["frame"].to_numpy(np.int64) * dt,
@@ -160,9 +167,10 @@ def _physical_table(frames: pd.DataFrame, data: pd.DataFrame, h: float, dt: floa
     })
     prescribed = ~out["predicted"].to_numpy()
     if prescribed.any():  # exact data values, not x/h*h
-        keyed = data.set_index(["frame", "particle"])[["x", "y", "vx", "vy"]]
+        columns = ["x", "y", "vx", "vy"] if exact_velocities else ["x", "y"]
+        keyed = data.set_index(["frame", "particle"])[columns]
         index = pd.MultiIndex.from_arrays([out["frame"][prescribed], out["particle"][prescribed]])
-        out.loc[prescribed, ["x", "y", "vx", "vy"]] = keyed.loc[index].to_numpy()
+        out.loc[prescribed, columns] = keyed.loc[index].to_numpy()
     if boxes is not None:
         out["xu"], out["yu"] = out["x"].copy(), out["y"].copy()
         for f, rows in out.groupby("frame").groups.items():

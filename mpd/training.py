@@ -43,6 +43,7 @@ from mpd import distributed as ddp
 from mpd.atomic import atomic_file, atomic_write_bytes
 from mpd.geometry.dataset import dataset_dir as find_dataset_dir
 from mpd.geometry.domain import Box
+from mpd.geometry.kinematics import FLOW_COLUMNS
 from mpd.geometry.loader import SnapshotPairDataset, collate_snapshots
 from mpd.model import EulerMaruyama, MetriplecticModel, PairTensors, State
 from mpd.params import AUTO, ModelConfig, NetworkParams, RolloutParams, TrainingParams, config_hash
@@ -163,15 +164,37 @@ def batch_to(batch: Mapping[str, torch.Tensor], device: torch.device) -> dict:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def teacher_labels(
+    model: MetriplecticModel, batch: Mapping[str, torch.Tensor], pairs_t: PairTensors, pairs_t1: PairTensors,
+    reduce=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Entropy labels (S_t, S_t+1) of a batch, standardised by the batch's statistics at t (with graph).
+
+    The teacher's raw output at t and t+1 is shifted and divided by the mean and
+    standard deviation of the raw values at t over the batch's particles (the
+    gauge of docs/model.md, Entropy labels); in training mode the teacher's
+    running statistics move towards them. ``reduce`` sums a tensor over the
+    ranks of data-parallel training (differentiably), so every rank uses the
+    global batch's statistics.
+    """
+    raw0 = model.teacher.raw(batch["x0"], batch["v0"], pairs_t)
+    raw1 = model.teacher.raw(batch["x1"], batch["v1"], pairs_t1)
+    sums = model.teacher.sums(raw0)
+    mean, scale = model.teacher.statistics(sums if reduce is None else reduce(sums))
+    if model.training:
+        model.teacher.track(mean, scale)
+    return (raw0 - mean) / scale, (raw1 - mean) / scale
+
+
+
 def snapshot_loss(
     model: MetriplecticModel, batch: Mapping[str, torch.Tensor], pairs_t: PairTensors, pairs_t1: PairTensors,
-    jitter: float,
+    jitter: float, observation_variance: float = 0.0,
 ) -> torch.Tensor:
     """Mean NLL over the interior particles of the batch, entropies from the teacher at t and t+1."""
-    S0 = model.teacher_entropy(batch["x0"], batch["v0"], pairs_t)
-    S1 = model.teacher_entropy(batch["x1"], batch["v1"], pairs_t1)
+    S0, S1 = teacher_labels(model, batch, pairs_t, pairs_t1)
     return model.nll(State(batch["x0"], batch["v0"], S0), State(batch["x1"], batch["v1"], S1), pairs_t,
-                     1.0, batch["interior"], jitter)
+                     1.0, batch["interior"], jitter, batch.get("flow"), observation_variance)
 
 
 # ---------------------------------------------------------------------------
@@ -187,6 +210,7 @@ def model_kwargs(network: NetworkParams, velocity_scale: float) -> dict:
         "amplitude_hidden": list(network.amplitude_hidden), "teacher_hidden": list(network.teacher_hidden),
         "velocity_scale": float(velocity_scale), "k_B": 1.0, "mass": 1.0,  # both set after construction
         "solid": bool(network.solid), "strict_convexity": float(network.strict_convexity),
+        "bath": bool(network.bath), "bath_hidden": list(network.bath_hidden),
     }
 
 
@@ -243,6 +267,21 @@ def calibrate_k_B(model: MetriplecticModel, batch: Mapping, pairs_t: PairTensors
     return k_B if math.isfinite(k_B) and k_B > 0 else 1.0
 
 
+def initialise_bath(model: MetriplecticModel, batch: Mapping, pairs_t: PairTensors, friction: float) -> None:
+    """Bath at the particles' median initial temperature (no initial heat flow) with friction rate `friction`."""
+    with torch.enable_grad():
+        S0 = model.teacher_entropy(batch["x0"], batch["v0"], pairs_t).detach()
+        T = model.thermodynamics(batch["x0"], S0, pairs_t, with_dT_dS=False).T
+    T_b = float(T[batch["interior"]].median()) if bool(batch["interior"].any()) else float(T.median())
+    set_positive_scalar(model.bath.log_T_b, T_b if math.isfinite(T_b) and T_b > 0 else 1.0)
+    set_positive_scalar(model.bath.log_gamma, friction)
+
+
+def observation_variance(params: TrainingParams, length_um: float) -> float:
+    """Variance per component of a backward-difference velocity's tracking error, model units: 2 (sigma / h)^2."""
+    return 2.0 * (float(params.measurement_noise_um) / float(length_um)) ** 2
+
+
 def set_positive_scalar(scalar: torch.nn.Module, value: float) -> None:
     """Set a PositiveScalar (softplus(raw)) to `value`."""
     with torch.no_grad():
@@ -287,7 +326,8 @@ def evaluate_loss(
             continue
         pairs_t, pairs_t1 = batch_pairs(batch, frames, dtype, device)
         with torch.enable_grad():  # forces are autograd gradients
-            loss = snapshot_loss(model, batch_to(batch, device), pairs_t, pairs_t1, params.jitter)
+            loss = snapshot_loss(model, batch_to(batch, device), pairs_t, pairs_t1, params.jitter,
+                                 observation_variance(params, frames.length_um))
         total += float(loss.detach()) * n_interior
         weight += n_interior
     return total / weight if weight else math.nan
@@ -297,10 +337,11 @@ def observed_from_dataset(
     dataset: SnapshotPairDataset, items: Sequence[int], frames: DatasetFrames
 ) -> tuple[ObservedFrames, dict[int, np.ndarray]]:
     """ObservedFrames of consecutive dataset items (frames f .. f+K) and the interior ids of each frame."""
-    snapshots, references, interior = {}, {}, {}
+    snapshots, references, interior, flows = {}, {}, {}, {}
     for k in items:
         item = dataset[k]
         f = int(item["frame"])
+        flows[f] = dataset_flow(dataset, k)
         particle = item["particle"].numpy()
         snapshots[f] = Snapshot(particle, item["x0"].double().numpy(), item["v0"].double().numpy())
         if f + 1 not in snapshots:
@@ -309,8 +350,15 @@ def observed_from_dataset(
         references[f] = Snapshot(particle[has], item["x_ref"].double().numpy()[has], np.zeros((has.sum(), 2)))
         interior[f] = particle[item["interior"].numpy()]
     observed = ObservedFrames(snapshots, dict(frames.reference_frame), references, frames.boxes,
-                              frames.exterior_rule())
+                              frames.exterior_rule(), flows)
     return observed, interior
+
+
+def dataset_flow(dataset: SnapshotPairDataset, k: int) -> np.ndarray:
+    """The background flow's 6 coefficients of item k in model units (h per frame and 1/frame)."""
+    c = dataset.index.iloc[k][list(FLOW_COLUMNS)].to_numpy(np.float64)
+    h, dt = dataset.scales.length_um, dataset.scales.time_s
+    return np.concatenate([c[:2] * dt / h, c[2:] * dt])
 
 
 def selection_windows(dataset: SnapshotPairDataset, steps: int, starts: int) -> list[list[int]]:
@@ -500,8 +548,12 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
         batch = collate_snapshots([train_set[k] for k in range(min(params.batch_size, len(train_set)))])
         pairs_t, pairs_t1 = batch_pairs(batch, frames, dtype, device)
         batch = batch_to(batch, device)
+        model.train()
+        teacher_labels(model, batch, pairs_t, pairs_t1)  # the first batch's label statistics (running ones)
         mass = calibrate_mass(model, batch, pairs_t) if network.mass_init == AUTO else float(network.mass_init)
         set_positive_scalar(model.log_mass, mass)
+        if network.bath:
+            initialise_bath(model, batch, pairs_t, network.bath_friction_init)
         k_B = calibrate_k_B(model, batch, pairs_t, pairs_t1) if network.k_B_init == AUTO else network.k_B_init
         set_positive_scalar(model.log_k_B, float(k_B))
         optimizer, scheduler = make_optimizer(model, params)
@@ -520,6 +572,7 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
     basis = ("val_rollout_metric" if params.selection_metric == "rollout" and windows
              else "val_loss" if val_items else "train_loss")
     show = params.progress and sys.stderr.isatty() and ctx.is_main
+    noise_variance = observation_variance(params, frames.length_um)
     last_epoch = params.epochs if stop_after_epoch is None else min(params.epochs, stop_after_epoch)
     if not history:  # epoch 0: the initial weights, for reference (never selected as the best)
         t0 = time.perf_counter()
@@ -554,7 +607,7 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
                 continue
             pairs_t, pairs_t1 = batch_pairs(batch, frames, dtype, device)
             optimizer.zero_grad(set_to_none=True)
-            loss = snapshot_loss(model, batch_to(batch, device), pairs_t, pairs_t1, params.jitter)
+            loss = snapshot_loss(model, batch_to(batch, device), pairs_t, pairs_t1, params.jitter, noise_variance)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"non-finite training loss at epoch {epoch + 1}, batch {step + 1}; the checkpoint of "
@@ -627,13 +680,20 @@ def _distributed_step(model, optimizer, train_set, indices, frames, params, devi
         return None
     optimizer.zero_grad(set_to_none=True)
     loss_sum = None
-    if n_local > 0:
+    # Every particle of the global batch enters the label statistics, also on a rank whose shard has no
+    # interior particle; a rank without any particle joins the collectives with zeros.
+    if batch is not None:
         pairs_t, pairs_t1 = batch_pairs(batch, frames, dtype, device)
         b = batch_to(batch, device)
-        S0 = model.teacher_entropy(b["x0"], b["v0"], pairs_t)
-        S1 = model.teacher_entropy(b["x1"], b["v1"], pairs_t1)
+        S0, S1 = teacher_labels(model, b, pairs_t, pairs_t1, reduce=ddp.differentiable_all_sum)
+        labels = S0
+    else:
+        labels = ddp.differentiable_all_sum(torch.zeros(3, dtype=dtype, device=device, requires_grad=True))
+        model.teacher.track(*model.teacher.statistics(labels.detach()))  # the same running statistics on every rank
+    if n_local > 0:
         loss_sum = ddp.sharded_nll_sum(model, State(b["x0"], b["v0"], S0), State(b["x1"], b["v1"], S1), pairs_t,
-                                       1.0, b["interior"], params.jitter, device)
+                                       1.0, b["interior"], params.jitter, device, b["flow"],
+                                       observation_variance(params, frames.length_um))
     else:
         ddp.sharded_nll_sum(model, None, None, None, 1.0, None, params.jitter, device)
     value = ddp.all_sum([float(loss_sum.detach()) if loss_sum is not None else 0.0], device)[0] / n_total
@@ -641,6 +701,8 @@ def _distributed_step(model, optimizer, train_set, indices, frames, params, devi
         raise TrainingError(f"non-finite training loss {where} (try a smaller learning_rate or float64)")
     if loss_sum is not None:
         (loss_sum / n_total).backward()
+    else:  # the label statistics' backward collective, with a zero gradient: this rank adds nothing
+        (labels.sum() * 0.0).backward()
     ddp.all_reduce_gradients(list(model.parameters()))
     if params.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)

@@ -86,7 +86,18 @@ def test_affine_shear_in_a_window(tmp_path):
     common = item["particle"].numpy()
     np.testing.assert_allclose(item["x0"].numpy(), rows.loc[common, ["x", "y"]].to_numpy() / 4.0, rtol=1e-6)
     ref = obs[(obs.frame == f)].set_index("particle").loc[common]
-    np.testing.assert_array_equal(item["interior"].numpy(), ref["interior"].to_numpy())
+    # predicted in the likelihood: interior, and observed one frame earlier (a kinematic velocity)
+    before = traj[traj.frame == f - 1].set_index("particle")
+    np.testing.assert_array_equal(item["interior"].numpy(), ref["interior"].to_numpy() & np.isin(common, before.index))
+    # kinematic velocities: v0 = (x_f - x_{f-1}) / dt where the particle was there, v1 = (x_{f+1} - x_f) / dt
+    seen = np.isin(common, before.index)
+    expected_v0 = (rows.loc[common[seen], ["x", "y"]].to_numpy() - before.loc[common[seen], ["x", "y"]].to_numpy())
+    np.testing.assert_allclose(item["v0"].numpy()[seen], expected_v0 * RATE / (4.0 * RATE), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(item["v1"].numpy(), (item["x1"] - item["x0"]).numpy(), atol=2e-6)  # float32 items
+    # the background flow is the imposed shear: u = (gamma' y, 0) over the step, exactly (model units)
+    shear_step = gamma(f + 1) - gamma(f)
+    expected_flow = np.stack([shear_step * item["x0"].numpy()[:, 1], np.zeros(len(common))], 1)
+    np.testing.assert_allclose(item["flow"].numpy(), expected_flow, atol=1e-6)
     # x_ref is the position in the reference frame of f (start of its cycle)
     r = (f // PERIOD) * PERIOD
     ref_rows = traj[traj.frame == r].set_index("particle")

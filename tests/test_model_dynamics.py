@@ -37,11 +37,15 @@ def assert_sums_to_zero(per_particle: torch.Tensor, rtol: float = 1e-12):
 
 
 def divergence(model, state, pairs) -> torch.Tensor:
-    """k_B-free div(M) per particle, stacked like dense_mobility, from the hand derivation."""
-    _, terms = model._terms(state, pairs, with_derivatives=True, create_graph=False)
+    """k_B-free div(M) per particle, stacked like dense_mobility, from the hand derivation (pairs and bath)."""
+    thermo, terms = model._terms(state, pairs, with_derivatives=True, create_graph=False)
     to_v_i, to_S_i, to_S_j = mobility_divergence(terms, model.mass.detach())
     div_v = torch.zeros_like(state.v).index_add(0, pairs.i, to_v_i).index_add(0, pairs.j, -to_v_i)
     div_S = torch.zeros_like(state.S).index_add(0, pairs.i, to_S_i).index_add(0, pairs.j, to_S_j)
+    if model.has_bath:
+        bath = model.bath.terms(thermo.T, True, False)
+        T, T_prime = thermo.T, thermo.dT_dS
+        div_S = div_S + T_prime * (bath.dkappa_dT / T**2 - 2 * bath.kappa / T**3)
     return stack_particles(div_v, div_S)
 
 
@@ -101,26 +105,30 @@ def test_energy_check_can_fail():
 
 
 @PROPERTY
-@given(seed=seeds)
-def test_drift_is_L_dE_plus_M_dS_plus_kB_div_M(seed):
+@given(seed=seeds, bath=st.booleans())
+def test_drift_is_L_dE_plus_M_dS_plus_kB_div_M(seed, bath):
     """The assembled drift equals the dense M applied to dS/dz (and k_B div M on top)."""
-    model = random_model(seed)
+    model = random_model(seed, bath=bath)
     state, pairs = random_system(seed, n=10)
     M = dense_mobility(model, state, pairs)
     m, k_B = model.mass.detach(), model.k_B.detach()
     force = model.thermodynamics(state.x, state.S, pairs).force
     dS_dz = stack_particles(torch.zeros_like(state.v), torch.ones_like(state.S))
     expected = M @ dS_dz + stack_particles(force / m, torch.zeros_like(state.S))
+    if bath:  # the S_b column of M times dS/dS_b = 1: -gamma v (at rest) and -kappa / (T T_b)
+        T = model.thermodynamics(state.x, state.S, pairs).T
+        terms = model.bath.terms(T, False, False)
+        expected = expected + stack_particles(-terms.gamma[:, None] * state.v, -terms.kappa / (T * terms.T_b))
     torch.testing.assert_close(stack_particles(*model.drift(state, pairs, thermal=False)), expected, rtol=1e-10, atol=1e-12)
     expected = expected + k_B * divergence(model, state, pairs)
     torch.testing.assert_close(stack_particles(*model.drift(state, pairs)), expected, rtol=1e-10, atol=1e-12)
 
 
 @settings(max_examples=3, deadline=None, database=None, phases=NO_SHRINK)
-@given(seed=seeds)
-def test_div_M_matches_central_finite_differences(seed):
+@given(seed=seeds, bath=st.booleans())
+def test_div_M_matches_central_finite_differences(seed, bath):
     """div(M)_a = sum_b dM_ab/dz_b over velocities and entropies, step 1e-6, float64."""
-    model = random_model(seed)
+    model = random_model(seed, bath=bath)
     state, pairs = random_system(seed, n=8, box=2.0)
     n, dim = state.x.shape
     z0 = stack_particles(state.v, state.S)
@@ -173,6 +181,7 @@ def tiled(state: State, pairs: PairTensors, copies: int) -> tuple[State, PairTen
         (pairs.bond_j[None] + offset).reshape(-1),
         pairs.bond_shift.repeat(copies, 1),
         pairs.bond_r_ref.repeat(copies, 1),
+        pairs.shift_rate.repeat(copies, 1),
     )
     return State(state.x.repeat(copies, 1), state.v.repeat(copies, 1), state.S.repeat(copies)), big_pairs
 
@@ -258,7 +267,7 @@ def test_nll_is_the_mean_gaussian_nll_over_interior_particles():
 
 
 def test_nll_trains_every_part_including_the_teacher():
-    model = random_model(2)
+    model = random_model(2, bath=True)
     state, pairs = random_system(2, n=12)
     S_t = model.teacher_entropy(state.x, state.v, pairs)
     S_t1 = model.teacher_entropy(state.x, 0.9 * state.v, pairs)
@@ -266,7 +275,7 @@ def test_nll_trains_every_part_including_the_teacher():
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
-    for part in ("kernel", "U_vol", "U_dev", "amplitudes", "teacher", "log_k_B", "log_mass"):
+    for part in ("kernel", "U_vol", "U_dev", "amplitudes", "teacher", "log_k_B", "log_mass", "bath"):
         assert any(p.grad.abs().sum() > 0 for name, p in model.named_parameters() if name.startswith(part)), part
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from mpd.model import MetriplecticModel, PairTensors, State, make_pairs
+from mpd.model.bath import bath_marginal
 
 
 def brute_force_pairs(x: np.ndarray, h: float, box: float | None = None):
@@ -80,6 +81,9 @@ def dense_mobility(model: MetriplecticModel, state: State, pairs: PairTensors) -
     """The full M over (v, S) of every particle, (N(D+1), N(D+1)); small systems only.
 
     Particle k's block is rows k(D+1) .. k(D+1)+D: its velocity, then its entropy.
+    With a bath, its share of the (v, S) block is added: gamma T_b / m on each
+    velocity, kappa / T^2 on each entropy (mpd.model.bath; the S_b row and column
+    are left out, they never enter the particles' dynamics).
     """
     n, dim = state.x.shape
     blocks = model.pair_mobility(state, pairs)  # (E, 2D+2, 2D+2)
@@ -90,4 +94,12 @@ def dense_mobility(model: MetriplecticModel, state: State, pairs: PairTensors) -
             torch.arange(dim + 1) + int(pairs.j[k]) * (dim + 1),
         ])
         M[idx[:, None], idx[None, :]] += blocks[k]
+    if model.has_bath:
+        T = model.thermodynamics(state.x, state.S, pairs, with_dT_dS=False).T
+        bath = model.bath.terms(T, False, False)
+        vv, SS = bath_marginal(bath, T, model.mass.detach())
+        for k in range(n):
+            for a in range(dim):
+                M[k * (dim + 1) + a, k * (dim + 1) + a] += vv[k]
+            M[k * (dim + 1) + dim, k * (dim + 1) + dim] += SS[k]
     return M

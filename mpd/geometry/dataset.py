@@ -1,19 +1,25 @@
 """The training dataset: snapshot pairs (t, t+1), split into contiguous time blocks, on disk.
 
-File format (directory `dataset/`, version 1; docs/geometry.md):
+File format (directory `dataset/`, version 2; docs/geometry.md):
 
 * ``{split}.arrow`` for split in train, val, test: an Arrow IPC file
   (Feather v2, uncompressed) holding ONE RECORD BATCH PER SNAPSHOT PAIR, in
   time order, one row per particle present in both frames (sorted by id):
   ``particle`` int64; ``x0, y0, x1, y1, x_ref, y_ref`` float64 µm;
   ``vx0, vy0, vx1, vy1`` float64 µm/s; ``has_ref`` bool (the particle is in
-  the reference frame; else x_ref, y_ref are NaN); ``interior`` bool (at t).
+  the reference frame; else x_ref, y_ref are NaN); ``interior`` bool (at t:
+  predicted by the likelihood, i.e. not exterior and, with the default
+  kinematic velocities, observed at t-1 too). Velocities are the geometry
+  stage's ``velocity`` estimator (metadata "geometry"; default the backward
+  difference, `mpd.geometry.kinematics`).
   The footer indexes the batches, so a reader memory-maps the file and reads
   snapshot pair k alone (`pyarrow.ipc.open_file(...).get_batch(k)`);
   ``pd.read_feather`` reads a whole split.
 * ``pairs.parquet``: one row per pair: ``split, item`` (batch number in its
   file), ``frame, frame1`` (= frame + 1), ``t_s`` (s), ``n_particles``,
-  ``n_interior``, ``ref_frame`` (-1: none) and, for a periodic box,
+  ``n_interior``, ``ref_frame`` (-1: none), the background flow during
+  t -> t+1, u(x) = u0 + G x (``flow_u0x, flow_u0y`` µm/s, ``flow_gxx, flow_gxy,
+  flow_gyx, flow_gyy`` 1/s; `mpd.geometry.kinematics`) and, for a periodic box,
   ``lx, ly, xy`` at t and ``lx1, ly1, xy1`` at t+1 (µm).
 * ``metadata.json``: format/version, the scales of the nondimensionalisation
   (``length_scale_um`` = h, ``time_scale_s`` = dt = 1/frame_rate_hz), units,
@@ -42,8 +48,10 @@ import pandas as pd
 import pyarrow as pa
 from pyarrow import ipc
 
+from mpd.geometry.kinematics import FLOW_COLUMNS
+
 FORMAT_NAME = "mpd-snapshot-pairs"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SPLITS = ("train", "val", "test")
 ROW_COLUMNS = {
     "particle": ("int64", ""),
@@ -72,7 +80,7 @@ class Scales:
     # Keys of an item (or a collated batch) and the scale each one is divided by.
     def _factors(self) -> dict:
         L, T, V = self.length_um, self.time_s, self.velocity_um_per_s
-        return {"x0": L, "x1": L, "x_ref": L, "box": L, "box1": L, "v0": V, "v1": V, "t": T}
+        return {"x0": L, "x1": L, "x_ref": L, "box": L, "box1": L, "v0": V, "v1": V, "flow": V, "t": T}
 
     def to_physical(self, item: Mapping) -> dict:
         """Copy of `item` with positions in µm, velocities in µm/s, t in s (other keys untouched)."""
@@ -124,6 +132,7 @@ def write_dataset(
     gap_pairs: int = 1,
     ref_frame: Mapping[int, int] | None = None,
     boxes: Mapping | None = None,
+    flows: Mapping | None = None,
     extra_metadata: Mapping | None = None,
 ) -> dict:
     """Write the dataset files (see the module docstring) into `out_dir`; returns the metadata.
@@ -133,6 +142,8 @@ def write_dataset(
     length_scale_um : h; frame_rate_hz : 1/dt.
     ref_frame : frame -> reference frame (-1 none), recorded in pairs.parquet.
     boxes : frame -> `Box` for a periodic box (None: open window).
+    flows : frame t -> the 6 coefficients of the background flow during t -> t+1
+        (`mpd.geometry.kinematics`); frames without one get a zero flow.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -166,6 +177,10 @@ def write_dataset(
                 if ref_frame is not None else np.full(len(chosen), -1, np.int64),
             }
         )
+        coefficients = np.array([np.asarray(flows.get(int(f), np.zeros(6)), float) if flows else np.zeros(6)
+                                 for f in frames]).reshape(-1, 6)
+        for c, column in enumerate(FLOW_COLUMNS):
+            index[column] = coefficients[:, c]
         if boxes is not None:
             for suffix, offset in (("", 0), ("1", 1)):
                 for attr in ("lx", "ly", "xy"):

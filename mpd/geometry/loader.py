@@ -10,6 +10,7 @@ velocities * dt / h, t / dt; `dataset.scales.to_physical(item)` converts
 back):
 
     x0, v0, x1, v1, x_ref : (N, 2) float   at t, t+1, and in the reference frame
+    flow                   : (N, 2) float   background (solvent) velocity at x0 during t -> t+1
     has_ref, interior      : (N,) bool      x_ref is NaN where has_ref is False
     particle               : (N,) int64     ids, sorted
     frame                  : () int64       frame index of t
@@ -30,9 +31,10 @@ import torch
 from pyarrow import ipc
 from torch.utils.data import Dataset
 
-from mpd.geometry.dataset import FORMAT_NAME, SPLITS, Scales, dataset_dir, read_metadata
+from mpd.geometry.dataset import FORMAT_NAME, FORMAT_VERSION, SPLITS, Scales, dataset_dir, read_metadata
+from mpd.geometry.kinematics import FLOW_COLUMNS, flow_velocity
 
-PARTICLE_KEYS = ("x0", "v0", "x1", "v1", "x_ref", "has_ref", "interior", "particle")
+PARTICLE_KEYS = ("x0", "v0", "x1", "v1", "x_ref", "flow", "has_ref", "interior", "particle")
 SNAPSHOT_KEYS = ("frame", "t", "box", "box1")
 
 
@@ -54,6 +56,11 @@ class SnapshotPairDataset(Dataset):
         self.metadata = read_metadata(self.root)
         if self.metadata.get("format") != FORMAT_NAME:
             raise ValueError(f"{self.root} is not a {FORMAT_NAME} dataset")
+        if self.metadata.get("version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{self.root} is a version {self.metadata.get('version')} dataset; this reader needs version "
+                f"{FORMAT_VERSION} (kinematic velocities and the background flow): rerun the geometry stage "
+                f"(snakemake --forcerun geometry)")
         self.split = split
         self.scales = Scales(self.metadata["length_scale_um"], self.metadata["time_scale_s"])
         self.nondimensional = nondimensional
@@ -92,6 +99,7 @@ class SnapshotPairDataset(Dataset):
             "x_ref": np.stack([col["x_ref"], col["y_ref"]], axis=1),
             "t": np.float64(meta["t_s"]),
         }
+        item["flow"] = flow_velocity(meta[list(FLOW_COLUMNS)].to_numpy(np.float64), item["x0"])
         if self.periodic:
             item["box"] = meta[["lx", "ly", "xy"]].to_numpy(np.float64)
             item["box1"] = meta[["lx1", "ly1", "xy1"]].to_numpy(np.float64)

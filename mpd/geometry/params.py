@@ -31,6 +31,9 @@ class GeometryParams:
     strain_measure: str = "green_lagrange"  # or "small"
     d2min_per_neighbour: bool = False
     backend: str = "auto"                # neighbour search: "auto", "scipy", "torch_cluster"
+    # Dataset velocities: "backward" ((x_t - x_{t-1}) / dt, the model integrator's kinematic velocity)
+    # or "tracked" (the tracking stage's central differences); mpd.geometry.kinematics.
+    velocity: str = "backward"
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> GeometryParams:
@@ -73,4 +76,5 @@ class GeometryParams:
             "strain_measure": self.strain_measure,
             "d2min_per_neighbour": self.d2min_per_neighbour,
             "backend": self.backend,
+            "velocity": self.velocity,
         }

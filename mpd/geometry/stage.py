@@ -20,6 +20,7 @@ from mpd.atomic import atomic_output_dir
 from mpd.geometry.dataset import write_dataset
 from mpd.geometry.domain import Box, Window
 from mpd.geometry.inputs import GeometryInputError, boxes_per_frame, load_trajectories, validate_trajectories
+from mpd.geometry.kinematics import VELOCITY_ESTIMATORS, affine_flow, backward_velocities, shear_box_flow
 from mpd.geometry.masks import exterior_mask, window_from_video_metadata
 from mpd.geometry.neighbours import torch_cluster_available
 from mpd.geometry.reference import reference_frames
@@ -62,6 +63,7 @@ def compute_geometry(
     strain_measure: str = "green_lagrange",
     d2min_per_neighbour: bool = False,
     backend: str = "auto",
+    velocity: str = "backward",
 ) -> Path:
     """Compute the observables and the dataset of `trajectories`; returns `out_dir`.
 
@@ -85,10 +87,14 @@ def compute_geometry(
     split_fractions, gap_pairs : train/val/test blocks (`mpd.geometry.dataset.split_blocks`).
     strain_measure, d2min_per_neighbour : `mpd.geometry.strain`.
     backend : neighbour search backend (`mpd.geometry.neighbours.radius_pairs`).
+    velocity : the dataset's velocities: "backward" (kinematic, (x_t - x_{t-1}) / dt, the
+        model integrator's; `mpd.geometry.kinematics`) or "tracked" (the table's vx, vy).
     """
     table, source = load_trajectories(trajectories)
     table = validate_trajectories(table, source)
     _check_positive(h_um=h_um, frame_rate_hz=frame_rate_hz)
+    if velocity not in VELOCITY_ESTIMATORS:
+        raise GeometryInputError(f"geometry.velocity must be one of {', '.join(VELOCITY_ESTIMATORS)}, got {velocity!r}")
     if box is not None and (window is not None or video_metadata is not None):
         raise GeometryInputError("give a periodic box or a window (or video_metadata), not both")
     table = table.sort_values(["frame", "particle"], kind="stable").reset_index(drop=True)
@@ -171,21 +177,30 @@ def compute_geometry(
         "boundary_particles": None if boundary_particles is None else np.asarray(boundary_particles).tolist(),
         "boundary_geometry_um": None if boundary_geometry is None else np.asarray(boundary_geometry, float).tolist(),
         "strain_measure": strain_measure, "d2min_per_neighbour": bool(d2min_per_neighbour),
+        "velocity": velocity,
     }
+    if velocity == "backward":
+        minimum_image = (lambda f, d: boxes[f].minimum_image(d)) if boxes is not None else None
+        v, backward = backward_velocities(frame, ids, positions, frame_rate_hz, minimum_image)
+        # a transition enters the likelihood only from an exactly kinematic state
+        predicted = interior & backward
+    else:
+        v, predicted = table[["vx", "vy"]].to_numpy(np.float64), interior
     dataset_rows = pd.DataFrame(
         {
             "frame": frame, "particle": ids, "x": positions[:, 0], "y": positions[:, 1],
-            "vx": table["vx"].to_numpy(np.float64), "vy": table["vy"].to_numpy(np.float64),
-            "x_ref": x_ref[:, 0], "y_ref": x_ref[:, 1], "interior": interior,
+            "vx": v[:, 0], "vy": v[:, 1],
+            "x_ref": x_ref[:, 0], "y_ref": x_ref[:, 1], "interior": predicted,
         }
     )
+    flows = _background_flows(frames, starts, counts, ids, positions, interior, boxes, 1.0 / float(frame_rate_hz))
 
     def write(tmp: Path) -> None:
         observables.to_parquet(tmp / "observables.parquet", index=False)
         write_dataset(
             tmp / "dataset", dataset_rows, length_scale_um=h_um, frame_rate_hz=frame_rate_hz,
             split_fractions=split_fractions, gap_pairs=gap_pairs,
-            ref_frame={int(f): int(r) for f, r in zip(frames, refs)}, boxes=boxes,
+            ref_frame={int(f): int(r) for f, r in zip(frames, refs)}, boxes=boxes, flows=flows,
             extra_metadata={"geometry": parameters, "source": source},
         )
         metadata = {
@@ -198,6 +213,23 @@ def compute_geometry(
     with atomic_output_dir(out_dir) as tmp:
         write(tmp)
     return Path(out_dir)
+
+
+def _background_flows(frames, starts, counts, ids, positions, interior, boxes, dt) -> dict[int, np.ndarray]:
+    """frame t -> the 6 coefficients of the background flow during t -> t+1 (`mpd.geometry.kinematics`)."""
+    flows = {}
+    for k in range(len(frames) - 1):
+        f = int(frames[k])
+        if int(frames[k + 1]) != f + 1:
+            continue
+        if boxes is not None:
+            flows[f] = shear_box_flow(boxes[f].xy, boxes[f + 1].xy, boxes[f].ly, dt)
+            continue
+        now, nxt = slice(starts[k], starts[k] + counts[k]), slice(starts[k + 1], starts[k + 1] + counts[k + 1])
+        common, a, b = np.intersect1d(ids[now], ids[nxt], assume_unique=True, return_indices=True)
+        exterior = ~interior[now][a]
+        flows[f] = affine_flow(positions[now][a][exterior], positions[nxt][b][exterior], dt)
+    return flows
 
 
 def _resolve_window(window, video_metadata, positions):

@@ -27,9 +27,11 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from .bath import Bath, BathTerms, bath_drift, bath_marginal, bath_noise
 from .geometry import (
     PairTensors,
     VolumeKernel,
+    pair_relative_velocities,
     pair_separations,
     particle_density,
     strain_invariant,
@@ -222,13 +224,17 @@ def marginal_mobility(terms: PairTerms, mass: torch.Tensor, pairs: PairTensors, 
 
 
 def assemble_drift(
-    thermo: Thermodynamics, terms: PairTerms, pairs: PairTensors, mass: torch.Tensor, k_B: torch.Tensor | None
+    thermo: Thermodynamics, terms: PairTerms, pairs: PairTensors, mass: torch.Tensor, k_B: torch.Tensor | None,
+    bath: BathTerms | None = None, v: torch.Tensor | None = None, flow: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(f_v, f_S) = L dE/dz + M dS/dz [+ k_B div M] summed over pairs (k_B None: no div M).
+    """(f_v, f_S) = L dE/dz + M dS/dz [+ k_B div M] summed over pairs and the bath (k_B None: no div M).
 
-    Every velocity term is added to v_i and subtracted from v_j, so total momentum
-    is untouched by the dissipative and thermal parts; the conservative force is
-    the gradient of a function of separations only, so it sums to zero as well.
+    Every pair's velocity term is added to v_i and subtracted from v_j, so total
+    momentum is untouched by the pairwise dissipative and thermal parts; the
+    conservative force is the gradient of a function of separations only, so it
+    sums to zero as well. The bath (when given, with the velocities v and the
+    background flow at each particle, zero when None) adds Stokes friction and
+    heat exchange per particle (`mpd.model.bath`): it does not conserve momentum.
     """
     to_v_i, to_S_i, to_S_j = entropy_gradient_flow(terms, mass)
     if k_B is not None:
@@ -238,6 +244,12 @@ def assemble_drift(
         to_S_j = to_S_j + k_B * div_S_j
     f_v = (thermo.force / mass).index_add(0, pairs.i, to_v_i).index_add(0, pairs.j, -to_v_i)
     f_S = torch.zeros_like(thermo.T).index_add(0, pairs.i, to_S_i).index_add(0, pairs.j, to_S_j)
+    if bath is not None:
+        assert v is not None
+        background = torch.zeros_like(v) if flow is None else flow
+        bath_v, bath_S = bath_drift(bath, thermo.T, thermo.dT_dS, v, background, k_B)
+        f_v = f_v + bath_v
+        f_S = f_S + bath_S
     return f_v, f_S
 
 
@@ -333,11 +345,16 @@ class MetriplecticModel(nn.Module):
         solid: bool = True,
         strict_convexity: float = 1e-3,
         collinear_tol: float = 1e-2,
+        bath: bool = False,
+        bath_hidden: Sequence[int] = (16,),
     ):
         super().__init__()
         self.h = float(h)
         self.dim = int(dim)
         self.solid = bool(solid)
+        # The bath module always exists (TorchScript wants a fixed structure); has_bath switches it on.
+        self.has_bath = bool(bath)
+        self.bath = Bath(bath_hidden)
         self.collinear_tol = float(collinear_tol)
         self.kernel = VolumeKernel(h, kernel_hidden)
         self.U_vol = VolumetricEnergy(energy_hidden, strict_convexity)
@@ -411,7 +428,7 @@ class MetriplecticModel(nn.Module):
         distance = torch.linalg.vector_norm(r_ij, dim=-1)
         e = r_ij / distance[:, None]
         rho = distance / self.h
-        u = state.v[pairs.i] - state.v[pairs.j]
+        u = pair_relative_velocities(state.v, pairs)
         n_pairs = pairs.i.shape[0]
         # both ends in one batch: row k < E is end i, row E + k is end j
         T_ends = torch.cat([thermo.T[pairs.i], thermo.T[pairs.j]])
@@ -458,6 +475,12 @@ class MetriplecticModel(nn.Module):
         thermo = self.thermodynamics(state.x, state.S, pairs, with_dT_dS=with_derivatives, create_graph=create_graph)
         return thermo, self.pair_terms(state, pairs, thermo, with_derivatives, create_graph)
 
+    def bath_terms(self, T: torch.Tensor, with_derivatives: bool, create_graph: bool) -> BathTerms | None:
+        """The bath's coefficients at temperatures T, or None for a model without a bath."""
+        if not self.has_bath:
+            return None
+        return self.bath.terms(T, with_derivatives, create_graph)
+
     def pair_mobility(self, state: State, pairs: PairTensors) -> torch.Tensor:
         """Per-pair blocks of M, (E, 2D+2, 2D+2), order (v_i, S_i, v_j, S_j) (tests, diagnostics)."""
         _, terms = self._terms(state, pairs, with_derivatives=False, create_graph=False)
@@ -465,22 +488,27 @@ class MetriplecticModel(nn.Module):
 
     # -- dynamics ----------------------------------------------------------------
     def drift(
-        self, state: State, pairs: PairTensors, thermal: bool = True, create_graph: bool = False
+        self, state: State, pairs: PairTensors, thermal: bool = True, create_graph: bool = False,
+        flow: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(f_v, f_S): dv = f_v dt + dv~,  dS = f_S dt + dS~.
 
         f_v = -dU/dx / m + [M dS/dz + k_B div M]_v,   f_S = [M dS/dz + k_B div M]_S.
         thermal=False drops k_B div(M): the k_B -> 0 limit, in which the noise
-        vanishes too and dE/dt = 0, dS/dt >= 0 hold exactly (L dS/dz = M dE/dz = 0).
-        k_B div(M) belongs with the noise: only together do they conserve E (in
-        the mean, by Ito's formula).
+        vanishes too and dE/dt = 0, dS/dt >= 0 hold exactly (L dS/dz = M dE/dz = 0;
+        with a bath, E + T_b S_b is conserved). k_B div(M) belongs with the
+        noise: only together do they conserve E (in the mean, by Ito's formula).
+        flow: the background (solvent) velocity at each particle, (N, D), for the
+        bath's friction (None: at rest); ignored without a bath.
         """
         thermo, terms = self._terms(state, pairs, with_derivatives=thermal, create_graph=create_graph)
         mass, k_B = (self.mass, self.k_B) if create_graph else (self.mass.detach(), self.k_B.detach())
-        return assemble_drift(thermo, terms, pairs, mass, k_B if thermal else None)
+        bath = self.bath_terms(thermo.T, thermal, create_graph)
+        return assemble_drift(thermo, terms, pairs, mass, k_B if thermal else None, bath, state.v, flow)
 
     def noise_from_increments(
-        self, state: State, pairs: PairTensors, dW: torch.Tensor, dV: torch.Tensor, T: torch.Tensor | None = None
+        self, state: State, pairs: PairTensors, dW: torch.Tensor, dV: torch.Tensor, T: torch.Tensor | None = None,
+        dW_bath: torch.Tensor | None = None, dU_bath: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(dv~, dS~) for given pair increments dW (E, D, D), dV (E,), exactly as physics.md:
 
@@ -488,14 +516,16 @@ class MetriplecticModel(nn.Module):
             m dv~_i   = sqrt(2 k_B) sum_j X_ij e_ij          (v_j gets minus: momentum conserved)
             T_i dS~_i = sqrt(2 k_B) sum_j [-1/2 (X_ij e_ij).v_ij + C_ij dV_ij]   (dV_ji = -dV_ij)
 
-        With unit-variance increments the result has covariance 2 k_B M (per unit time).
+        plus, with a bath, its per-particle increments dW_bath (N, D) and dU_bath (N,)
+        (`mpd.model.bath.bath_noise`). With unit-variance increments the result has
+        covariance 2 k_B M (per unit time).
         """
         if T is None:
             T = self.thermodynamics(state.x, state.S, pairs, with_dT_dS=False).T
         r_ij = pair_separations(state.x, pairs)
         distance = torch.linalg.vector_norm(r_ij, dim=-1)
         e = r_ij / distance[:, None]
-        u = state.v[pairs.i] - state.v[pairs.j]
+        u = pair_relative_velocities(state.v, pairs)
         factors_i = self.amplitudes(distance / self.h, T[pairs.i])
         factors_j = self.amplitudes(distance / self.h, T[pairs.j])
         A, B, C = (factors_i * factors_j).unbind(-1)
@@ -515,25 +545,56 @@ class MetriplecticModel(nn.Module):
             .index_add(0, pairs.i, heat_work + heat_conduction)
             .index_add(0, pairs.j, heat_work - heat_conduction)
         )
-        return dv, T_dS / T
+        dS = T_dS / T
+        bath = self.bath_terms(T, False, False)
+        if bath is not None:
+            assert dW_bath is not None and dU_bath is not None
+            dv_bath, dS_bath = bath_noise(bath, T, self.mass, self.k_B, dW_bath, dU_bath)
+            dv = dv + dv_bath
+            dS = dS + dS_bath
+        return dv, dS
 
     def noise(
         self, state: State, pairs: PairTensors, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(dv~, dS~) per unit sqrt(dt): covariance 2 k_B M. Scale by sqrt(dt) to step."""
-        n_pairs, dim = pairs.i.shape[0], state.x.shape[-1]
+        """(dv~, dS~) per unit sqrt(dt): covariance 2 k_B M. Scale by sqrt(dt) to step.
+
+        Draw order: pair increments dW (E, D, D), dV (E,), then the bath's dW_bath (N, D), dU_bath (N,).
+        """
+        n_pairs, n, dim = pairs.i.shape[0], state.x.shape[0], state.x.shape[-1]
         dW = torch.randn([n_pairs, dim, dim], generator=generator, dtype=state.x.dtype, device=state.x.device)
         dV = torch.randn([n_pairs], generator=generator, dtype=state.x.dtype, device=state.x.device)
-        dv, dS = self.noise_from_increments(state, pairs, dW, dV)
+        dW_bath: torch.Tensor | None = None
+        dU_bath: torch.Tensor | None = None
+        if self.has_bath:
+            dW_bath = torch.randn([n, dim], generator=generator, dtype=state.x.dtype, device=state.x.device)
+            dU_bath = torch.randn([n], generator=generator, dtype=state.x.dtype, device=state.x.device)
+        dv, dS = self.noise_from_increments(state, pairs, dW, dV, None, dW_bath, dU_bath)
         return dv.detach(), dS.detach()
 
     def marginal_covariance(
         self, state: State, pairs: PairTensors, dt: float, create_graph: bool = False
     ) -> torch.Tensor:
-        """Sigma_ii = 2 k_B M_ii dt, (N, D+1, D+1), order (v_i, S_i)."""
-        _, terms = self._terms(state, pairs, with_derivatives=False, create_graph=create_graph)
+        """Sigma_ii = 2 k_B M_ii dt, (N, D+1, D+1), order (v_i, S_i) (pairs and bath)."""
+        thermo, terms = self._terms(state, pairs, with_derivatives=False, create_graph=create_graph)
         k_B, mass = (self.k_B, self.mass) if create_graph else (self.k_B.detach(), self.mass.detach())
-        return 2 * k_B * dt * marginal_mobility(terms, mass, pairs, state.x.shape[0])
+        M = self.marginal_mobility(thermo, terms, pairs, mass, create_graph)
+        return 2 * k_B * dt * M
+
+    def marginal_mobility(self, thermo: Thermodynamics, terms: PairTerms, pairs: PairTensors, mass: torch.Tensor,
+                          create_graph: bool) -> torch.Tensor:
+        """M_ii of the pairs plus the bath's diagonal share, (N, D+1, D+1)."""
+        M = marginal_mobility(terms, mass, pairs, thermo.T.shape[0])
+        bath = self.bath_terms(thermo.T, False, create_graph)
+        if bath is not None:
+            vv, SS = bath_marginal(bath, thermo.T, mass)
+            dim = M.shape[-1] - 1
+            identity = torch.eye(dim, dtype=M.dtype, device=M.device)
+            extra = torch.zeros_like(M)
+            extra[:, :dim, :dim] = vv[:, None, None] * identity
+            extra[:, dim, dim] = SS
+            M = M + extra
+        return M
 
     def nll(
         self,
@@ -543,14 +604,18 @@ class MetriplecticModel(nn.Module):
         dt: float,
         interior: torch.Tensor | None = None,
         jitter: float = 1e-6,
+        flow: torch.Tensor | None = None,
+        observation_variance: float = 0.0,
     ) -> torch.Tensor:
         """Mean over interior particles of -log N((v_i, S_i)^{t+1}; mu_i, Sigma_ii).
 
         mu_i = (v_i + f_v dt, S_i + f_S dt) (Euler-Maruyama mean, full drift with
         k_B div M), Sigma_ii = 2 k_B M_ii dt. Keeps the graph for training; the
-        entropies may come from the teacher (their graph is kept too).
+        entropies may come from the teacher (their graph is kept too). flow and
+        observation_variance: see `predictive_moments`.
         """
-        residual, covariance = self.predictive_moments(state_t, state_t1, pairs, dt, interior)
+        residual, covariance = self.predictive_moments(state_t, state_t1, pairs, dt, interior, flow,
+                                                       observation_variance)
         return gaussian_nll(residual, covariance, jitter).mean()
 
     def predictive_moments(
@@ -560,21 +625,40 @@ class MetriplecticModel(nn.Module):
         pairs: PairTensors,
         dt: float,
         interior: torch.Tensor | None = None,
+        flow: torch.Tensor | None = None,
+        observation_variance: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(v_i, S_i)^{t+1} - mu_i and Sigma_ii = 2 k_B M_ii dt of the (interior) particles, with graph."""
+        """(v_i, S_i)^{t+1} - mu_i and Sigma_ii = 2 k_B M_ii dt of the (interior) particles, with graph.
+
+        flow: background velocity at each particle (bath friction; None: at rest).
+        observation_variance: variance per component of the observed velocities'
+        measurement error, added to the velocity block of Sigma_ii (the tracking
+        noise of a backward difference: 2 sigma_loc^2 / dt^2); not part of the
+        model, so rollouts do not reproduce it.
+        """
         thermo, terms = self._terms(state_t, pairs, with_derivatives=True, create_graph=True)
-        mass, k_B, n = self.mass, self.k_B, state_t.x.shape[0]
-        f_v, f_S = assemble_drift(thermo, terms, pairs, mass, k_B)
+        mass, k_B = self.mass, self.k_B
+        bath = self.bath_terms(thermo.T, True, True)
+        f_v, f_S = assemble_drift(thermo, terms, pairs, mass, k_B, bath, state_t.v, flow)
         mean = torch.cat([state_t.v + f_v * dt, (state_t.S + f_S * dt)[:, None]], dim=-1)
         target = torch.cat([state_t1.v, state_t1.S[:, None]], dim=-1)
-        covariance = 2 * k_B * dt * marginal_mobility(terms, mass, pairs, n)
+        covariance = 2 * k_B * dt * self.marginal_mobility(thermo, terms, pairs, mass, True)
+        if observation_variance > 0:
+            dim = state_t.v.shape[-1]
+            observation = torch.zeros_like(covariance[0])
+            observation[:dim, :dim] = observation_variance * torch.eye(dim, dtype=covariance.dtype,
+                                                                        device=covariance.device)
+            covariance = covariance + observation
         if interior is not None:
             target, mean, covariance = target[interior], mean[interior], covariance[interior]
         return target - mean, covariance
 
     # -- self-supervision -------------------------------------------------------------
     def teacher_entropy(self, x: torch.Tensor, v: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
-        """S_i from the edge-convolution teacher (training labels only)."""
+        """S_i from the edge-convolution teacher, standardised with its running statistics.
+
+        Training standardises with the batch's own statistics instead (`mpd.training.teacher_labels`).
+        """
         return self.teacher(x, v, pairs)
 
 

@@ -33,6 +33,9 @@ class PairTensors(NamedTuple):
                               configuration) still present now
     bond_shift  (B, D)        current separation of a bond: x[bond_i] - x[bond_j] + bond_shift
     bond_r_ref  (B, D)        its separation in the reference configuration
+    shift_rate  (E, D)        d shift / dt: a deforming periodic cell moves the image of j, so the pair's
+                              relative velocity is v_ij = v[i] - v[j] + shift_rate (Lees-Edwards; zero
+                              in an open window or a fixed cell)
     """
 
     i: torch.Tensor
@@ -42,6 +45,7 @@ class PairTensors(NamedTuple):
     bond_j: torch.Tensor
     bond_shift: torch.Tensor
     bond_r_ref: torch.Tensor
+    shift_rate: torch.Tensor
 
 
 def make_pairs(
@@ -50,6 +54,7 @@ def make_pairs(
     shift,
     bonds=None,
     bond_shift=None,
+    shift_rate=None,
     dim: int = 2,
     dtype: torch.dtype = torch.float64,
     device: torch.device | None = None,
@@ -61,6 +66,7 @@ def make_pairs(
     box); bond_shift: the periodic shift that makes the current separation the
     minimum image (default zero: an open window, or unwrapped coordinates).
     Without bonds the strain term has nothing to act on (fluid model, solid=False).
+    shift_rate: the rate of change of each pair's shift (default zero; see PairTensors).
     """
 
     def as_index(a) -> torch.Tensor:
@@ -73,12 +79,19 @@ def make_pairs(
         bonds = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, dim)))
     bond_i, bond_j, bond_r_ref = as_index(bonds[0]), as_index(bonds[1]), as_float(bonds[2])
     bond_shift_t = torch.zeros_like(bond_r_ref) if bond_shift is None else as_float(bond_shift)
-    return PairTensors(as_index(i), as_index(j), as_float(shift), bond_i, bond_j, bond_shift_t, bond_r_ref)
+    shift_t = as_float(shift)
+    shift_rate_t = torch.zeros_like(shift_t) if shift_rate is None else as_float(shift_rate)
+    return PairTensors(as_index(i), as_index(j), shift_t, bond_i, bond_j, bond_shift_t, bond_r_ref, shift_rate_t)
 
 
 def pair_separations(x: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
     """r_ij = x_i - x_j + shift_ij, (E, D), differentiable in x."""
     return x[pairs.i] - x[pairs.j] + pairs.shift
+
+
+def pair_relative_velocities(v: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
+    """v_ij = v_i - v_j + shift_rate_ij, (E, D): the velocity of i relative to the image of j it interacts with."""
+    return v[pairs.i] - v[pairs.j] + pairs.shift_rate
 
 
 def bond_separations(x: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
@@ -204,6 +217,7 @@ __all__ = [
     "deviatoric_strain_invariant",
     "local_deformation_gradient",
     "make_pairs",
+    "pair_relative_velocities",
     "pair_separations",
     "particle_density",
     "particle_volume",

@@ -38,8 +38,9 @@ class EulerMaruyama(nn.Module):
         interior: torch.Tensor,
         generator: torch.Generator | None = None,
         noise: bool = True,
+        flow: torch.Tensor | None = None,
     ) -> State:
-        f_v, f_S = self.model.drift(state, pairs, thermal=noise)
+        f_v, f_S = self.model.drift(state, pairs, thermal=noise, flow=flow)
         if noise:
             dv, dS = self.model.noise(state, pairs, generator)
         else:
@@ -64,8 +65,12 @@ def euler_maruyama_step(
     interior: torch.Tensor,
     generator: torch.Generator | None = None,
     noise: bool = True,
+    flow: torch.Tensor | None = None,
 ) -> State:
     """The next state; only particles with interior[i] move.
+
+    flow: the background (solvent) velocity at each particle during the step,
+    (N, D), which the bath's friction acts against (None: at rest).
 
     noise=False is the deterministic k_B -> 0 limit: it drops both the noise and
     k_B div(M), so energy is conserved and entropy produced up to time
@@ -74,7 +79,7 @@ def euler_maruyama_step(
     because the forces are autograd gradients; the result is detached.
     """
     with torch.enable_grad():
-        return EulerMaruyama(model)(state, pairs, dt, interior, generator, noise)
+        return EulerMaruyama(model)(state, pairs, dt, interior, generator, noise, flow)
 
 
 __all__ = ["EulerMaruyama", "euler_maruyama_step"]

@@ -7,17 +7,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .geometry import PairTensors, cutoff_polynomial, pair_separations, sum_to_both_ends
+from .geometry import PairTensors, cutoff_polynomial, pair_relative_velocities, pair_separations, sum_to_both_ends
 
 
-def mlp(n_in: int, hidden: Sequence[int], n_out: int) -> nn.Sequential:
+def mlp(n_in: int, hidden: Sequence[int], n_out: int, out_bias: bool = True) -> nn.Sequential:
     """Plain MLP with SiLU: smooth, because forces and div(M) differentiate through it."""
     layers: list[nn.Module] = []
     width = n_in
     for n_hidden in hidden:
         layers += [nn.Linear(width, n_hidden), nn.SiLU()]
         width = n_hidden
-    layers.append(nn.Linear(width, n_out))
+    layers.append(nn.Linear(width, n_out, bias=out_bias))
     return nn.Sequential(*layers)
 
 
@@ -56,31 +56,80 @@ class NoiseAmplitudes(nn.Module):
 
 
 class EntropyTeacher(nn.Module):
-    """S_i = EdgeConv over neighbours of rotation-invariant pair features (training only).
+    """S_i = EdgeConv over neighbours of rotation-invariant pair features, standardised (training labels).
 
     Pair features, each unchanged by swapping i and j and by rotations:
     rho = |r_ij|/h, the radial relative velocity (e_ij . v_ij)/v0 and the squared
     speed |v_ij|^2/v0^2 (squared, not |v_ij|, to stay smooth at v_ij = 0). The
     message is weighted by (1 - rho^2)^2 so S is continuous as neighbours come and
-    go, summed to both ends, and a node network maps the sum to S_i.
+    go, summed to both ends, and a node network maps the sum to the raw value s_i.
+
+    Gauge. The scale of S is not observable: rescaling the labels and U's
+    dependence on S together changes no velocity statistic, but the entropy
+    part of the likelihood gains log(1/a) when the labels shrink by a, so an
+    unconstrained teacher drives S to zero and T = dU/dS to infinity (which
+    starves the pairwise friction: docs/fidelity.md). The labels are therefore
+    standardised, S = (s - mean) / scale with the mean and standard deviation
+    of s over the particles at t of the training batch (`statistics`,
+    differentiable, so the raw scale is an exact symmetry of the loss), and the
+    same numbers applied to t+1. Running averages of them (buffers, saved with
+    the model) standardise the teacher outside training.
     """
 
-    def __init__(self, h: float, velocity_scale: float = 1.0, hidden: Sequence[int] = (64, 64), message_width: int = 32):
+    def __init__(self, h: float, velocity_scale: float = 1.0, hidden: Sequence[int] = (64, 64), message_width: int = 32,
+                 momentum: float = 0.1):
         super().__init__()
         self.h = float(h)
         self.velocity_scale = float(velocity_scale)
+        self.momentum = float(momentum)
         self.message = mlp(3, hidden, message_width)
-        self.node = mlp(message_width, hidden, 1)
+        # no output bias: a constant in s is removed by the standardisation (a parameter without gradient)
+        self.node = mlp(message_width, hidden, 1, out_bias=False)
+        self.register_buffer("running_mean", torch.zeros(()))
+        self.register_buffer("running_scale", torch.ones(()))
+        self.register_buffer("batches_tracked", torch.zeros((), dtype=torch.int64))
 
-    def forward(self, x: torch.Tensor, v: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
+    def raw(self, x: torch.Tensor, v: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
+        """s_i before standardisation, (N,)."""
         r_ij = pair_separations(x, pairs)
         distance = torch.linalg.vector_norm(r_ij, dim=-1)
         e_ij = r_ij / distance[:, None]
-        v_ij = (v[pairs.i] - v[pairs.j]) / self.velocity_scale
+        v_ij = pair_relative_velocities(v, pairs) / self.velocity_scale
         rho = distance / self.h
         features = torch.stack([rho, (e_ij * v_ij).sum(-1), (v_ij * v_ij).sum(-1)], dim=-1)
         messages = self.message(features) * (cutoff_polynomial(rho) ** 2)[:, None]
         return self.node(sum_to_both_ends(messages, pairs.i, pairs.j, x.shape[0])).squeeze(-1)
+
+    @staticmethod
+    @torch.jit.unused
+    def statistics(sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, scale) of raw values from their (sum, sum of squares, count), differentiable.
+
+        Sums rather than values, so that data-parallel training can add them over
+        its ranks first (`mpd.training.teacher_labels`). The scale has a floor of
+        1e-3, far above float32 resolution.
+        """
+        mean = sums[0] / sums[2]
+        return mean, torch.sqrt(torch.clamp(sums[1] / sums[2] - mean * mean, min=0.0) + 1e-6)
+
+    @staticmethod
+    @torch.jit.unused
+    def sums(raw: torch.Tensor) -> torch.Tensor:
+        """(sum, sum of squares, count) of raw values, the input of `statistics`."""
+        return torch.stack([raw.sum(), (raw * raw).sum(), raw.new_tensor(float(raw.shape[0]))])
+
+    @torch.jit.unused
+    def track(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
+        """Move the running statistics towards a training batch's (exponential average; the first batch's are taken)."""
+        weight = 1.0 if int(self.batches_tracked) == 0 else self.momentum
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.detach().to(self.running_mean), weight)
+            self.running_scale.lerp_(scale.detach().to(self.running_scale), weight)
+            self.batches_tracked += 1
+
+    def forward(self, x: torch.Tensor, v: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
+        """S_i standardised with the running statistics (rollouts, prescribed particles)."""
+        return (self.raw(x, v, pairs) - self.running_mean) / self.running_scale
 
 
 __all__ = ["EntropyTeacher", "NoiseAmplitudes", "PositiveScalar", "mlp"]
