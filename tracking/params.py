@@ -75,6 +75,16 @@ class VelocityParams:
 
 
 @dataclass(frozen=True)
+class SpeciesParams:
+    """Species labels from the per-trajectory median of trackpy's size (tracking.species)."""
+
+    n_species: int | str = AUTO  # number of species; "auto": chosen from the sizes (1 for a monodisperse sample)
+    max_species: int = 3         # "auto" considers 1 .. max_species
+    separation: float = 4.0      # "auto" keeps k species over k-1 when the within-class size variance drops this many times
+    min_fraction: float = 0.05   # "auto" keeps k species only when each holds at least this fraction of the trajectories
+
+
+@dataclass(frozen=True)
 class FrameRange:
     """Frames to track, as a Python slice of the video's frames (stop exclusive)."""
 
@@ -100,6 +110,7 @@ class TrackingParams:
     locate: LocateParams = field(default_factory=LocateParams)
     link: LinkParams = field(default_factory=LinkParams)
     velocity: VelocityParams = field(default_factory=VelocityParams)
+    species: SpeciesParams = field(default_factory=SpeciesParams)
     frame_range: FrameRange | None = None       # None: every frame
     roi: RegionOfInterest | None = None         # None: the full frame
 
@@ -108,6 +119,7 @@ _NESTED = {
     "locate": LocateParams,
     "link": LinkParams,
     "velocity": VelocityParams,
+    "species": SpeciesParams,
     "frame_range": FrameRange,
     "roi": RegionOfInterest,
 }
@@ -149,7 +161,7 @@ def from_config(section: Mapping[str, Any] | None) -> TrackingParams:
     for name, cls in _NESTED.items():
         if name in section and section[name] is not None:
             kwargs[name] = _build(cls, section[name], f"tracking.{name}")
-        elif name in ("locate", "link", "velocity"):
+        elif name in ("locate", "link", "velocity", "species"):
             kwargs[name] = cls()
     params = TrackingParams(**kwargs)
     check(params)
@@ -218,6 +230,14 @@ def check(params: TrackingParams) -> None:
              "velocity.window", "an odd integer >= 3 (frames)", vel.window)
     _require(_is_int(vel.polyorder) and 1 <= vel.polyorder < vel.window,
              "velocity.polyorder", "an integer >= 1 and < velocity.window", vel.polyorder)
+
+    sp = params.species
+    _require(sp.n_species == AUTO or (_is_int(sp.n_species) and sp.n_species >= 1), "species.n_species",
+             "'auto' or an integer >= 1", sp.n_species)
+    _require(_is_int(sp.max_species) and sp.max_species >= 1, "species.max_species", "an integer >= 1", sp.max_species)
+    _require(_is_number(sp.separation) and sp.separation > 1, "species.separation", "a number > 1", sp.separation)
+    _require(_is_number(sp.min_fraction) and 0 <= sp.min_fraction < 1, "species.min_fraction",
+             "a number in [0, 1)", sp.min_fraction)
 
     fr = params.frame_range
     if fr is not None:

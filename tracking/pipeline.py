@@ -32,10 +32,11 @@ from .link import compute_drift, filter_stubs, link_features, subtract_drift
 from .locate import NoParticlesError, filter_features, locate_stack, prepare, resolve, tidy
 from .motion import add_velocities, finite_differences
 from .params import TrackingParams, as_params, to_dict
+from .species import classify_species
 
 FEATURE_COLUMNS = ["frame", "t", "x", "y", "x_px", "y_px", "mass", "size", "ecc", "signal", "raw_mass", "ep"]
 TRAJECTORY_COLUMNS = ["frame", "t", "particle", "x", "y", "x_px", "y_px", "vx", "vy",
-                      "mass", "size", "ecc", "signal", "raw_mass", "ep"]
+                      "mass", "size", "ecc", "signal", "raw_mass", "ep", "species"]
 
 
 @dataclass
@@ -202,6 +203,9 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
             index=drift.index, columns=["vx", "vy"])
     trajectories = add_velocities(trajectories, frame_rate_hz, params.velocity, frame_step=frame_step)
     trajectories["t"] = trajectories["frame"] / frame_rate_hz
+    height, width = video.frame_shape
+    trajectories["species"], species_record = classify_species(
+        trajectories, params.species, region_px=(*video.origin_px, width, height), margin_px=resolved.diameter)
     trajectories = trajectories.sort_values(["frame", "particle"], kind="stable")[TRAJECTORY_COLUMNS]
     trajectories = trajectories.reset_index(drop=True)
     timing["velocities"] = time.perf_counter() - mark
@@ -209,7 +213,6 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
     accuracy = None
     if truth is not None:
         mark = time.perf_counter()
-        height, width = video.frame_shape
         accuracy = accuracy_report(trajectories, truth, pixel_size_um=pixel_size_um, frame_numbers=frame_numbers,
                                    region_px=(*video.origin_px, width, height), mask_diameter_px=resolved.diameter,
                                    drift_velocity_um_s=drift_velocity)
@@ -222,6 +225,7 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
         "roi_origin_px": list(video.origin_px),
         **qc.summary(features, trajectories, frame_numbers),
         "auto": chosen,
+        "species": species_record,
         "resolved": {"locate": dataclasses.asdict(resolved), "link": link_record},
         "parameters": to_dict(params),
         "units": {"pixel_size_um": pixel_size_um, "frame_rate_hz": frame_rate_hz},
