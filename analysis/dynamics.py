@@ -143,6 +143,8 @@ def vacf(traj: pd.DataFrame, *, max_lag: int | None = None, vel_columns=("vx", "
     and vacf_norm (vacf / vacf at lag 0, dimensionless).
     """
     traj = check_trajectories(traj)
+    # a lone observation has no finite difference: it is not a sample (and splits its segment)
+    traj = traj[np.isfinite(traj[list(vel_columns)].to_numpy(np.float64)).all(axis=1)]
     t, segment, offset = sorted_segments(traj)
     sums, counts = segment_correlations(t[list(vel_columns)].to_numpy(), segment, offset,
                                         _max_lag(traj, max_lag), "vacf")

@@ -24,6 +24,7 @@ __all__ = [
     "check_trajectories",
     "frame_interval",
     "position_columns",
+    "position_velocities",
     "read_json",
     "read_table",
     "shrink_window",
@@ -108,6 +109,24 @@ def sorted_segments(traj: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.nd
     start = np.flatnonzero(new)
     offset = np.arange(len(t)) - start[segment]
     return t, segment, offset
+
+
+def position_velocities(traj: pd.DataFrame) -> pd.DataFrame:
+    """`traj` with vx, vy (µm/s) recomputed from its positions: central differences inside each
+    contiguous segment, one-sided at its ends, NaN for a lone row (tracking.motion's estimator).
+
+    Every data set compared by the analysis (tracked, truth, rollout) is measured
+    with this one estimator, whatever velocities it carries: a model integrated
+    with backward-difference velocities and a truth with central differences would
+    otherwise differ by the estimator alone (for Brownian steps, by a factor 2 in
+    <v^2>). Positions from `position_columns` (unwrapped in a periodic box).
+    """
+    from tracking.motion import finite_differences  # the tracking stage's estimator, one home
+
+    t, segment, _ = sorted_segments(traj)
+    cx, cy = position_columns(t)
+    v = finite_differences(t[[cx, cy]].to_numpy(np.float64), t["t"].to_numpy(np.float64), segment)
+    return t.assign(vx=v[:, 0], vy=v[:, 1])
 
 
 def strain_of_frames(strain: pd.DataFrame, frames) -> np.ndarray:

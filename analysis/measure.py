@@ -17,7 +17,14 @@ import pandas as pd
 from analysis.cycle import ShearCycle, fit_cycle, phase_average, phase_of
 from analysis.defects import defects
 from analysis.dynamics import msd, nonaffine_msd, nonaffine_vacf, vacf
-from analysis.inputs import as_window, boxes_per_frame, check_trajectories, frame_interval, shrink_window
+from analysis.inputs import (
+    as_window,
+    boxes_per_frame,
+    check_trajectories,
+    frame_interval,
+    position_velocities,
+    shrink_window,
+)
 from analysis.rearrangements import d2min, d2min_histogram, rearrangement_threshold, rearrangements
 from analysis.structure import rdf
 
@@ -44,6 +51,9 @@ class Settings:
     frame_step : analyse every frame_step-th frame for g(r), defects and D2min.
     affine_method, shear_line_y_um : how the imposed deformation is removed (analysis.affine).
     period_s : shear period, s; default fitted to the strain series (analysis.cycle).
+    velocity : "positions" (default): every data set's velocities are recomputed from its
+        positions with one estimator (`analysis.inputs.position_velocities`), so that the
+        VACF compares motion, not estimators; "columns" uses the tables' vx, vy as they are.
     """
 
     length_scale_um: float | None = None
@@ -59,6 +69,7 @@ class Settings:
     affine_method: str = "auto"
     shear_line_y_um: float | None = None
     period_s: float | None = None
+    velocity: str = "positions"
     phase_offset: float = field(default=0.0, repr=False)  # cycles; set by resolve_settings from the strain fit
 
     @classmethod
@@ -162,6 +173,10 @@ def measure(traj: pd.DataFrame, settings: Settings, *, name: str = "data", windo
     if s.length_scale_um is None or s.r_max_um is None or s.d2min_lag_frames is None:
         raise ValueError("settings are not resolved: call resolve_settings first")
     traj = check_trajectories(traj, name)
+    if s.velocity == "positions":
+        traj = position_velocities(traj)
+    elif s.velocity != "columns":
+        raise ValueError(f"analysis velocity must be 'positions' or 'columns', got {s.velocity!r}")
     a = s.length_scale_um
     if box is None:
         if window is None:
