@@ -146,6 +146,7 @@ def all_reduce_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
 def sharded_nll_sum(
     model: MetriplecticModel, state_t: State, state_t1: State, pairs, dt: float, interior: torch.Tensor,
     jitter: float, device, flow: torch.Tensor | None = None, observation_variance: float = 0.0,
+    label_variance: float = 0.0,
 ) -> torch.Tensor:
     """Sum over this shard's interior particles of -log N((v_i, S_i)^{t+1}; mu_i, Sigma_ii).
 
@@ -157,7 +158,8 @@ def sharded_nll_sum(
     if state_t is None:
         all_sum([0.0] * 3, device)  # the velocity and entropy scale sums and the row count of the floor
         return None
-    residual, covariance = model.predictive_moments(state_t, state_t1, pairs, dt, interior, flow, observation_variance)
+    residual, covariance = model.predictive_moments(state_t, state_t1, pairs, dt, interior, flow, observation_variance,
+                                                    label_variance)
     scales = row_scales(covariance, covariance.shape[-1] - 1).detach()
     sums = all_sum(scales.sum(0).tolist() + [scales.shape[0]], device)
     global_mean = torch.tensor(sums[:-1], dtype=scales.dtype, device=scales.device) / sums[-1]

@@ -60,6 +60,7 @@ class NetworkParams(_FromConfig):
     k_B_init: float | str = AUTO    # initial k_B (model energy units); "auto": match the noise to the data's velocity increments
     mass_init: float | str = AUTO   # initial particle mass m (model units); "auto": match the forces to the data's accelerations
     teacher_velocity_scale: float | str = AUTO  # h/frame, velocity unit of the teacher's inputs; "auto": rms |v_ij| of the data
+    teacher_velocities: bool = True  # the teacher sees relative velocities (the paper's); False: positions only
     strict_convexity: float = 1e-3  # weight of the strictly convex floor of the energy networks (docs/model.md)
     bath: bool = True               # single-particle friction and noise against the solvent (docs/model.md, Bath)
     bath_hidden: tuple[int, ...] = (16,)  # widths of the bath's heat-conductance network kappa(T / T_b)
@@ -92,6 +93,7 @@ class TrainingParams(_FromConfig):
     progress: bool = True             # tqdm progress bar (also off when stderr is not a terminal)
     num_threads: int | None = None    # torch CPU threads; None: torch's default
     measurement_noise_um: float = 0.0  # µm, rms localisation error per coordinate of the tracked positions (docs/training.md)
+    entropy_resolution: float = 0.01  # resolution of the standardised entropy labels in the likelihood (docs/training.md)
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,7 @@ class RolloutParams(_FromConfig):
     device: str = "auto"              # "auto", "cpu" or "cuda"
     max_step_displacement: float = 1.0  # h: a predicted particle moving farther in one frame means divergence
     escape_margin: float = 5.0        # h: a predicted particle this far outside the field of view means divergence
+    duplicate_distance: float = 0.25  # h: an observed particle this close to a predicted one is its copy under a new id
     energy_blowup: float = 1.0e3      # divergence when |e - e0| > energy_blowup * max(|e0|, kinetic e0), e per particle
     progress: bool = True             # tqdm progress bar (also off when stderr is not a terminal)
 
@@ -187,7 +190,7 @@ def _problem(name: str, value) -> str | None:
         return None if ok else "must be a non-empty list of positive integers"
     if name in ("k_B_init", "mass_init", "teacher_velocity_scale"):
         return None if value == AUTO or (_is_number(value) and value > 0) else "must be a positive number or 'auto'"
-    if name in ("solid", "progress", "noise", "bath"):
+    if name in ("solid", "progress", "noise", "bath", "teacher_velocities"):
         return None if isinstance(value, bool) else "must be true or false"
     if name in _POSITIVE_INTS:
         return None if _is_int(value) and value >= 1 else "must be an integer >= 1"
@@ -199,7 +202,7 @@ def _problem(name: str, value) -> str | None:
         return None if value is None or (_is_int(value) and value >= 0) else "must be an integer >= 0 or null"
     if name == "grad_clip":
         return None if value is None or (_is_number(value) and value > 0) else "must be a positive number or null"
-    if name in ("weight_decay", "skin", "measurement_noise_um"):
+    if name in ("weight_decay", "skin", "measurement_noise_um", "entropy_resolution", "duplicate_distance"):
         return None if _is_number(value) and value >= 0 else "must be a number >= 0"
     if name == "step_factor":
         return None if _is_number(value) and 0 < value <= 1 else "must be in (0, 1]"

@@ -21,22 +21,37 @@ Pieces, composable and small:
 
 Hand-over policy (which particles the model predicts)
 ------------------------------------------------------
-* The *predicted* set is fixed at the start frame: the particles that are
-  interior there (not exterior by the geometry stage's rule: within the
-  exterior width of the window edge, or a driving-boundary particle). They
-  are integrated for the whole rollout, also if they later drift into the
-  exterior band or out of the window (their fate is the model's prediction;
-  the observed copy of the same id is ignored).
-* Every other particle observed at a frame is *prescribed* at that frame:
-  position and velocity exactly from the data, entropy from the teacher on
-  the current configuration. This covers the exterior band, the driving
-  boundary, and particles entering the window after the start (which stay
-  prescribed even if they move inward). A prescribed particle exists in a
-  frame only if the data has it there; it appears and disappears with the
-  data.
-* With `substeps > 1` prescribed particles move linearly between frames
-  (those present in both frames; the others are held), and the set changes
-  at frame boundaries only.
+The exterior is a band of the field of view (physics.md, Rollout): particles
+in it, and those of a driving boundary, are prescribed from data at every
+step; the set changes with time as particles move (the geometry stage's rule,
+`mpd.geometry.masks.exterior_mask`). At the start frame the interior particles
+are predicted. After every frame:
+
+* a predicted particle whose *model* position has entered the exterior band is
+  handed back to the data: from now on it is prescribed, at its observed
+  position and velocity (it is dropped if the data no longer has it, e.g. it
+  left the field of view);
+* a prescribed particle whose *observed* position lies in the interior is
+  handed to the model, which predicts it from its observed state onwards;
+* an observed particle closer than `duplicate_distance` to a predicted one is
+  the same particle under a new id (a tracker that lost it for a frame gives it
+  a new one; particles do not appear in the interior): it is left out, the
+  model's copy stands (counted in the status as duplicates_left_out);
+* every other observed particle is prescribed: position and velocity from the
+  data (`ObservedFrames`, the model's kinematic velocities), entropy from the
+  teacher on the current configuration. A prescribed particle exists in a
+  frame only if the data has it there.
+
+So the model never carries a particle into the band, where its deviation from
+the data would make it collide with the prescribed particles around it (a
+fixed predicted set did, and long window rollouts blew up at the window's
+edge). Each hand-over starts a new `segment` of the particle (a column of the
+output): statistics of the model's motion are taken within segments, inside
+the interior (`analysis`, edge margin = the exterior width). With
+`substeps > 1` prescribed particles move linearly between frames (those present
+in both frames; the others are held), and hand-overs happen at frame
+boundaries only. A closed periodic box (no exterior rule) predicts every
+particle for the whole rollout.
 
 Reference configuration (strain bonds): the reference rule of the geometry
 stage (`lag` or `cycle`, docs/geometry.md). The reference of frame f is the
@@ -54,12 +69,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 import torch
+from scipy.spatial import cKDTree
 
 from mpd.geometry.domain import Box, Window
 from mpd.geometry.kinematics import affine_flow, backward_velocities, shear_box_flow
 from mpd.geometry.masks import exterior_mask
 from mpd.geometry.neighbours import radius_pairs
 from mpd.model import MetriplecticModel, PairTensors, State, euler_maruyama_step, make_pairs
+from mpd.model.geometry import pair_kinds
 from mpd.params import RolloutParams
 
 log = logging.getLogger(__name__)
@@ -127,6 +144,8 @@ def snapshot_pairs(
     box_ref: Box | None = None,
     dtype: torch.dtype = torch.float64,
     device: torch.device | None = None,
+    species=None,
+    n_species: int = 1,
 ) -> PairTensors:
     """The model's pairs of one snapshot: neighbours of x within h, strain bonds from x_ref.
 
@@ -134,6 +153,7 @@ def snapshot_pairs(
     particles with has_ref (docs/model.md, data contract), with their
     reference separation (minimum image in box_ref) and the current periodic
     shift (minimum image in box). Without x_ref there are no bonds.
+    species (N,) labels and n_species give the pairs' kinds (default: one species).
     """
     x_np = _numpy(x)
     now = radius_pairs(x_np, h, box)
@@ -146,7 +166,8 @@ def snapshot_pairs(
         bi, bj = idx[bi], idx[bj]
         bonds = (bi, bj, r_ref)
         bond_shift = minimum_image_shift(x_np[bi] - x_np[bj], box)
-    return make_pairs(now.i, now.j, now.shift, bonds=bonds, bond_shift=bond_shift, dtype=dtype, device=device)
+    return make_pairs(now.i, now.j, now.shift, bonds=bonds, bond_shift=bond_shift, species=species,
+                      n_species=n_species, dtype=dtype, device=device)
 
 
 def _as_bool(a) -> np.ndarray:
@@ -324,6 +345,7 @@ class ObservedFrames:
     flows: frame t -> the 6 coefficients (u0x, u0y, gxx, gxy, gyx, gyy) of the background
         flow u(x) = u0 + G x during t -> t+1 in model units (h per frame, 1/frame;
         `mpd.geometry.kinematics`); a frame without one has a zero flow.
+    species: particle id -> species label (tracking.species); an id not listed is species 0.
 
     A closed periodic box (no exterior rule) needs a snapshot of the start frame
     only, and boxes for every frame: nothing is prescribed after the start.
@@ -335,6 +357,7 @@ class ObservedFrames:
     boxes: dict[int, Box] | None = None
     exterior: ExteriorRule | None = None
     flows: dict[int, np.ndarray] = field(default_factory=dict)
+    species: dict[int, int] = field(default_factory=dict)
 
     def box(self, frame: int) -> Box | None:
         if self.boxes is None:
@@ -409,19 +432,25 @@ def observed_from_table(
         if lone.any():
             c = np.asarray(flows.get(f, flows.get(f - 1, np.zeros(6))), np.float64)
             snap.v[lone] = c[:2] + snap.x[lone] @ c[2:].reshape(2, 2).T
+    species = {}
+    if "species" in table.columns:
+        first = table.drop_duplicates("particle")
+        species = dict(zip(first["particle"].to_numpy(np.int64).tolist(), first["species"].to_numpy(np.int64).tolist()))
     return ObservedFrames(snapshots, dict(reference_frame or {}), {}, None if boxes is None else dict(boxes), exterior,
-                          dict(flows))
+                          dict(flows), species)
 
 
 def observed_flows(snapshots: Mapping[int, Snapshot], boxes: Mapping[int, Box] | None,
                    exterior: ExteriorRule | None) -> dict[int, np.ndarray]:
     """Background flow of every step f -> f+1 in model units (the geometry stage's rule, `mpd.geometry.kinematics`)."""
     flows = {}
+    if boxes is not None:  # every step the boxes cover, also where no snapshot is (a closed box)
+        for f in sorted(boxes):
+            if f + 1 in boxes:
+                flows[f] = shear_box_flow(boxes[f].xy, boxes[f + 1].xy, boxes[f].ly, 1.0)
+        return flows
     for f in sorted(snapshots):
-        if f + 1 not in snapshots and not (boxes is not None and f + 1 in boxes):
-            continue
-        if boxes is not None:
-            flows[f] = shear_box_flow(boxes[f].xy, boxes[f + 1].xy, boxes[f].ly, 1.0)
+        if f + 1 not in snapshots:
             continue
         a, b = snapshots[f], snapshots[f + 1]
         common, ia, ib = np.intersect1d(a.particle, b.particle, assume_unique=True, return_indices=True)
@@ -467,9 +496,10 @@ def rollout(
 ) -> RolloutResult:
     """Integrate the model from `start_frame` for `n_frames` frames (see the module docstring).
 
-    predicted: ids integrated by the model (all must be observed at the start);
+    predicted: ids the model integrates from the start (all must be observed at the start);
         default: the start frame's interior particles by observed.exterior
-        (all observed particles when there is no exterior rule).
+        (all observed particles when there is no exterior rule). With an exterior
+        rule the set then changes by the hand-over policy (module docstring).
     generator: the noise's random stream (default: seeded with params.seed on the device).
     Stops early, keeping the frames so far, when the state diverges (non-finite
     values, a predicted particle moving more than max_step_displacement in
@@ -516,12 +546,20 @@ def rollout(
     def slots(particle: np.ndarray) -> np.ndarray:
         return np.searchsorted(ids, particle)
 
+    slot_species = np.array([observed.species.get(int(p), 0) for p in ids], np.int64)
+    if len(slot_species) and slot_species.max() >= model.n_species:
+        raise ValueError(f"the data has species labels up to {int(slot_species.max())}, but the model was trained "
+                         f"with {model.n_species} species (model.pt's n_species)")
+
     as_tensor = {"dtype": dtype, "device": device}
     x = torch.as_tensor(placeholder, **as_tensor)
     v = torch.zeros((n_slots, 2), **as_tensor)
     S = torch.zeros(n_slots, **as_tensor)
+    n_predicted_at_start = int(is_predicted.sum())
     predicted_t = torch.as_tensor(is_predicted, device=device)
     present = is_predicted.copy()
+    segment = np.zeros(n_slots, np.int64)  # hand-overs so far, per slot
+    n_duplicates = [0]  # data particles left out as re-identified copies of predicted ones
     verlet = VerletList(1.0, params.skin)  # model units: the cut-off is 1
     reference_frames_needed = {observed.reference_frame.get(f, -1) for f in frames[:-1]}
     history: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # frame -> (x of slots, present) of the rollout
@@ -541,6 +579,46 @@ def rollout(
         v[index] = torch.as_tensor(snap.v[keep], **as_tensor)
         present = is_predicted.copy()
         present[s] = True
+
+    def hand_over(f: int) -> np.ndarray:
+        """Move particles between model and data at frame f (module docstring); returns the slots the model
+        has just taken over (their entropy comes from the teacher once more)."""
+        nonlocal predicted_t, present
+        if observed.exterior is None or f not in observed.snapshots:
+            return np.zeros(0, np.int64)
+        snap = observed.snapshots[f]
+        s_data = slots(snap.particle)
+        mine = np.flatnonzero(is_predicted)
+        if len(mine):
+            outside = observed.exterior(x[torch.as_tensor(mine, device=device)].cpu().numpy(), ids[mine])
+            leaving = mine[outside]
+            is_predicted[leaving] = False
+            segment[leaving] += 1
+            seen = np.isin(s_data, leaving)
+            index = torch.as_tensor(s_data[seen], device=device)
+            x[index] = torch.as_tensor(snap.x[seen], **as_tensor)
+            v[index] = torch.as_tensor(snap.v[seen], **as_tensor)
+        # A data particle this close to a predicted one is the same particle under a new id (the tracker lost
+        # it for a frame or more): the model's copy stands, the data's is left out.
+        duplicate = np.zeros(len(s_data), bool)
+        mine = np.flatnonzero(is_predicted)
+        others = ~is_predicted[s_data]
+        if len(mine) and others.any():
+            tree = cKDTree(x[torch.as_tensor(mine, device=device)].cpu().numpy())
+            distance, _ = tree.query(snap.x[others], k=1)
+            duplicate[np.flatnonzero(others)[distance < params.duplicate_distance]] = True
+        candidates = ~is_predicted[s_data] & ~duplicate
+        entering = np.zeros(0, np.int64)
+        if candidates.any():
+            inside = ~observed.exterior(snap.x[candidates], snap.particle[candidates])
+            entering = s_data[candidates][inside]
+            is_predicted[entering] = True
+            segment[entering] += 1
+        predicted_t = torch.as_tensor(is_predicted, device=device)
+        present = is_predicted.copy()
+        present[s_data[~duplicate]] = True
+        n_duplicates[0] += int(duplicate.sum())
+        return entering
 
     def bonds(f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Strain bonds of frame f in slot numbering (all reference particles; filtered by presence later)."""
@@ -575,6 +653,8 @@ def rollout(
         present_t = torch.as_tensor(present, device=device)
         i, j, shift, image = verlet.update(x, present_t, box)
         shift_rate = image[:, None] * torch.tensor([tilt_rate, 0.0], **as_tensor)
+        i_np, j_np = i.cpu().numpy(), j.cpu().numpy()
+        kind = pair_kinds(slot_species[i_np], slot_species[j_np], model.n_species, dtype, device)
         active = np.flatnonzero(present)
         compact = np.full(n_slots, -1, np.int64)
         compact[active] = np.arange(len(active))
@@ -587,7 +667,7 @@ def rollout(
         pairs = PairTensors(
             compact_t[i], compact_t[j], shift,
             torch.as_tensor(compact[bi], device=device), torch.as_tensor(compact[bj], device=device),
-            torch.as_tensor(bond_shift, **as_tensor), torch.as_tensor(r_ref, **as_tensor), shift_rate,
+            torch.as_tensor(bond_shift, **as_tensor), torch.as_tensor(r_ref, **as_tensor), shift_rate, kind,
         )
         return torch.as_tensor(active, device=device), pairs
 
@@ -602,11 +682,17 @@ def rollout(
         c = torch.as_tensor(observed.flow(f), **as_tensor)
         return c[:2] + x[active] @ c[2:].reshape(2, 2).T
 
-    def teacher_entropy(active: torch.Tensor, pairs: PairTensors, only_prescribed: bool) -> None:
+    def teacher_entropy(active: torch.Tensor, pairs: PairTensors, only_prescribed: bool,
+                        fresh: np.ndarray | None = None) -> None:
+        """S from the teacher for the active slots; with only_prescribed, the model's own S is kept for the
+        predicted ones, except those just handed over to it (`fresh`)."""
         with torch.no_grad():
             S_new = model.teacher_entropy(x[active], v[active], pairs)
         if only_prescribed:
-            S_new = torch.where(predicted_t[active], S[active], S_new)
+            keep = predicted_t.clone()
+            if fresh is not None and len(fresh):
+                keep[torch.as_tensor(fresh, device=device)] = False
+            S_new = torch.where(keep[active], S[active], S_new)
         S[active] = S_new
 
     records: list[pd.DataFrame] = []
@@ -639,6 +725,7 @@ def rollout(
             "frame": np.full(n, f, np.int64), "particle": ids[active_np],
             "x": x_np[:, 0], "y": x_np[:, 1], "vx": v_np[:, 0], "vy": v_np[:, 1],
             "S": state.S.detach().cpu().numpy(), "predicted": is_predicted[active_np], "interior": ~exterior,
+            "segment": segment[active_np],
         }))
         rows.append({
             "step": step, "frame": f, "n_particles": n, "n_predicted": int(is_predicted[active_np].sum()),
@@ -677,9 +764,10 @@ def rollout(
             rate = tilt_rate(f, f_next)
             f = f_next
             observe(f)
+            fresh = hand_over(f)
             box = observed.box(f)
             active, pairs = frame_graph(f, box, rate)
-            teacher_entropy(active, pairs, only_prescribed=True)
+            teacher_entropy(active, pairs, only_prescribed=True, fresh=fresh)
             record(step, f, active, pairs)
             progress.update(1)
             if on_frame is not None:
@@ -694,7 +782,9 @@ def rollout(
     status.update(
         start_frame=int(frames[0]), frames_requested=len(frames), frames_written=len(records),
         last_frame=int(rows[-1]["frame"]) if rows else None, steps=max(len(records) - 1, 0),
-        substeps=params.substeps, rebuilds=verlet.n_builds, n_predicted=int(is_predicted.sum()),
+        substeps=params.substeps, rebuilds=verlet.n_builds, n_predicted_at_start=n_predicted_at_start,
+        n_predicted_at_end=int(is_predicted.sum()), handovers=int(segment.sum()),
+        duplicates_left_out=n_duplicates[0],
         wall_s=time.perf_counter() - t_start, device=str(device), dtype=params.dtype, noise=params.noise,
         seed=params.seed,
     )
@@ -705,7 +795,7 @@ CONSERVATION_COLUMNS = [
     "step", "frame", "n_particles", "n_predicted", "momentum_x", "momentum_y", "energy", "kinetic_energy",
     "entropy", "n_pairs", "rebuilds",
 ]
-FRAME_COLUMNS = ["frame", "particle", "x", "y", "vx", "vy", "S", "predicted", "interior"]
+FRAME_COLUMNS = ["frame", "particle", "x", "y", "vx", "vy", "S", "predicted", "interior", "segment"]
 
 
 def _empty_frames() -> pd.DataFrame:
@@ -765,8 +855,9 @@ def _progress_bar(total: int, enabled: bool, desc: str):
 def rollout_statistics_error(result: RolloutResult, observed: ObservedFrames) -> float:
     """Relative error of the MSD and of the mean squared velocity of the predicted particles.
 
-    For each frame k after the start, over the predicted particles that the
-    data also has at that frame: MSD(k) = <|x(k) - x(0)|^2> and
+    For each frame k after the start, over the particles predicted from the
+    start and not handed over since, that the data also has at that frame:
+    MSD(k) = <|x(k) - x(0)|^2> and
     <|v(k)|^2>, model vs data; the metric is the sum of the two relative L1
     errors over the frames,
         sum_k |MSD_model - MSD_data| / sum_k MSD_data + sum_k |v2_model - v2_data| / sum_k v2_data
@@ -781,7 +872,8 @@ def rollout_statistics_error(result: RolloutResult, observed: ObservedFrames) ->
     table = result.frames
     if result.status.get("status") != COMPLETED or table.empty:
         return math.inf
-    table = table[table["predicted"].to_numpy(bool)]
+    # the particles predicted from the start, while the model still carries them (their first segment)
+    table = table[table["predicted"].to_numpy(bool) & (table["segment"].to_numpy() == 0)]
     frames = np.unique(table["frame"].to_numpy())
     if len(frames) < 2:
         return math.inf

@@ -42,6 +42,7 @@ ROLLOUT_UNITS = {
     "frame": "", "t": "s", "particle": "", "x": "µm", "y": "µm", "vx": "µm/s", "vy": "µm/s",
     "S": "model entropy units", "predicted": "bool: integrated by the model (else prescribed from data)",
     "interior": "bool: not exterior by the geometry stage's rule at this frame",
+    "segment": "hand-overs between data and model so far (mpd.rollout: a new segment at each)",
     "xu": "µm, unwrapped (periodic data only)", "yu": "µm, unwrapped (periodic data only)",
 }
 
@@ -146,7 +147,7 @@ def _load_trajectories(trajectories) -> pd.DataFrame:
     missing = [c for c in TRAJECTORY_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"trajectories lack the columns {', '.join(missing)} (docs/data_schema.md)")
-    return table[list(TRAJECTORY_COLUMNS)]
+    return table[list(TRAJECTORY_COLUMNS) + (["species"] if "species" in table.columns else [])]
 
 
 def _physical_table(frames: pd.DataFrame, data: pd.DataFrame, h: float, dt: float, boxes,
@@ -164,6 +165,7 @@ def _physical_table(frames: pd.DataFrame, data: pd.DataFrame, h: float, dt: floa
         "vx": frames["vx"].to_numpy(float) * h / dt, "vy": frames["vy"].to_numpy(float) * h / dt,
         "S": frames["S"].to_numpy(float),
         "predicted": frames["predicted"].to_numpy(bool), "interior": frames["interior"].to_numpy(bool),
+        "segment": frames["segment"].to_numpy(np.int64),
     })
     prescribed = ~out["predicted"].to_numpy()
     if prescribed.any():  # exact data values, not x/h*h

@@ -91,6 +91,7 @@ class DatasetFrames:
     geometry: dict
     length_um: float
     time_s: float
+    n_species: int = 1
 
     def box(self, frame: int) -> Box | None:
         if self.boxes is None:
@@ -118,7 +119,7 @@ def dataset_frames(dataset: SnapshotPairDataset) -> DatasetFrames:
             for f, lx, ly, xy in cols:
                 boxes[int(f)] = Box(lx / h, ly / h, xy / h)
     return DatasetFrames(reference, boxes, dict(dataset.metadata.get("geometry") or {}),
-                         dataset.scales.length_um, dataset.scales.time_s)
+                         dataset.scales.length_um, dataset.scales.time_s, dataset.n_species)
 
 
 def dataset_fingerprint(path) -> str:
@@ -153,9 +154,11 @@ def batch_pairs(
         box1 = Box(*batch["box1"][b].tolist()) if periodic else None
         ref = frames.reference_frame.get(frame, -1)
         box_ref = frames.box(ref) if periodic and ref >= 0 else box
+        species = batch["species"][rows]
         at_t.append(snapshot_pairs(batch["x0"][rows], 1.0, box, batch["x_ref"][rows], batch["has_ref"][rows],
-                                   box_ref, dtype, device))
-        at_t1.append(snapshot_pairs(batch["x1"][rows], 1.0, box1, dtype=dtype, device=device))
+                                   box_ref, dtype, device, species, frames.n_species))
+        at_t1.append(snapshot_pairs(batch["x1"][rows], 1.0, box1, dtype=dtype, device=device, species=species,
+                                    n_species=frames.n_species))
         offsets.append(ptr[b])
     return concatenate_pairs(at_t, offsets), concatenate_pairs(at_t1, offsets)
 
@@ -171,15 +174,17 @@ def teacher_labels(
     """Entropy labels (S_t, S_t+1) of a batch, standardised by the batch's statistics at t (with graph).
 
     The teacher's raw output at t and t+1 is shifted and divided by the mean and
-    standard deviation of the raw values at t over the batch's particles (the
-    gauge of docs/model.md, Entropy labels); in training mode the teacher's
+    standard deviation of the raw values at t over the batch's interior
+    particles, the ones the likelihood predicts (the gauge of docs/model.md,
+    Entropy labels; exterior particles near the window's edge have truncated
+    neighbourhoods, and their labels would set the scale otherwise); in training mode the teacher's
     running statistics move towards them. ``reduce`` sums a tensor over the
     ranks of data-parallel training (differentiably), so every rank uses the
     global batch's statistics.
     """
     raw0 = model.teacher.raw(batch["x0"], batch["v0"], pairs_t)
     raw1 = model.teacher.raw(batch["x1"], batch["v1"], pairs_t1)
-    sums = model.teacher.sums(raw0)
+    sums = model.teacher.sums(raw0[batch["interior"]])
     mean, scale = model.teacher.statistics(sums if reduce is None else reduce(sums))
     if model.training:
         model.teacher.track(mean, scale)
@@ -189,12 +194,16 @@ def teacher_labels(
 
 def snapshot_loss(
     model: MetriplecticModel, batch: Mapping[str, torch.Tensor], pairs_t: PairTensors, pairs_t1: PairTensors,
-    jitter: float, observation_variance: float = 0.0,
+    jitter: float, observation_variance: tuple[float, float] = (0.0, 0.0),
 ) -> torch.Tensor:
-    """Mean NLL over the interior particles of the batch, entropies from the teacher at t and t+1."""
+    """Mean NLL over the interior particles of the batch, entropies from the teacher at t and t+1.
+
+    observation_variance: (velocity, entropy label) variances added to the
+    likelihood's covariance (`observation_variances`).
+    """
     S0, S1 = teacher_labels(model, batch, pairs_t, pairs_t1)
     return model.nll(State(batch["x0"], batch["v0"], S0), State(batch["x1"], batch["v1"], S1), pairs_t,
-                     1.0, batch["interior"], jitter, batch.get("flow"), observation_variance)
+                     1.0, batch["interior"], jitter, batch.get("flow"), *observation_variance)
 
 
 # ---------------------------------------------------------------------------
@@ -202,7 +211,7 @@ def snapshot_loss(
 # ---------------------------------------------------------------------------
 
 
-def model_kwargs(network: NetworkParams, velocity_scale: float) -> dict:
+def model_kwargs(network: NetworkParams, velocity_scale: float, n_species: int = 1) -> dict:
     """Constructor arguments of MetriplecticModel (stored with the weights to rebuild it)."""
     return {
         "h": 1.0, "dim": 2,
@@ -210,7 +219,8 @@ def model_kwargs(network: NetworkParams, velocity_scale: float) -> dict:
         "amplitude_hidden": list(network.amplitude_hidden), "teacher_hidden": list(network.teacher_hidden),
         "velocity_scale": float(velocity_scale), "k_B": 1.0, "mass": 1.0,  # both set after construction
         "solid": bool(network.solid), "strict_convexity": float(network.strict_convexity),
-        "bath": bool(network.bath), "bath_hidden": list(network.bath_hidden),
+        "bath": bool(network.bath), "bath_hidden": list(network.bath_hidden), "n_species": int(n_species),
+        "teacher_velocities": bool(network.teacher_velocities),
     }
 
 
@@ -277,9 +287,14 @@ def initialise_bath(model: MetriplecticModel, batch: Mapping, pairs_t: PairTenso
     set_positive_scalar(model.bath.log_gamma, friction)
 
 
-def observation_variance(params: TrainingParams, length_um: float) -> float:
-    """Variance per component of a backward-difference velocity's tracking error, model units: 2 (sigma / h)^2."""
-    return 2.0 * (float(params.measurement_noise_um) / float(length_um)) ** 2
+def observation_variances(params: TrainingParams, length_um: float) -> tuple[float, float]:
+    """(velocity, entropy) variances the likelihood adds to Sigma_ii for what the model does not predict.
+
+    Velocity: a backward difference's tracking error per component, 2 (sigma / h)^2
+    in model units (measurement_noise_um). Entropy: the labels' resolution
+    squared (entropy_resolution, in units of the standardised labels).
+    """
+    return 2.0 * (float(params.measurement_noise_um) / float(length_um)) ** 2, float(params.entropy_resolution) ** 2
 
 
 def set_positive_scalar(scalar: torch.nn.Module, value: float) -> None:
@@ -327,7 +342,7 @@ def evaluate_loss(
         pairs_t, pairs_t1 = batch_pairs(batch, frames, dtype, device)
         with torch.enable_grad():  # forces are autograd gradients
             loss = snapshot_loss(model, batch_to(batch, device), pairs_t, pairs_t1, params.jitter,
-                                 observation_variance(params, frames.length_um))
+                                 observation_variances(params, frames.length_um))
         total += float(loss.detach()) * n_interior
         weight += n_interior
     return total / weight if weight else math.nan
@@ -337,10 +352,11 @@ def observed_from_dataset(
     dataset: SnapshotPairDataset, items: Sequence[int], frames: DatasetFrames
 ) -> tuple[ObservedFrames, dict[int, np.ndarray]]:
     """ObservedFrames of consecutive dataset items (frames f .. f+K) and the interior ids of each frame."""
-    snapshots, references, interior, flows = {}, {}, {}, {}
+    snapshots, references, interior, flows, species = {}, {}, {}, {}, {}
     for k in items:
         item = dataset[k]
         f = int(item["frame"])
+        species.update(zip(item["particle"].tolist(), item["species"].tolist()))
         flows[f] = dataset_flow(dataset, k)
         particle = item["particle"].numpy()
         snapshots[f] = Snapshot(particle, item["x0"].double().numpy(), item["v0"].double().numpy())
@@ -350,7 +366,7 @@ def observed_from_dataset(
         references[f] = Snapshot(particle[has], item["x_ref"].double().numpy()[has], np.zeros((has.sum(), 2)))
         interior[f] = particle[item["interior"].numpy()]
     observed = ObservedFrames(snapshots, dict(frames.reference_frame), references, frames.boxes,
-                              frames.exterior_rule(), flows)
+                              frames.exterior_rule(), flows, species)
     return observed, interior
 
 
@@ -543,7 +559,7 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
         network = config.network
         velocity_scale = (relative_velocity_scale(train_set) if network.teacher_velocity_scale == AUTO
                           else float(network.teacher_velocity_scale))
-        kwargs = model_kwargs(network, velocity_scale)
+        kwargs = model_kwargs(network, velocity_scale, frames.n_species)
         model = build_model(kwargs, dtype, device)
         batch = collate_snapshots([train_set[k] for k in range(min(params.batch_size, len(train_set)))])
         pairs_t, pairs_t1 = batch_pairs(batch, frames, dtype, device)
@@ -572,7 +588,7 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
     basis = ("val_rollout_metric" if params.selection_metric == "rollout" and windows
              else "val_loss" if val_items else "train_loss")
     show = params.progress and sys.stderr.isatty() and ctx.is_main
-    noise_variance = observation_variance(params, frames.length_um)
+    noise_variance = observation_variances(params, frames.length_um)
     last_epoch = params.epochs if stop_after_epoch is None else min(params.epochs, stop_after_epoch)
     if not history:  # epoch 0: the initial weights, for reference (never selected as the best)
         t0 = time.perf_counter()
@@ -680,8 +696,8 @@ def _distributed_step(model, optimizer, train_set, indices, frames, params, devi
         return None
     optimizer.zero_grad(set_to_none=True)
     loss_sum = None
-    # Every particle of the global batch enters the label statistics, also on a rank whose shard has no
-    # interior particle; a rank without any particle joins the collectives with zeros.
+    # The label statistics are the global batch's; a rank without interior particles joins their collectives
+    # with zeros (teacher_labels adds nothing for it either).
     if batch is not None:
         pairs_t, pairs_t1 = batch_pairs(batch, frames, dtype, device)
         b = batch_to(batch, device)
@@ -693,7 +709,7 @@ def _distributed_step(model, optimizer, train_set, indices, frames, params, devi
     if n_local > 0:
         loss_sum = ddp.sharded_nll_sum(model, State(b["x0"], b["v0"], S0), State(b["x1"], b["v1"], S1), pairs_t,
                                        1.0, b["interior"], params.jitter, device, b["flow"],
-                                       observation_variance(params, frames.length_um))
+                                       *observation_variances(params, frames.length_um))
     else:
         ddp.sharded_nll_sum(model, None, None, None, 1.0, None, params.jitter, device)
     value = ddp.all_sum([float(loss_sum.detach()) if loss_sum is not None else 0.0], device)[0] / n_total

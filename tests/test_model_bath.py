@@ -135,7 +135,7 @@ def test_bath_div_M_satisfies_the_ito_energy_balance_with_the_reservoir():
     for seed in range(3):
         model = bath_model(seed)
         state, pairs = random_system(seed, n=10)
-        n, dim = state.x.shape
+        dim = state.x.shape[1]
         thermo = model.thermodynamics(state.x, state.S, pairs)
         bath = model.bath.terms(thermo.T, True, False)
         m = model.mass.detach()

@@ -182,6 +182,7 @@ def tiled(state: State, pairs: PairTensors, copies: int) -> tuple[State, PairTen
         pairs.bond_shift.repeat(copies, 1),
         pairs.bond_r_ref.repeat(copies, 1),
         pairs.shift_rate.repeat(copies, 1),
+        pairs.pair_kind.repeat(copies, 1),
     )
     return State(state.x.repeat(copies, 1), state.v.repeat(copies, 1), state.S.repeat(copies)), big_pairs
 

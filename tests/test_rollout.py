@@ -82,44 +82,69 @@ def _kwargs():
             "velocity_scale": 0.02}
 
 
-def test_window_rollout_prescribes_exterior_particles_exactly_and_keeps_the_predicted_set(window_case):
+def test_window_rollout_prescribes_the_band_and_hands_particles_over_as_they_cross_it(window_case):
     traj, geometry, root = window_case
     out = rollout_model(root / "model.pt", traj, geometry, root / "out",
                         RolloutParams(start_frame=2, n_frames=10, progress=False, device="cpu"))
     table = pd.read_parquet(out / "rollout.parquet")
+    status = json.loads((out / "rollout_status.json").read_text())
     assert sorted(table["frame"].unique()) == list(range(2, 13))
     data = traj.set_index(["frame", "particle"])
+    meta = json.loads((geometry / "metadata.json").read_text())["parameters"]
+    rule = ExteriorRule.from_geometry(meta, H_UM)
     observables = pd.read_parquet(geometry / "observables.parquet")
     start = observables[observables["frame"] == 2]
-    expected_predicted = set(start.loc[start["interior"], "particle"])
-    assert expected_predicted and len(expected_predicted) < len(start)
+    first = table[table["frame"] == 2]
+    # at the start, the interior particles are predicted, the band and the rest prescribed
+    assert set(first.loc[first["predicted"], "particle"]) == set(start.loc[start["interior"], "particle"])
     for f, rows in table.groupby("frame"):
-        # the predicted set is the start's interior, at every frame
-        assert set(rows.loc[rows["predicted"], "particle"]) == expected_predicted
-        # every other particle the data has at f is there, prescribed; nothing else is
-        observed_now = set(traj.loc[traj["frame"] == f, "particle"])
-        assert set(rows.loc[~rows["predicted"], "particle"]) == observed_now - expected_predicted
-    prescribed = table[~table["predicted"]]
-    assert len(prescribed) > 0
-    truth = data.loc[pd.MultiIndex.from_arrays([prescribed["frame"], prescribed["particle"]]), ["x", "y"]]
-    np.testing.assert_array_equal(prescribed[["x", "y"]].to_numpy(), truth.to_numpy())
+        predicted, prescribed = rows[rows["predicted"]], rows[~rows["predicted"]]
+        # no predicted particle is in the band at a frame boundary: it was handed back to the data
+        assert not rule(predicted[["x", "y"]].to_numpy() / H_UM, predicted["particle"].to_numpy()).any()
+        # every prescribed particle is observed there, in the band, at its observed position
+        index = pd.MultiIndex.from_arrays([prescribed["frame"], prescribed["particle"]])
+        np.testing.assert_array_equal(prescribed[["x", "y"]].to_numpy(), data.loc[index, ["x", "y"]].to_numpy())
+        assert rule(prescribed[["x", "y"]].to_numpy() / H_UM, prescribed["particle"].to_numpy()).all()
+    # the drift carried particles across the band: both kinds of hand-over happened, and each starts a segment
+    assert status["handovers"] > 0 and table["segment"].max() >= 1
+    entered = table[(table["segment"] == 1) & table["predicted"]]
+    assert len(entered) > 0  # a particle the data brought into the interior is now the model's
     # their velocities are the kinematic ones the model saw: backward differences of the data (forward at a
     # particle's first frame)
     kinematic, _ = backward_velocities(traj["frame"], traj["particle"], traj[["x", "y"]].to_numpy(), RATE)
     kinematic = pd.DataFrame(kinematic, columns=["vx", "vy"], index=data.index)
-    has_difference = np.isfinite(kinematic.loc[truth.index, "vx"].to_numpy())
+    prescribed = table[~table["predicted"]]
+    index = pd.MultiIndex.from_arrays([prescribed["frame"], prescribed["particle"]])
+    has_difference = np.isfinite(kinematic.loc[index, "vx"].to_numpy())
     np.testing.assert_allclose(prescribed[["vx", "vy"]].to_numpy()[has_difference],
-                               kinematic.loc[truth.index].to_numpy()[has_difference], rtol=1e-9, atol=1e-9)
-    # particles entered and left during the rollout (the drift), and the policy covered them
-    ids_by_frame = [set(r["particle"]) for _, r in traj[traj["frame"].between(2, 12)].groupby("frame")]
-    assert ids_by_frame[0] != ids_by_frame[-1]
-    # the predicted particles moved, and the first frame is the data itself
-    first = table[table["frame"] == 2]
+                               kinematic.loc[index].to_numpy()[has_difference], rtol=1e-9, atol=1e-9)
+    # the first frame is the data itself, and the predicted particles moved
     np.testing.assert_array_equal(first[["x", "y"]].to_numpy(), data.loc[list(zip(first["frame"], first["particle"])),
                                                                              ["x", "y"]].to_numpy())
-    moved = table[(table["frame"] == 12) & table["predicted"]]
-    assert not np.allclose(moved[["x", "y"]].to_numpy(),
-                           data.loc[list(zip(moved["frame"], moved["particle"])), ["x", "y"]].to_numpy(), atol=1e-9)
+    moved = table[(table["frame"] == 12) & table["predicted"] & (table["segment"] == 0)]
+    assert len(moved) and not np.allclose(
+        moved[["x", "y"]].to_numpy(), data.loc[list(zip(moved["frame"], moved["particle"])), ["x", "y"]].to_numpy(),
+        atol=1e-9)
+
+
+def test_a_particle_the_tracker_renamed_is_not_doubled(window_case):
+    """The tracker loses an interior particle for a frame and finds it again under a new id: the rollout keeps
+    the model's copy and leaves the data's out (a doubled particle exploded earlier rollouts)."""
+    traj, geometry, root = window_case
+    observables = pd.read_parquet(geometry / "observables.parquet")
+    victim = int(observables[(observables["frame"] == 2) & observables["interior"]]["particle"].iloc[0])
+    renamed = traj.copy()
+    later = (renamed["particle"] == victim) & (renamed["frame"] >= 5)
+    renamed = renamed[~((renamed["particle"] == victim) & (renamed["frame"] == 4))]  # a gap at frame 4
+    renamed.loc[later, "particle"] = renamed["particle"].max() + 1  # a new id from frame 5 on
+    out = rollout_model(root / "model.pt", renamed, geometry, root / "renamed",
+                        RolloutParams(start_frame=2, n_frames=8, progress=False, device="cpu"))
+    table = pd.read_parquet(out / "rollout.parquet")
+    status = json.loads((out / "rollout_status.json").read_text())
+    new_id = int(renamed["particle"].max())
+    assert status["status"] == "completed" and status["duplicates_left_out"] >= 1
+    assert (table["particle"] == victim).sum() == 9  # predicted throughout, frames 2..10
+    assert not ((table["particle"] == new_id) & (table["frame"] <= 10)).any()
 
 
 def test_rollout_output_is_in_the_trajectory_schema_and_reproducible(window_case):
@@ -128,7 +153,8 @@ def test_rollout_output_is_in_the_trajectory_schema_and_reproducible(window_case
     out_a = rollout_model(root / "model.pt", traj, geometry, root / "a", params)
     out_b = rollout_model(root / "model.pt", traj, geometry, root / "b", params)
     table = pd.read_parquet(out_a / "rollout.parquet")
-    assert list(table.columns) == ["frame", "t", "particle", "x", "y", "vx", "vy", "S", "predicted", "interior"]
+    assert list(table.columns) == ["frame", "t", "particle", "x", "y", "vx", "vy", "S", "predicted", "interior",
+                                   "segment"]
     assert table["frame"].dtype == np.int64 and table["particle"].dtype == np.int64
     assert table["predicted"].dtype == bool and table["interior"].dtype == bool
     np.testing.assert_allclose(table["t"], table["frame"] / RATE)
@@ -191,7 +217,7 @@ def test_statistics_error_is_zero_for_the_data_and_grows_with_a_wrong_velocity()
     for f, snap in observed.snapshots.items():
         rows.append(pd.DataFrame({"frame": f, "particle": snap.particle, "x": snap.x[:, 0], "y": snap.x[:, 1],
                                   "vx": snap.v[:, 0], "vy": snap.v[:, 1], "S": 0.0, "predicted": True,
-                                  "interior": True}))
+                                  "interior": True, "segment": 0}))
     frames = pd.concat(rows, ignore_index=True)
     ok = RolloutResult(frames, pd.DataFrame(), {"status": "completed"})
     assert rollout_statistics_error(ok, observed) == pytest.approx(0.0, abs=1e-12)

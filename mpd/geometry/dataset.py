@@ -7,7 +7,9 @@ File format (directory `dataset/`, version 2; docs/geometry.md):
   time order, one row per particle present in both frames (sorted by id):
   ``particle`` int64; ``x0, y0, x1, y1, x_ref, y_ref`` float64 µm;
   ``vx0, vy0, vx1, vy1`` float64 µm/s; ``has_ref`` bool (the particle is in
-  the reference frame; else x_ref, y_ref are NaN); ``interior`` bool (at t:
+  the reference frame; else x_ref, y_ref are NaN); ``species`` int64 (0, 1, ...:
+  the tracking stage's size classes, 0 where the trajectories have none);
+  ``interior`` bool (at t:
   predicted by the likelihood, i.e. not exterior and, with the default
   kinematic velocities, observed at t-1 too). Velocities are the geometry
   stage's ``velocity`` estimator (metadata "geometry"; default the backward
@@ -62,6 +64,7 @@ ROW_COLUMNS = {
     "x_ref": ("float64", "µm"), "y_ref": ("float64", "µm"),
     "has_ref": ("bool", ""),
     "interior": ("bool", ""),
+    "species": ("int64", ""),
 }
 BOX_COLUMNS = ("lx", "ly", "xy", "lx1", "ly1", "xy1")
 
@@ -111,10 +114,12 @@ def build_pairs(rows: pd.DataFrame) -> pd.DataFrame:
     """Rows of all snapshot pairs: particles present at frame and frame + 1 (matched by id).
 
     `rows`: one row per particle per frame with frame, particle, x, y, vx, vy,
-    x_ref, y_ref, interior. Returns the `ROW_COLUMNS` plus ``frame``, sorted
-    by (frame, particle).
+    x_ref, y_ref, interior and optionally species (0 where absent). Returns the
+    `ROW_COLUMNS` plus ``frame``, sorted by (frame, particle).
     """
-    now = rows[["frame", "particle", "x", "y", "vx", "vy", "x_ref", "y_ref", "interior"]]
+    if "species" not in rows.columns:
+        rows = rows.assign(species=np.zeros(len(rows), np.int64))
+    now = rows[["frame", "particle", "x", "y", "vx", "vy", "x_ref", "y_ref", "interior", "species"]]
     nxt = rows[["frame", "particle", "x", "y", "vx", "vy"]].assign(frame=rows["frame"] - 1)
     pairs = now.merge(nxt, on=["frame", "particle"], how="inner", suffixes=("0", "1"))
     pairs = pairs.sort_values(["frame", "particle"], kind="stable").reset_index(drop=True)
@@ -138,7 +143,7 @@ def write_dataset(
     """Write the dataset files (see the module docstring) into `out_dir`; returns the metadata.
 
     rows : per particle per frame: frame, particle, x, y (µm), vx, vy (µm/s),
-        x_ref, y_ref (µm, NaN without reference), interior (bool).
+        x_ref, y_ref (µm, NaN without reference), interior (bool), species (int, optional).
     length_scale_um : h; frame_rate_hz : 1/dt.
     ref_frame : frame -> reference frame (-1 none), recorded in pairs.parquet.
     boxes : frame -> `Box` for a periodic box (None: open window).
@@ -201,6 +206,7 @@ def write_dataset(
         "nondimensionalisation": "reader returns x/h, v*dt/h, t/dt, box/h; files hold µm, µm/s, s",
         "row_columns": {name: {"dtype": dtype, "unit": unit} for name, (dtype, unit) in ROW_COLUMNS.items()},
         "periodic": boxes is not None,
+        "n_species": int(table["species"].max()) + 1 if len(table) else 1,
         "splits": split_info,
         "split_fractions": [float(f) for f in split_fractions],
         "gap_pairs": int(gap_pairs),

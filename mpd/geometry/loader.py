@@ -13,6 +13,7 @@ back):
     flow                   : (N, 2) float   background (solvent) velocity at x0 during t -> t+1
     has_ref, interior      : (N,) bool      x_ref is NaN where has_ref is False
     particle               : (N,) int64     ids, sorted
+    species                : (N,) int64     species labels (0 .. n_species - 1)
     frame                  : () int64       frame index of t
     t                      : () float       time of frame t
     box, box1              : (3,) float     (lx, ly, xy) at t and t+1, periodic datasets only
@@ -34,7 +35,7 @@ from torch.utils.data import Dataset
 from mpd.geometry.dataset import FORMAT_NAME, FORMAT_VERSION, SPLITS, Scales, dataset_dir, read_metadata
 from mpd.geometry.kinematics import FLOW_COLUMNS, flow_velocity
 
-PARTICLE_KEYS = ("x0", "v0", "x1", "v1", "x_ref", "flow", "has_ref", "interior", "particle")
+PARTICLE_KEYS = ("x0", "v0", "x1", "v1", "x_ref", "flow", "has_ref", "interior", "particle", "species")
 SNAPSHOT_KEYS = ("frame", "t", "box", "box1")
 
 
@@ -68,6 +69,7 @@ class SnapshotPairDataset(Dataset):
         index = pd.read_parquet(self.root / "pairs.parquet")
         self.index = index[index["split"] == split].sort_values("item").reset_index(drop=True)
         self.periodic = bool(self.metadata.get("periodic", False))
+        self.n_species = int(self.metadata.get("n_species", 1))
         self._file = self.root / self.metadata["splits"][split]["file"]
         self._reader = None
 
@@ -109,6 +111,7 @@ class SnapshotPairDataset(Dataset):
         out["has_ref"] = torch.as_tensor(col["has_ref"].astype(bool))
         out["interior"] = torch.as_tensor(col["interior"].astype(bool))
         out["particle"] = torch.as_tensor(col["particle"].astype(np.int64))
+        out["species"] = torch.as_tensor(col["species"].astype(np.int64))
         out["frame"] = torch.tensor(int(meta["frame"]), dtype=torch.int64)
         return out
 

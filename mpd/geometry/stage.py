@@ -191,6 +191,7 @@ def compute_geometry(
             "frame": frame, "particle": ids, "x": positions[:, 0], "y": positions[:, 1],
             "vx": v[:, 0], "vy": v[:, 1],
             "x_ref": x_ref[:, 0], "y_ref": x_ref[:, 1], "interior": predicted,
+            "species": species_labels(table),
         }
     )
     flows = _background_flows(frames, starts, counts, ids, positions, interior, boxes, 1.0 / float(frame_rate_hz))
@@ -215,6 +216,17 @@ def compute_geometry(
     return Path(out_dir)
 
 
+def species_labels(table: pd.DataFrame) -> np.ndarray:
+    """The table's species column (0, 1, ...; tracking.species), or zeros when it has none."""
+    if "species" not in table.columns:
+        return np.zeros(len(table), np.int64)
+    species = table["species"].to_numpy()
+    if not np.issubdtype(species.dtype, np.number) or not np.isfinite(species.astype(float)).all() \
+            or (species < 0).any() or (species != np.round(species)).any():
+        raise GeometryInputError("column 'species' of the trajectories must hold integers >= 0 (tracking.species)")
+    return species.astype(np.int64)
+
+
 def _background_flows(frames, starts, counts, ids, positions, interior, boxes, dt) -> dict[int, np.ndarray]:
     """frame t -> the 6 coefficients of the background flow during t -> t+1 (`mpd.geometry.kinematics`)."""
     flows = {}
@@ -226,7 +238,7 @@ def _background_flows(frames, starts, counts, ids, positions, interior, boxes, d
             flows[f] = shear_box_flow(boxes[f].xy, boxes[f + 1].xy, boxes[f].ly, dt)
             continue
         now, nxt = slice(starts[k], starts[k] + counts[k]), slice(starts[k + 1], starts[k + 1] + counts[k + 1])
-        common, a, b = np.intersect1d(ids[now], ids[nxt], assume_unique=True, return_indices=True)
+        _, a, b = np.intersect1d(ids[now], ids[nxt], assume_unique=True, return_indices=True)
         exterior = ~interior[now][a]
         flows[f] = affine_flow(positions[now][a][exterior], positions[nxt][b][exterior], dt)
     return flows

@@ -347,6 +347,8 @@ class MetriplecticModel(nn.Module):
         collinear_tol: float = 1e-2,
         bath: bool = False,
         bath_hidden: Sequence[int] = (16,),
+        n_species: int = 1,
+        teacher_velocities: bool = True,
     ):
         super().__init__()
         self.h = float(h)
@@ -356,11 +358,13 @@ class MetriplecticModel(nn.Module):
         self.has_bath = bool(bath)
         self.bath = Bath(bath_hidden)
         self.collinear_tol = float(collinear_tol)
-        self.kernel = VolumeKernel(h, kernel_hidden)
+        self.n_species = int(n_species)
+        self.kernel = VolumeKernel(h, kernel_hidden, self.n_species)
         self.U_vol = VolumetricEnergy(energy_hidden, strict_convexity)
         self.U_dev = DeviatoricEnergy(energy_hidden, strict_convexity)
         self.amplitudes = NoiseAmplitudes(amplitude_hidden)
-        self.teacher = EntropyTeacher(h, velocity_scale, teacher_hidden)
+        self.teacher = EntropyTeacher(h, velocity_scale, teacher_hidden, use_velocities=teacher_velocities,
+                                      n_species=n_species)
         self.log_k_B = PositiveScalar(k_B)  # k_B = softplus(raw)
         self.log_mass = PositiveScalar(mass)
 
@@ -377,8 +381,8 @@ class MetriplecticModel(nn.Module):
     def volume(self, x: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
         """V_i = 1/d_i, d_i = W(0) + sum_j W(|r_ij|)."""
         distance = torch.linalg.vector_norm(pair_separations(x, pairs), dim=-1)
-        W_self = self.kernel(distance.new_zeros(1))
-        return 1.0 / particle_density(self.kernel(distance), W_self, pairs, x.shape[0])
+        W_self = self.kernel(distance.new_zeros(1))  # the self term takes no kind: one constant for every particle
+        return 1.0 / particle_density(self.kernel(distance, pairs.pair_kind), W_self, pairs, x.shape[0])
 
     def strain_invariant(self, x: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
         """I_i over the strain bonds (reference neighbours), zero where ill-conditioned."""
@@ -606,16 +610,17 @@ class MetriplecticModel(nn.Module):
         jitter: float = 1e-6,
         flow: torch.Tensor | None = None,
         observation_variance: float = 0.0,
+        label_variance: float = 0.0,
     ) -> torch.Tensor:
         """Mean over interior particles of -log N((v_i, S_i)^{t+1}; mu_i, Sigma_ii).
 
         mu_i = (v_i + f_v dt, S_i + f_S dt) (Euler-Maruyama mean, full drift with
         k_B div M), Sigma_ii = 2 k_B M_ii dt. Keeps the graph for training; the
-        entropies may come from the teacher (their graph is kept too). flow and
-        observation_variance: see `predictive_moments`.
+        entropies may come from the teacher (their graph is kept too). flow,
+        observation_variance and label_variance: see `predictive_moments`.
         """
         residual, covariance = self.predictive_moments(state_t, state_t1, pairs, dt, interior, flow,
-                                                       observation_variance)
+                                                       observation_variance, label_variance)
         return gaussian_nll(residual, covariance, jitter).mean()
 
     def predictive_moments(
@@ -627,6 +632,7 @@ class MetriplecticModel(nn.Module):
         interior: torch.Tensor | None = None,
         flow: torch.Tensor | None = None,
         observation_variance: float = 0.0,
+        label_variance: float = 0.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(v_i, S_i)^{t+1} - mu_i and Sigma_ii = 2 k_B M_ii dt of the (interior) particles, with graph.
 
@@ -635,6 +641,8 @@ class MetriplecticModel(nn.Module):
         measurement error, added to the velocity block of Sigma_ii (the tracking
         noise of a backward difference: 2 sigma_loc^2 / dt^2); not part of the
         model, so rollouts do not reproduce it.
+        label_variance: likewise for the entropy labels, the resolution of the
+        teacher's closure (docs/training.md, entropy_resolution).
         """
         thermo, terms = self._terms(state_t, pairs, with_derivatives=True, create_graph=True)
         mass, k_B = self.mass, self.k_B
@@ -643,11 +651,12 @@ class MetriplecticModel(nn.Module):
         mean = torch.cat([state_t.v + f_v * dt, (state_t.S + f_S * dt)[:, None]], dim=-1)
         target = torch.cat([state_t1.v, state_t1.S[:, None]], dim=-1)
         covariance = 2 * k_B * dt * self.marginal_mobility(thermo, terms, pairs, mass, True)
-        if observation_variance > 0:
+        if observation_variance > 0 or label_variance > 0:
             dim = state_t.v.shape[-1]
             observation = torch.zeros_like(covariance[0])
             observation[:dim, :dim] = observation_variance * torch.eye(dim, dtype=covariance.dtype,
                                                                         device=covariance.device)
+            observation[dim, dim] = label_variance
             covariance = covariance + observation
         if interior is not None:
             target, mean, covariance = target[interior], mean[interior], covariance[interior]

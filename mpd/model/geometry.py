@@ -36,6 +36,8 @@ class PairTensors(NamedTuple):
     shift_rate  (E, D)        d shift / dt: a deforming periodic cell moves the image of j, so the pair's
                               relative velocity is v_ij = v[i] - v[j] + shift_rate (Lees-Edwards; zero
                               in an open window or a fixed cell)
+    pair_kind   (E, K)        onehot(species_i) + onehot(species_j): the pair's species, symmetric in i
+                              and j (K = the number of species; 2 everywhere when there is one)
     """
 
     i: torch.Tensor
@@ -46,6 +48,19 @@ class PairTensors(NamedTuple):
     bond_shift: torch.Tensor
     bond_r_ref: torch.Tensor
     shift_rate: torch.Tensor
+    pair_kind: torch.Tensor
+
+
+def pair_kinds(species_i, species_j, n_species: int, dtype: torch.dtype = torch.float64,
+               device: torch.device | None = None) -> torch.Tensor:
+    """onehot(species_i) + onehot(species_j), (E, n_species): which kind of pair, the same for (i, j) and (j, i)."""
+    si = torch.as_tensor(np.asarray(species_i), dtype=torch.int64, device=device).reshape(-1)
+    sj = torch.as_tensor(np.asarray(species_j), dtype=torch.int64, device=device).reshape(-1)
+    if len(si) and (int(torch.maximum(si, sj).max()) >= n_species or int(torch.minimum(si, sj).min()) < 0):
+        raise ValueError(f"species labels must lie in 0 .. {n_species - 1} (the model's n_species), got "
+                         f"{int(torch.minimum(si, sj).min())} .. {int(torch.maximum(si, sj).max())}")
+    eye = torch.eye(n_species, dtype=dtype, device=device)
+    return eye[si] + eye[sj]
 
 
 def make_pairs(
@@ -55,6 +70,8 @@ def make_pairs(
     bonds=None,
     bond_shift=None,
     shift_rate=None,
+    species=None,
+    n_species: int = 1,
     dim: int = 2,
     dtype: torch.dtype = torch.float64,
     device: torch.device | None = None,
@@ -67,6 +84,7 @@ def make_pairs(
     minimum image (default zero: an open window, or unwrapped coordinates).
     Without bonds the strain term has nothing to act on (fluid model, solid=False).
     shift_rate: the rate of change of each pair's shift (default zero; see PairTensors).
+    species: each particle's species label (default all 0) and n_species their number: pair_kind.
     """
 
     def as_index(a) -> torch.Tensor:
@@ -81,7 +99,13 @@ def make_pairs(
     bond_shift_t = torch.zeros_like(bond_r_ref) if bond_shift is None else as_float(bond_shift)
     shift_t = as_float(shift)
     shift_rate_t = torch.zeros_like(shift_t) if shift_rate is None else as_float(shift_rate)
-    return PairTensors(as_index(i), as_index(j), shift_t, bond_i, bond_j, bond_shift_t, bond_r_ref, shift_rate_t)
+    i_t, j_t = as_index(i), as_index(j)
+    if species is None:  # every particle of species 0
+        kind = pair_kinds(np.zeros(len(i_t), np.int64), np.zeros(len(i_t), np.int64), n_species, dtype, device)
+    else:
+        labels = np.asarray(species.cpu().numpy() if isinstance(species, torch.Tensor) else species, np.int64)
+        kind = pair_kinds(labels[i_t.cpu().numpy()], labels[j_t.cpu().numpy()], n_species, dtype, device)
+    return PairTensors(i_t, j_t, shift_t, bond_i, bond_j, bond_shift_t, bond_r_ref, shift_rate_t, kind)
 
 
 def pair_separations(x: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
@@ -112,22 +136,35 @@ def cutoff_polynomial(rho: torch.Tensor) -> torch.Tensor:
 
 
 class VolumeKernel(nn.Module):
-    """W(r) = exp(MLP(r/h)) (1 - r^2/h^2): positive inside the cut-off, zero at h."""
+    """W(r; kind) = exp(MLP(r/h, kind)) (1 - r^2/h^2): positive inside the cut-off, zero at h.
 
-    def __init__(self, h: float, hidden: Sequence[int] = (32, 32)):
+    With several species the pair's kind (onehot(s_i) + onehot(s_j), symmetric)
+    is an input too, so that a pair of large particles can repel more than a
+    pair of small ones at the same distance (docs/model.md, Species). With one
+    species the kernel is the paper's, W(r) = exp(MLP(r/h)) (1 - r^2/h^2).
+    """
+
+    def __init__(self, h: float, hidden: Sequence[int] = (32, 32), n_species: int = 1):
         super().__init__()
         self.h = float(h)
+        self.n_species = int(n_species)
         layers: list[nn.Module] = []
-        width = 1
+        width = 1 + (self.n_species if self.n_species > 1 else 0)
         for n_out in hidden:
             layers += [nn.Linear(width, n_out), nn.SiLU()]
             width = n_out
         layers.append(nn.Linear(width, 1))
         self.log_shape = nn.Sequential(*layers)
 
-    def forward(self, r: torch.Tensor) -> torch.Tensor:
+    def forward(self, r: torch.Tensor, kind: torch.Tensor | None = None) -> torch.Tensor:
+        """W at distances r (E,) for pairs of the given kind (E, n_species); kind None: the self term (no kind)."""
         rho = r / self.h
-        return torch.exp(self.log_shape(rho.unsqueeze(-1)).squeeze(-1)) * cutoff_polynomial(rho)
+        features = rho.unsqueeze(-1)
+        if self.n_species > 1:
+            if kind is None:
+                kind = torch.zeros(r.shape[0], self.n_species, dtype=r.dtype, device=r.device)
+            features = torch.cat([features, kind], dim=-1)
+        return torch.exp(self.log_shape(features).squeeze(-1)) * cutoff_polynomial(rho)
 
 
 def particle_density(W_ij: torch.Tensor, W_self: torch.Tensor, pairs: PairTensors, n_particles: int) -> torch.Tensor:
@@ -141,7 +178,8 @@ def particle_density(W_ij: torch.Tensor, W_self: torch.Tensor, pairs: PairTensor
 def particle_volume(kernel: VolumeKernel, r_ij: torch.Tensor, pairs: PairTensors, n_particles: int) -> torch.Tensor:
     """V_i = 1 / d_i (physics.md, Geometry), kernel evaluated here (eager use)."""
     distance = torch.linalg.vector_norm(r_ij, dim=-1)
-    return 1.0 / particle_density(kernel(distance), kernel(distance.new_zeros(1)), pairs, n_particles)
+    return 1.0 / particle_density(kernel(distance, pairs.pair_kind), kernel(distance.new_zeros(1)), pairs,
+                                  n_particles)
 
 
 def local_deformation_gradient(
@@ -217,6 +255,7 @@ __all__ = [
     "deviatoric_strain_invariant",
     "local_deformation_gradient",
     "make_pairs",
+    "pair_kinds",
     "pair_relative_velocities",
     "pair_separations",
     "particle_density",

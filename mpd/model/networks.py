@@ -60,7 +60,9 @@ class EntropyTeacher(nn.Module):
 
     Pair features, each unchanged by swapping i and j and by rotations:
     rho = |r_ij|/h, the radial relative velocity (e_ij . v_ij)/v0 and the squared
-    speed |v_ij|^2/v0^2 (squared, not |v_ij|, to stay smooth at v_ij = 0). The
+    speed |v_ij|^2/v0^2 (squared, not |v_ij|, to stay smooth at v_ij = 0; both
+    left out with use_velocities=False: a structural entropy), and with several
+    species the pair's kind (`mpd.model.PairTensors.pair_kind`). The
     message is weighted by (1 - rho^2)^2 so S is continuous as neighbours come and
     go, summed to both ends, and a node network maps the sum to the raw value s_i.
 
@@ -70,19 +72,22 @@ class EntropyTeacher(nn.Module):
     unconstrained teacher drives S to zero and T = dU/dS to infinity (which
     starves the pairwise friction: docs/fidelity.md). The labels are therefore
     standardised, S = (s - mean) / scale with the mean and standard deviation
-    of s over the particles at t of the training batch (`statistics`,
+    of s over the interior particles at t of the training batch (`statistics`,
     differentiable, so the raw scale is an exact symmetry of the loss), and the
     same numbers applied to t+1. Running averages of them (buffers, saved with
     the model) standardise the teacher outside training.
     """
 
     def __init__(self, h: float, velocity_scale: float = 1.0, hidden: Sequence[int] = (64, 64), message_width: int = 32,
-                 momentum: float = 0.1):
+                 momentum: float = 0.1, use_velocities: bool = True, n_species: int = 1):
         super().__init__()
         self.h = float(h)
         self.velocity_scale = float(velocity_scale)
         self.momentum = float(momentum)
-        self.message = mlp(3, hidden, message_width)
+        self.use_velocities = bool(use_velocities)
+        self.n_species = int(n_species)
+        n_features = 1 + (2 if self.use_velocities else 0) + (self.n_species if self.n_species > 1 else 0)
+        self.message = mlp(n_features, hidden, message_width)
         # no output bias: a constant in s is removed by the standardisation (a parameter without gradient)
         self.node = mlp(message_width, hidden, 1, out_bias=False)
         self.register_buffer("running_mean", torch.zeros(()))
@@ -93,10 +98,15 @@ class EntropyTeacher(nn.Module):
         """s_i before standardisation, (N,)."""
         r_ij = pair_separations(x, pairs)
         distance = torch.linalg.vector_norm(r_ij, dim=-1)
-        e_ij = r_ij / distance[:, None]
-        v_ij = pair_relative_velocities(v, pairs) / self.velocity_scale
         rho = distance / self.h
-        features = torch.stack([rho, (e_ij * v_ij).sum(-1), (v_ij * v_ij).sum(-1)], dim=-1)
+        features = rho[:, None]
+        if self.use_velocities:
+            e_ij = r_ij / distance[:, None]
+            v_ij = pair_relative_velocities(v, pairs) / self.velocity_scale
+            features = torch.cat([features, (e_ij * v_ij).sum(-1, keepdim=True), (v_ij * v_ij).sum(-1, keepdim=True)],
+                                 dim=-1)
+        if self.n_species > 1:
+            features = torch.cat([features, pairs.pair_kind], dim=-1)
         messages = self.message(features) * (cutoff_polynomial(rho) ** 2)[:, None]
         return self.node(sum_to_both_ends(messages, pairs.i, pairs.j, x.shape[0])).squeeze(-1)
 
