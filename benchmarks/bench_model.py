@@ -41,8 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mpd.geometry.domain import Box
 from mpd.model import MetriplecticModel, State, euler_maruyama_step
+from mpd.pairs import VerletList, snapshot_pairs
 from mpd.params import NetworkParams
-from mpd.rollout import VerletList, snapshot_pairs
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "model.json"
 SPACING = 0.6  # h

@@ -46,18 +46,17 @@ from mpd.geometry.domain import Box
 from mpd.geometry.kinematics import FLOW_COLUMNS
 from mpd.geometry.loader import SnapshotPairDataset, collate_snapshots
 from mpd.model import EulerMaruyama, MetriplecticModel, PairTensors, State
+from mpd.pairs import concatenate_pairs, snapshot_pairs
 from mpd.params import AUTO, ModelConfig, NetworkParams, RolloutParams, TrainingParams, config_hash
 from mpd.provenance import software_versions
 from mpd.rollout import (
     ExteriorRule,
     ObservedFrames,
     Snapshot,
-    concatenate_pairs,
     resolve_device,
     resolve_dtype,
     rollout,
     rollout_statistics_error,
-    snapshot_pairs,
 )
 
 log = logging.getLogger(__name__)

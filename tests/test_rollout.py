@@ -12,11 +12,11 @@ from mpd.geometry.domain import Box
 from mpd.geometry.kinematics import backward_velocities
 from mpd.geometry.neighbours import radius_pairs
 from mpd.geometry.stage import compute_geometry
+from mpd.pairs import VerletList
 from mpd.params import RolloutParams
 from mpd.rollout import (
     ExteriorRule,
     RolloutResult,
-    VerletList,
     observed_from_table,
     rollout,
     rollout_statistics_error,
@@ -242,7 +242,7 @@ def test_scripted_rollout_step_loads_and_matches_the_eager_step(window_case, tmp
     save_scripted_step(model, tmp_path / "rollout_step.pt")
     step = torch.jit.load(str(tmp_path / "rollout_step.pt"))
     from mpd.model import State, euler_maruyama_step
-    from mpd.rollout import snapshot_pairs
+    from mpd.pairs import snapshot_pairs
 
     rng = np.random.default_rng(0)
     x = torch.as_tensor(rng.uniform(0, 4, size=(30, 2)))

@@ -10,7 +10,8 @@ from test_training_support import H_UM, RATE, SMALL_NETWORK, lattice_trajectorie
 
 from mpd.geometry.stage import compute_geometry
 from mpd.model import State, euler_maruyama_step
-from mpd.rollout import resolve_device, snapshot_pairs
+from mpd.pairs import snapshot_pairs
+from mpd.rollout import resolve_device
 from mpd.stage import rollout_model, train_model
 from mpd.training import LOG_COLUMNS, load_checkpoint, load_model, train
 
