@@ -64,7 +64,7 @@ class NetworkParams(_FromConfig):
     strict_convexity: float = 1e-3  # weight of the strictly convex floor of the energy networks (docs/model.md)
     bath: bool = True               # single-particle friction and noise against the solvent (docs/model.md, Bath)
     bath_hidden: tuple[int, ...] = (16,)  # widths of the bath's heat-conductance network kappa(T / T_b)
-    bath_friction_init: float = 0.5  # 1/frame, initial friction rate gamma of the bath
+    bath_friction_init: float = 1.0  # 1/frame, initial friction rate gamma of the bath (1: overdamped at the frame rate)
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class TrainingParams(_FromConfig):
 
     epochs: int = 50                  # passes over the training split
     batch_size: int = 4               # snapshot pairs per optimiser step
-    learning_rate: float = 1e-3       # Adam's initial learning rate
+    learning_rate: float = 3e-3       # Adam's initial learning rate
     schedule: str = "cosine"          # "cosine" (to min_learning_rate), "step" or "constant"
     min_learning_rate: float = 1e-5   # floor of the cosine schedule
     step_epochs: int = 20             # "step" schedule: epochs between decays
