@@ -2,7 +2,8 @@
 
 Relative L2 error of a candidate curve f_c against a reference f_r (as in the
 paper's Table 1), on the reference's grid x_k (r, lag time or phase) where
-both curves are defined:
+both curves are defined (two scalars, the non-affine <v^2> and the mean
+rearranging fraction, are compared by their relative error |c / r - 1|):
 
     e = sqrt( sum_k (f_c(x_k) - f_r(x_k))^2 ) / sqrt( sum_k f_r(x_k)^2 )
 
@@ -25,13 +26,13 @@ from analysis.measure import PHASE_COLUMNS, Measurements, Settings, measure, res
 from mpd.atomic import atomic_output_dir
 from mpd.jsonsafe import json_ready
 
-__all__ = ["METRIC_KEYS", "compare", "curve_error", "errors", "relative_l2", "write_outputs"]
+__all__ = ["METRIC_KEYS", "compare", "curve_error", "errors", "relative_l2", "write_into", "write_outputs"]
 
 # Keys of errors[reference][candidate] in metrics.json, each a relative L2 error (dimensionless) or null.
 METRIC_KEYS = (
     "rdf", "msd", "msd_nonaffine", "vacf", "vacf_norm", "vacf_nonaffine", "vacf_nonaffine_norm",
     "d2min_distribution", "rearranging_fraction_cycle", "defect_fraction_cycle", "dislocation_fraction_cycle",
-    "psi6_cycle",
+    "psi6_cycle", "nn_distance_distribution", "nonaffine_v2", "rearranging_fraction_mean",
 )
 
 
@@ -94,6 +95,13 @@ def errors(reference: Measurements, candidate: Measurements) -> dict:
             r, c = reference.per_frame, candidate.per_frame
             out[key] = curve_error(r["t"], r[column], c["t"], c[column])
     out["psi6_cycle"] = out.pop("psi6_mean_abs_cycle")
+    out["nn_distance_distribution"] = curve_error(reference.nn_hist["r"], reference.nn_hist["density"],
+                                                  candidate.nn_hist["r"], candidate.nn_hist["density"])
+    # relative errors of two scalars: non-affine <v^2> (the VACF at lag 0) and the mean rearranging fraction
+    for key, summary_key in (("nonaffine_v2", "nonaffine_v2_um2_s2"),
+                             ("rearranging_fraction_mean", "rearranging_fraction_mean")):
+        r, c = reference.summary.get(summary_key), candidate.summary.get(summary_key)
+        out[key] = abs(c / r - 1.0) if r is not None and c is not None and r != 0 else float("nan")
     return {k: _none(float(v)) for k, v in out.items()}
 
 
@@ -101,26 +109,37 @@ def write_outputs(out_dir, metrics: dict, measurements: dict[str, Measurements],
                   map_frame: int | None = None, window=None, figures: bool = True) -> Path:
     """Write metrics.json, tables/<name>/*.csv and (unless `figures` is False) figures/*.png atomically."""
     with atomic_output_dir(out_dir) as tmp:
-        for name, m in measurements.items():
-            folder = tmp / "tables" / name
-            folder.mkdir(parents=True)
-            m.rdf.to_csv(folder / "rdf.csv", index=False)
-            m.msd.to_csv(folder / "msd.csv", index=False)
-            m.msd_nonaffine.to_csv(folder / "msd_nonaffine.csv", index=False)
-            m.vacf.to_csv(folder / "vacf.csv", index=False)
-            m.vacf_nonaffine.to_csv(folder / "vacf_nonaffine.csv", index=False)
-            m.d2min_hist.to_csv(folder / "d2min_distribution.csv", index=False)
-            m.per_frame.to_csv(folder / "per_frame.csv", index=False)
-            m.dislocations.to_csv(folder / "dislocations.csv", index=False)
-            if m.by_phase is not None:
-                m.by_phase.to_csv(folder / "by_phase.csv", index=False)
-        if figures:
-            from analysis import figures as figure_module  # matplotlib is imported only to draw
-
-            figure_module.all_figures(measurements, tmp / "figures", reference=reference,
-                                      settings=metrics["settings"], map_frame=map_frame, window=window)
-        (tmp / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=2, allow_nan=False) + "\n")
+        write_into(tmp, metrics, measurements, reference=reference, map_frame=map_frame, window=window,
+                   figures=figures)
     return Path(out_dir)
+
+
+def write_into(folder, metrics: dict, measurements: dict[str, Measurements], *, reference: str,
+               map_frame: int | None = None, window=None, figures: bool = True) -> Path:
+    """`write_outputs` into an existing folder, not atomically (for a caller that publishes it as a whole)."""
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, m in measurements.items():
+        tables = root / "tables" / name
+        tables.mkdir(parents=True)
+        m.rdf.to_csv(tables / "rdf.csv", index=False)
+        m.msd.to_csv(tables / "msd.csv", index=False)
+        m.msd_nonaffine.to_csv(tables / "msd_nonaffine.csv", index=False)
+        m.vacf.to_csv(tables / "vacf.csv", index=False)
+        m.vacf_nonaffine.to_csv(tables / "vacf_nonaffine.csv", index=False)
+        m.d2min_hist.to_csv(tables / "d2min_distribution.csv", index=False)
+        m.nn_hist.to_csv(tables / "nn_distance_distribution.csv", index=False)
+        m.per_frame.to_csv(tables / "per_frame.csv", index=False)
+        m.dislocations.to_csv(tables / "dislocations.csv", index=False)
+        if m.by_phase is not None:
+            m.by_phase.to_csv(tables / "by_phase.csv", index=False)
+    if figures:
+        from analysis import figures as figure_module  # matplotlib is imported only to draw
+
+        figure_module.all_figures(measurements, root / "figures", reference=reference,
+                                  settings=metrics["settings"], map_frame=map_frame, window=window)
+    (root / "metrics.json").write_text(json.dumps(json_ready(metrics), indent=2, allow_nan=False) + "\n")
+    return root
 
 
 def map_frame_of(reference: Measurements) -> int | None:

@@ -143,12 +143,14 @@ def vacf(traj: pd.DataFrame, *, max_lag: int | None = None, vel_columns=("vx", "
     and vacf_norm (vacf / vacf at lag 0, dimensionless).
     """
     traj = check_trajectories(traj)
+    lags, dt = _max_lag(traj, max_lag), frame_interval(traj)
     # a lone observation has no finite difference: it is not a sample (and splits its segment)
     traj = traj[np.isfinite(traj[list(vel_columns)].to_numpy(np.float64)).all(axis=1)]
+    if len(traj) == 0:  # no sample at any lag: an empty table, as `_table` gives for lags without samples
+        return pd.DataFrame({c: pd.Series(dtype=float) for c in ("lag", "t", "n", "vacf", "vacf_norm")})
     t, segment, offset = sorted_segments(traj)
-    sums, counts = segment_correlations(t[list(vel_columns)].to_numpy(), segment, offset,
-                                        _max_lag(traj, max_lag), "vacf")
-    out = _table(sums, counts, frame_interval(traj), ["vacf_x", "vacf_y"])
+    sums, counts = segment_correlations(t[list(vel_columns)].to_numpy(), segment, offset, lags, "vacf")
+    out = _table(sums, counts, dt, ["vacf_x", "vacf_y"])
     out["vacf"] = out["vacf_x"] + out["vacf_y"]
     out["vacf_norm"] = out["vacf"] / out["vacf"].iloc[0] if len(out) and out["vacf"].iloc[0] > 0 else np.nan
     return out.drop(columns=["vacf_x", "vacf_y"])

@@ -12,9 +12,9 @@ from matplotlib.figure import Figure
 
 from analysis.measure import Measurements
 
-__all__ = ["FIGURES", "all_figures", "colours"]
+__all__ = ["FIGURES", "all_figures", "colours", "fidelity_figure"]
 
-FIGURES = ("rdf", "msd", "vacf", "d2min_distribution", "d2min_map", "defect_map", "cycle")
+FIGURES = ("rdf", "msd", "vacf", "d2min_distribution", "nn_distance", "d2min_map", "defect_map", "cycle")
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
@@ -108,6 +108,47 @@ def d2min_distribution_figure(ms, path, reference, threshold_fraction):
     ax.axvline(np.log10(threshold_fraction**2), color="grey", ls="--", lw=0.8, label="rearrangement threshold")
     ax.set_xlabel("log10( D²min per neighbour / a² )")
     ax.set_ylabel("probability density")
+    ax.legend(frameon=False, fontsize=8)
+    _save(fig, path)
+
+
+def nn_distance_figure(ms, path, reference):
+    col = colours(ms, reference)
+    fig = Figure(figsize=(5, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for name, m in ms.items():
+        ax.plot(m.nn_hist["r"], m.nn_hist["density"], color=col[name], label=name)
+    ax.set_xlabel("nearest-neighbour distance / a")
+    ax.set_ylabel("probability density")
+    ax.legend(frameon=False, fontsize=8)
+    _save(fig, path)
+
+
+def fidelity_figure(report: dict, path: Path, title: str = "") -> None:
+    """Scoreboard of a `analysis.fidelity.fidelity_report`: each metric's error per candidate against its target.
+
+    Bars are error / target (log scale): below the line at 1 the target is met.
+    """
+    rows = report["rows"]
+    names = list(rows[0]["values"]) if rows else []
+    col = colours(names, reference="")
+    fig = Figure(figsize=(max(6.0, 0.75 * len(rows) * max(len(names), 1)), 3.8), layout="constrained")
+    ax = fig.subplots()
+    width = 0.8 / max(len(names), 1)
+    for k, name in enumerate(names):
+        ratio = [(r["values"][name] / r["target"]) if r["values"][name] is not None else np.nan for r in rows]
+        ratio = np.maximum(np.asarray(ratio, float), 1e-3)
+        x = np.arange(len(rows)) + (k - (len(names) - 1) / 2) * width
+        bars = ax.bar(x, ratio, width=width, color=col[name], label=name)
+        for bar, r in zip(bars, rows):
+            if not r["met"][name]:
+                bar.set_hatch("///")
+    ax.axhline(1.0, color="black", lw=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(rows)))
+    ax.set_xticklabels([r["metric"] for r in rows], rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel("error / target  (< 1: met)")
+    ax.set_title(title or "fidelity against truth (hatched: target missed)", fontsize=9)
     ax.legend(frameon=False, fontsize=8)
     _save(fig, path)
 
@@ -208,6 +249,7 @@ def all_figures(ms: dict[str, Measurements], folder: Path, *, reference: str, se
     msd_figure(ms, paths["msd"], reference)
     vacf_figure(ms, paths["vacf"], reference)
     d2min_distribution_figure(ms, paths["d2min_distribution"], reference, fraction)
+    nn_distance_figure(ms, paths["nn_distance"], reference)
     d2min_map_figure(ms, paths["d2min_map"], map_frame, a, fraction, window)
     defect_map_figure(ms, paths["defect_map"], map_frame, window)
     cycle_figure(ms, paths["cycle"], reference)

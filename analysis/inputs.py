@@ -30,6 +30,7 @@ __all__ = [
     "shrink_window",
     "sorted_segments",
     "strain_of_frames",
+    "truth_box_table",
     "truth_in_window",
     "window_of_video",
 ]
@@ -98,13 +99,18 @@ def sorted_segments(traj: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray, np.nd
     A segment is a run of consecutive frames of one particle: a gap (a frame
     where the tracker lost the particle, or a particle leaving and re-entering
     the window) starts a new segment, so time differences inside a segment are
-    always whole, known numbers of frames.
+    always whole, known numbers of frames. In a rollout table, a change of its
+    `segment` column (a hand-over between data and model, where the position
+    jumps from the model's to the data's) starts a new segment too.
     """
     t = traj.sort_values(["particle", "frame"], kind="stable").reset_index(drop=True)
     particle = t["particle"].to_numpy()
     frame = t["frame"].to_numpy()
     new = np.ones(len(t), dtype=bool)
     new[1:] = (particle[1:] != particle[:-1]) | (frame[1:] != frame[:-1] + 1)
+    if "segment" in t.columns:  # a rollout's hand-over between data and model (mpd.rollout) starts a new piece
+        piece = t["segment"].to_numpy()
+        new[1:] |= piece[1:] != piece[:-1]
     segment = np.cumsum(new) - 1
     start = np.flatnonzero(new)
     offset = np.arange(len(t)) - start[segment]
@@ -149,6 +155,14 @@ def shrink_window(window, margin: float) -> Window:
 def window_of_video(video_metadata) -> Window:
     """Field of view (µm) of a video's metadata.json: pixel centres 0 .. (width_px - 1) * pixel_size_um."""
     return window_from_video_metadata(read_json(video_metadata))
+
+
+def truth_box_table(truth_metadata, strain: pd.DataFrame) -> pd.DataFrame:
+    """frame, lx, ly, xy (µm) of a twin's sheared periodic cell: xy = gamma ly, from its metadata and strain.csv."""
+    meta = read_json(truth_metadata)
+    lx, ly = float(meta["lx_um"]), float(meta["ly_um"])
+    return pd.DataFrame({"frame": strain["frame"].astype(np.int64), "lx": lx, "ly": ly,
+                         "xy": strain["strain"].to_numpy(np.float64) * ly})
 
 
 def truth_in_window(truth: pd.DataFrame, truth_metadata, video_metadata) -> pd.DataFrame:

@@ -26,7 +26,7 @@ from analysis.inputs import (
     shrink_window,
 )
 from analysis.rearrangements import d2min, d2min_histogram, rearrangement_threshold, rearrangements
-from analysis.structure import rdf
+from analysis.structure import nearest_neighbour_distances, nearest_neighbour_histogram, rdf
 
 __all__ = ["PHASE_COLUMNS", "Measurements", "Settings", "length_scale", "measure", "resolve_settings"]
 
@@ -96,11 +96,13 @@ class Measurements:
     vacf_nonaffine: pd.DataFrame
     d2min: pd.DataFrame
     d2min_hist: pd.DataFrame
+    nn_hist: pd.DataFrame
     defect_particles: pd.DataFrame
     dislocations: pd.DataFrame
     per_frame: pd.DataFrame
     by_phase: pd.DataFrame | None
     summary: dict
+    nn_distances: np.ndarray | None = None  # every nearest-neighbour distance (µm), for the overlap count
 
 
 def _domain_area(traj, window, box) -> float:
@@ -198,6 +200,8 @@ def measure(traj: pd.DataFrame, settings: Settings, *, name: str = "data", windo
     threshold = rearrangement_threshold(a, s.threshold_fraction)
     d2 = d2min(traj, h, lag_frames=s.d2min_lag_frames, window=window, box=box, frame_step=s.frame_step)
     hist = d2min_histogram(d2, a)
+    nn = nearest_neighbour_distances(traj, 2.0 * a, window=window, box=box, frame_step=s.frame_step)
+    nn_hist = nearest_neighbour_histogram(nn, a)
     events = rearrangements(d2, threshold, frame_interval_s=dt)
     particles, defect_frames, disl = defects(traj, window=window, box=box, frame_step=s.frame_step)
 
@@ -241,5 +245,9 @@ def measure(traj: pd.DataFrame, settings: Settings, *, name: str = "data", windo
         "psi6_mean_abs": mean("psi6_mean_abs"),
         "psi6_global": mean("psi6_global"),
         "d2min_per_neighbour_median_um2": float(d2["d2min_per_neighbour"].median()) if len(d2) else None,
+        "nn_distance_min_um": float(nn.min()) if len(nn) else None,
+        "nn_distance_p001_um": float(np.quantile(nn, 0.001)) if len(nn) else None,
+        "nonaffine_v2_um2_s2": float(v_na["vacf"].iloc[0]) if len(v_na) else None,
     }
-    return Measurements(name, g, m_raw, m_na, v_raw, v_na, d2, hist, particles, disl, per_frame, by_phase, summary)
+    return Measurements(name, g, m_raw, m_na, v_raw, v_na, d2, hist, nn_hist, particles, disl, per_frame, by_phase,
+                        summary, nn)

@@ -87,7 +87,7 @@ class TrainingParams(_FromConfig):
     dtype: str = "float32"            # "float32" or "float64"
     device: str = "auto"              # "auto" (CUDA when available), "cpu" or "cuda"
     max_val_pairs: int | None = 16    # validation pairs evaluated for val_loss (evenly spaced); None: all
-    selection_metric: str = "rollout"  # "rollout" (val_rollout_metric) or "val_loss" picks the best weights
+    selection_metric: str = "val_loss"  # "val_loss" or "rollout" (val_rollout_metric) picks the best weights
     selection_starts: int = 2         # validation snapshots the selection rollouts start from
     selection_steps: int = 4          # frames per selection rollout
     progress: bool = True             # tqdm progress bar (also off when stderr is not a terminal)
@@ -113,6 +113,8 @@ class RolloutParams(_FromConfig):
     max_step_displacement: float = 1.0  # h: a predicted particle moving farther in one frame means divergence
     escape_margin: float = 5.0        # h: a predicted particle this far outside the field of view means divergence
     duplicate_distance: float = 0.25  # h: an observed particle this close to a predicted one is its copy under a new id
+    box_start_frame: int | None = None  # first frame of a twin's periodic-box rollout; None: as the window rollout
+    box_n_frames: int | None = None   # frames of the periodic-box rollout; None: to the last frame of the truth
     energy_blowup: float = 1.0e3      # divergence when |e - e0| > energy_blowup * max(|e0|, kinetic e0), e per particle
     progress: bool = True             # tqdm progress bar (also off when stderr is not a terminal)
 
@@ -144,7 +146,7 @@ class ModelConfig(_FromConfig):
 _NESTED = {"network": NetworkParams, "training": TrainingParams, "rollout": RolloutParams}
 _TUPLES = ("kernel_hidden", "energy_hidden", "amplitude_hidden", "teacher_hidden", "bath_hidden")
 _POSITIVE_INTS = ("epochs", "batch_size", "step_epochs", "selection_starts", "selection_steps", "substeps")
-_OPTIONAL_POSITIVE_INTS = ("max_val_pairs", "num_threads", "n_frames")
+_OPTIONAL_POSITIVE_INTS = ("max_val_pairs", "num_threads", "n_frames", "box_n_frames")
 _CHOICES = {"schedule": SCHEDULES, "selection_metric": SELECTION_METRICS, "dtype": DTYPES, "device": DEVICES}
 
 
@@ -198,7 +200,7 @@ def _problem(name: str, value) -> str | None:
         return None if value is None or (_is_int(value) and value >= 1) else "must be an integer >= 1 or null"
     if name == "seed":
         return None if _is_int(value) and value >= 0 else "must be an integer >= 0"
-    if name == "start_frame":
+    if name in ("start_frame", "box_start_frame"):
         return None if value is None or (_is_int(value) and value >= 0) else "must be an integer >= 0 or null"
     if name == "grad_clip":
         return None if value is None or (_is_number(value) and value > 0) else "must be a positive number or null"

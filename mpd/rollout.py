@@ -416,6 +416,7 @@ def rollout(
         snap = observed.snapshots[f]
         s_data = slots(snap.particle)
         mine = np.flatnonzero(is_predicted)
+        leaving = np.zeros(0, np.int64)
         if len(mine):
             outside = observed.exterior(x[torch.as_tensor(mine, device=device)].cpu().numpy(), ids[mine])
             leaving = mine[outside]
@@ -434,7 +435,8 @@ def rollout(
             tree = cKDTree(x[torch.as_tensor(mine, device=device)].cpu().numpy())
             distance, _ = tree.query(snap.x[others], k=1)
             duplicate[np.flatnonzero(others)[distance < params.duplicate_distance]] = True
-        candidates = ~is_predicted[s_data] & ~duplicate
+        # a particle handed back to the data in this frame stays the data's until the next one
+        candidates = ~is_predicted[s_data] & ~duplicate & ~np.isin(s_data, leaving)
         entering = np.zeros(0, np.int64)
         if candidates.any():
             inside = ~observed.exterior(snap.x[candidates], snap.particle[candidates])

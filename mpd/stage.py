@@ -126,6 +126,99 @@ def rollout_model(model_path, trajectories, geometry_dir, out_dir, params=None, 
     return out_dir
 
 
+def rollout_box(model_path, trajectories, boxes, geometry_dir, out_dir, params=None, *, start_frame: int,
+                n_frames: int, device=None) -> Path:
+    """Roll the trained model out in a closed, sheared periodic box; write rollout_box.parquet,
+    conservation_box.csv and rollout_box_status.json into out_dir.
+
+    The deforming-box (Lees-Edwards) protocol of a twin's truth, for as long
+    as wanted: every particle is predicted, the box's tilt is prescribed frame
+    by frame (its rate is the bath's background flow and the image velocity of
+    pairs across the tilted edge), and nothing else comes from data after the
+    start (docs/fidelity.md).
+
+    model_path : model.pt of `train_model`.
+    trajectories : the start state: a table (or parquet path) with frame, particle, x, y (µm, wrapped
+        in the cell), species when the model has several, and frame start_frame - 1 too (the start
+        velocities are the kinematic backward differences; without it the forward difference is used),
+        and the frame of the start's strain reference when that lies before the start.
+    boxes : table frame, lx, ly, xy (µm) for every frame start_frame .. start_frame + n_frames.
+    geometry_dir : the geometry stage's output: the model's scales h, dt and the strain reference rule.
+    params : RolloutParams, a ModelConfig or the ``model:`` mapping (its rollout part; start_frame and
+        n_frames are the arguments here).
+    """
+    params = _rollout_params(params)
+    out_dir = Path(out_dir)
+    model, meta = load_model(model_path, device=_device(device, params), dtype=params.dtype)
+    root = find_dataset_dir(geometry_dir)
+    data_meta = read_metadata(root)
+    h, dt = float(data_meta["length_scale_um"]), float(data_meta["time_scale_s"])
+    if not (math.isclose(meta["h_um"], h, rel_tol=1e-9) and math.isclose(meta["dt_s"], dt, rel_tol=1e-9)):
+        raise ValueError(f"model {model_path} was trained with h = {meta['h_um']} µm, dt = {meta['dt_s']} s, "
+                         f"but {root} has h = {h} µm, dt = {dt} s")
+    table = trajectories if isinstance(trajectories, pd.DataFrame) else pd.read_parquet(trajectories)
+    missing = [c for c in ("frame", "particle", "x", "y") if c not in table.columns]
+    if missing:
+        raise ValueError(f"the start-state trajectories lack the columns {', '.join(missing)}")
+    start, last = int(start_frame), int(start_frame) + int(n_frames)
+    box_table = boxes.drop_duplicates("frame").set_index("frame").sort_index()
+    absent = [f for f in range(start, last + 1) if f not in box_table.index]
+    if absent:
+        raise ValueError(f"the box table has no row for frames {absent[:5]} (it must cover {start}..{last})")
+    first = table[table["frame"].isin([start - 1, start])]
+    if not (first["frame"] == start).any():
+        raise ValueError(f"the start-state trajectories have no row at the start frame {start}")
+    frames = np.arange(start - 1, last + 1)
+    model_boxes = {int(f): Box(r.lx / h, r.ly / h, r.xy / h) for f, r in box_table.iterrows() if f <= last}
+    geometry = dict(data_meta.get("geometry") or {})
+    reference = geometry.get("reference") or {"rule": "lag", "lag_frames": 1}
+    refs = reference_frames(frames, reference=reference.get("rule", "lag"), lag_frames=reference.get("lag_frames", 1),
+                            cycle_frames=reference.get("cycle_frames"),
+                            cycle_start_frame=reference.get("cycle_start_frame", 0), available=np.arange(0, last + 1))
+    observed = observed_from_table(first, h, dt, reference_frame=dict(zip(frames.tolist(), refs.tolist())),
+                                   boxes=model_boxes)
+    observed.snapshots.pop(start - 1, None)  # it gave the start velocities; the rollout starts at start
+    ref_start = int(refs[1])
+    if 0 <= ref_start < start:  # the reference of the first cycle lies before the start: the observed one
+        ref_rows = table[table["frame"] == ref_start]
+        if len(ref_rows) == 0:
+            raise ValueError(f"the start frame's strain reference, frame {ref_start}, is not in the trajectories")
+        ref_obs = observed_from_table(ref_rows.assign(vx=0.0, vy=0.0), h, dt, velocity="tracked")
+        observed.snapshots[ref_start] = ref_obs.snapshots[ref_start]  # only its positions are used
+    result = rollout(model, observed, params, start_frame=start, n_frames=int(n_frames), device=_device(device, params))
+
+    fr = result.frames
+    out = pd.DataFrame({
+        "frame": fr["frame"].to_numpy(np.int64), "t": fr["frame"].to_numpy(np.int64) * dt,
+        "particle": fr["particle"].to_numpy(np.int64),
+        "xu": fr["x"].to_numpy(float) * h, "yu": fr["y"].to_numpy(float) * h,
+        "vx": fr["vx"].to_numpy(float) * h / dt, "vy": fr["vy"].to_numpy(float) * h / dt,
+        "S": fr["S"].to_numpy(float),
+    })
+    if "species" in first.columns:
+        species = first.drop_duplicates("particle").set_index("particle")["species"]
+        out.insert(3, "species", species.reindex(out["particle"]).to_numpy(np.int64))
+    wrapped = out[["xu", "yu"]].to_numpy().copy()
+    for f, rows in out.groupby("frame").indices.items():
+        b = box_table.loc[f]
+        wrapped[rows] = Box(b["lx"], b["ly"], b["xy"]).wrap(wrapped[rows])
+    out.insert(3, "x", wrapped[:, 0])
+    out.insert(4, "y", wrapped[:, 1])
+    conservation = result.conservation.copy()
+    conservation.insert(2, "t", conservation["frame"] * dt)
+    status = dict(result.status, model=str(model_path), h_um=h, dt_s=dt, domain="periodic box",
+                  units={**ROLLOUT_UNITS, "x": "µm, wrapped in the cell", "y": "µm, wrapped in the cell",
+                         "xu": "µm, unwrapped", "yu": "µm, unwrapped"})
+    buffer = io.BytesIO()
+    out.to_parquet(buffer, index=False)
+    atomic_write_bytes(buffer.getvalue(), out_dir / "rollout_box.parquet")
+    atomic_write_bytes(conservation.to_csv(index=False).encode(), out_dir / "conservation_box.csv")
+    atomic_write_bytes(json.dumps(status, indent=2, ensure_ascii=False).encode(), out_dir / "rollout_box_status.json")
+    if result.status["status"] != "completed":
+        log.warning("%s", result.status["message"])
+    return out_dir
+
+
 def _rollout_params(params) -> RolloutParams:
     if isinstance(params, RolloutParams):
         return params
@@ -183,4 +276,4 @@ def _physical_table(frames: pd.DataFrame, data: pd.DataFrame, h: float, dt: floa
     return out
 
 
-__all__ = ["ROLLOUT_UNITS", "rollout_model", "train_model"]
+__all__ = ["ROLLOUT_UNITS", "rollout_box", "rollout_model", "train_model"]

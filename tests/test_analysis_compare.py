@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from analysis.compare import METRIC_KEYS, compare, curve_error, relative_l2
+from analysis.fidelity import TARGETS
 from analysis.figures import FIGURES
 from analysis.stage import analyse_experiment
 from analysis.synthetic import triangular_lattice
@@ -112,8 +113,16 @@ def test_stage_with_experiment_truth_and_rollout(tmp_path):
     doc = analyse_experiment(experiment, video, out, truth=truth, truth_metadata=truth_meta, strain=strain_path,
                              rollout=rollout, settings={"max_lag_frames": 10})
     assert sorted(doc["errors"]) == ["experiment", "truth"]
-    assert sorted(doc["errors"]["experiment"]) == ["rollout", "truth"]
-    assert sorted(doc["errors"]["truth"]) == ["experiment", "rollout"]
+    # the rollout and the null model are judged over the rollout's frames
+    assert sorted(doc["errors"]["experiment"]) == ["null", "rollout", "truth"]
+    assert sorted(doc["errors"]["truth"]) == ["experiment", "null", "rollout"]
+    # the fidelity section: every target, met or missed, against the truth; a rollout that is the truth
+    # plus a little noise meets the structural targets
+    window = doc["fidelity"]["window"]
+    assert window["reference"] == "truth" and [r["metric"] for r in window["rows"]] == list(TARGETS)
+    rows = {r["metric"]: r for r in window["rows"]}
+    assert rows["rdf"]["met"]["rollout"] and rows["nn_distance_distribution"]["met"]["rollout"]
+    assert set(rows["rdf"]["values"]) == {"rollout", "null"} and window["frames"] == [0, int(truth["frame"].max())]
     assert doc["inputs"]["truth_domain"] == "field of view"
     assert doc["window_um"] == [0.0, 50.0, 0.0, 50.0]
     # Truth seen through the same window: same particles as the experiment up to the missed 3%.
@@ -122,7 +131,8 @@ def test_stage_with_experiment_truth_and_rollout(tmp_path):
     assert doc["errors"]["truth"]["experiment"]["rdf"] < 0.1
     assert json.loads((out / "metrics.json").read_text())["errors"] == doc["errors"]
 
-    assert {p.name for p in (out / "figures").iterdir()} == {f"{name}.png" for name in FIGURES}
+    assert {p.name for p in (out / "figures").iterdir()} == \
+        {f"{name}.png" for name in FIGURES} | {"fidelity_window.png", "movie.mp4", "movie.html"}
 
     # Without a rollout (no model yet) the stage still runs on experiment + truth.
     doc = analyse_experiment(experiment, video, out, truth=truth, truth_metadata=truth_meta, strain=strain,
@@ -135,7 +145,7 @@ def test_every_figure_has_a_report_caption():
     from pathlib import Path
 
     report = Path(__file__).resolve().parents[1] / "workflow" / "report"
-    for name in FIGURES:
+    for name in list(FIGURES) + ["fidelity_window", "fidelity_periodic_box", "movie", "box_figure"]:
         caption = report / f"{name}.rst"
         assert caption.is_file(), caption
         assert len(caption.read_text().split()) > 40  # a real explanation, not a title

@@ -86,12 +86,21 @@ def test_every_stage_ran_on_the_twin(finished_run):
     accuracy = json.loads((exp / "tracking" / "accuracy.json").read_text())
     assert accuracy["localisation_rms_px"] < 0.1 and accuracy["fraction_correct_links"] >= 0.99
     assert (exp / "geometry" / "dataset" / "metadata.json").exists()
-    for name in ("model.pt", "rollout_step.pt", "training_log.csv", "rollout.parquet", "conservation.csv"):
+    for name in ("model.pt", "rollout_step.pt", "training_log.csv", "rollout.parquet", "conservation.csv",
+                 "rollout_box.parquet", "conservation_box.csv", "rollout_box_status.json"):
         assert (exp / "model" / name).stat().st_size > 0, name
     metrics = json.loads((exp / "analysis" / "metrics.json").read_text())
-    assert set(metrics["datasets"]) == {"experiment", "truth", "rollout"}
+    assert set(metrics["datasets"]) == {"experiment", "truth", "rollout", "null"}
     assert metrics["errors"]["truth"]["rollout"]["rdf"] >= 0
-    assert len(list((exp / "analysis" / "figures").glob("*.png"))) == 7
+    # the fidelity of the model against the truth, in the field of view and in the twin's periodic box
+    assert set(metrics["fidelity"]) == {"window", "periodic_box"}
+    for report in metrics["fidelity"].values():
+        assert {"targets", "rows", "met", "missed", "beats_null_everywhere"} <= set(report)
+    figures = {p.name for p in (exp / "analysis" / "figures").iterdir()}
+    assert {"rdf.png", "nn_distance.png", "fidelity_window.png", "fidelity_periodic_box.png", "movie.mp4",
+            "movie.html"} <= figures and len([f for f in figures if f.endswith(".png")]) == 10
+    box = json.loads((exp / "analysis" / "box" / "metrics.json").read_text())
+    assert box["domain"] == "periodic box" and set(box["datasets"]) == {"truth", "rollout", "null"}
 
 
 @pytest.mark.skipif(not BULK_WATER.exists(), reason="the shared real sample is not beside the checkout")
@@ -154,7 +163,7 @@ def test_adding_an_experiment_runs_only_its_stages(finished_run):
     jobs = dry_run_jobs(finished_run, config, wanted)
     assert {experiment for _, experiment in jobs} == {"tiny2"}
     assert {rule for rule, _ in jobs} == {"simulate_twin", "render_twin", "track_twin", "geometry", "train_model",
-                                          "rollout_model", "analyse_twin"}
+                                          "rollout_model", "rollout_box_twin", "analyse_twin"}
 
 
 def test_changing_a_tracking_parameter_reruns_tracking_and_downstream_of_that_experiment(finished_run):
@@ -162,4 +171,5 @@ def test_changing_a_tracking_parameter_reruns_tracking_and_downstream_of_that_ex
     config["experiments"]["tiny"]["tracking"] = {"link": {"memory": 1}}
     jobs = dry_run_jobs(finished_run, config, targets(config["experiments"]))
     assert {experiment for _, experiment in jobs} == {"tiny"}
-    assert {rule for rule, _ in jobs} == {"track_twin", "geometry", "train_model", "rollout_model", "analyse_twin"}
+    assert {rule for rule, _ in jobs} == {"track_twin", "geometry", "train_model", "rollout_model", "rollout_box_twin",
+                                          "analyse_twin"}

@@ -65,4 +65,4 @@ def shear_period_s(experiment):
     return section["video"].get("shear_period_s")
 
 
-ANALYSIS_FIGURES = ["rdf", "msd", "vacf", "d2min_distribution", "d2min_map", "defect_map", "cycle"]
+ANALYSIS_FIGURES = ["rdf", "msd", "vacf", "d2min_distribution", "nn_distance", "d2min_map", "defect_map", "cycle"]

@@ -10,5 +10,7 @@ metrics = analyse_experiment(
     inputs.trajectories, inputs.video, Path(snakemake.output.metrics).parent,  # noqa: F821
     truth=inputs.get("truth"), truth_metadata=inputs.get("truth_metadata"), strain=inputs.get("strain"),
     rollout=inputs.rollout, settings=snakemake.params.analysis,  # noqa: F821
+    rollout_status=inputs.rollout_status, dataset_metadata=inputs.dataset,
+    rollout_box=inputs.get("rollout_box"), rollout_box_status=inputs.get("rollout_box_status"),
 )
 log.info("analysed: %s", sorted(metrics))
