@@ -25,7 +25,6 @@ import pandas as pd
 
 from analysis.baselines import box_flows, brownian_null, measured_diffusion, observed_flows
 from analysis.compare import errors, map_frame_of, metrics_document, write_into
-from mpd.atomic import atomic_output_dir
 from analysis.fidelity import fidelity_report
 from analysis.inputs import (
     AnalysisInputError,
@@ -37,6 +36,7 @@ from analysis.inputs import (
     window_of_video,
 )
 from analysis.measure import Settings, measure, resolve_settings
+from mpd.atomic import atomic_output_dir
 
 __all__ = ["analyse_experiment"]
 
