@@ -73,7 +73,7 @@ class TrainingParams(_FromConfig):
 
     _where = "model.training"
 
-    epochs: int = 50                  # passes over the training split
+    epochs: int = 100                 # passes over the training split
     batch_size: int = 4               # snapshot pairs per optimiser step
     learning_rate: float = 3e-3       # Adam's initial learning rate
     schedule: str = "cosine"          # "cosine" (to min_learning_rate), "step" or "constant"

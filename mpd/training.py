@@ -63,6 +63,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "mpd-training-checkpoint"
 MODEL_FORMAT = "mpd-model"
+#: 2: bath, species, standardised entropy labels (a version 1 model cannot be loaded into this code)
+MODEL_VERSION = 2
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_rollout_metric", "lr", "wall_s"]
 
 
@@ -747,8 +749,8 @@ def model_metadata(result: TrainingResult, config: ModelConfig, dataset_path, dt
 
 def save_model(model: MetriplecticModel, kwargs: Mapping, metadata: Mapping, path: Path) -> None:
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    atomic_torch_save({"format": MODEL_FORMAT, "version": 1, "model_kwargs": dict(kwargs), "state_dict": state,
-                       "metadata": dict(metadata)}, path)
+    atomic_torch_save({"format": MODEL_FORMAT, "version": MODEL_VERSION, "model_kwargs": dict(kwargs),
+                       "state_dict": state, "metadata": dict(metadata)}, path)
 
 
 def load_model(path, device: str | torch.device | None = "cpu", dtype: str | torch.dtype | None = None):
@@ -756,6 +758,10 @@ def load_model(path, device: str | torch.device | None = "cpu", dtype: str | tor
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if saved.get("format") != MODEL_FORMAT:
         raise ValueError(f"{path} is not an {MODEL_FORMAT} file")
+    if saved.get("version") != MODEL_VERSION:
+        raise ValueError(f"{path} is an {MODEL_FORMAT} file of version {saved.get('version')}; this code reads "
+                         f"version {MODEL_VERSION} (the bath, species and entropy labels changed the model): "
+                         f"train it again (snakemake --forcerun train_model)")
     metadata = saved["metadata"]
     dtype = resolve_dtype(dtype or metadata.get("dtype", "float32"))
     model = build_model(saved["model_kwargs"], dtype, resolve_device(device))

@@ -9,7 +9,7 @@ import torch
 from test_training_support import H_UM, RATE, SMALL_NETWORK, lattice_trajectories
 
 from mpd.geometry.stage import compute_geometry
-from mpd.model import State, euler_maruyama_step
+from mpd.model import MetriplecticModel, State, euler_maruyama_step
 from mpd.pairs import snapshot_pairs
 from mpd.rollout import resolve_device
 from mpd.stage import rollout_model, train_model
@@ -37,8 +37,9 @@ def lattice_dataset(tmp_path_factory):
 
 def test_resumed_training_equals_an_uninterrupted_run_bitwise(lattice_dataset, tmp_path):
     _, geometry = lattice_dataset
-    config = small_config(epochs=3)
+    config = small_config(epochs=3, selection_metric="rollout")  # the rollout selection's streams resume too
     straight = train(geometry, tmp_path / "straight", config)
+    assert straight.selection_basis == "val_rollout_metric"
     interrupted = train(geometry, tmp_path / "resumed", config, stop_after_epoch=2)
     assert [row["epoch"] for row in interrupted.log] == [0, 1, 2]
     checkpoint = load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")
@@ -181,3 +182,14 @@ def test_training_on_cuda_matches_cpu_loosely_and_loads_on_cpu(lattice_dataset, 
     out = train_model(geometry, tmp_path / "stage", small_config(epochs=1, dtype="float32"), device="cuda")
     model, meta = load_model(Path(out) / "model.pt", device="cpu")
     assert meta["device"].startswith("cuda") and not next(model.parameters()).is_cuda
+
+
+def test_a_model_file_of_another_version_is_refused_by_name(tmp_path):
+    """A model.pt from before the bath and species cannot be loaded: one message naming the file and the fix."""
+    model = MetriplecticModel(h=1.0, kernel_hidden=(8,), energy_hidden=(8, 8), amplitude_hidden=(8,),
+                              teacher_hidden=(8,))
+    path = tmp_path / "model.pt"
+    torch.save({"format": "mpd-model", "version": 1, "model_kwargs": {"h": 1.0}, "state_dict": model.state_dict(),
+                "metadata": {}}, path)
+    with pytest.raises(ValueError, match=r"model\.pt is an mpd-model file of version 1.*forcerun train_model"):
+        load_model(path)
