@@ -122,6 +122,9 @@ def shear_box_flow(xy0: float, xy1: float, ly: float, dt: float) -> np.ndarray:
 def flow_velocity(coefficients, x) -> np.ndarray:
     """u(x) = u0 + G x of 6 flow coefficients at positions x (k, 2)."""
     c = np.asarray(coefficients, np.float64)
+    if c.shape != (len(FLOW_COLUMNS),):
+        raise ValueError(f"flow coefficients must be the {len(FLOW_COLUMNS)} values {list(FLOW_COLUMNS)}; "
+                         f"got shape {c.shape}")
     x = np.asarray(x, np.float64).reshape(-1, 2)
     return c[:2] + x @ np.array([[c[2], c[3]], [c[4], c[5]]]).T
 
