@@ -94,6 +94,7 @@ def brownian_null(
     *,
     box: pd.DataFrame | None = None,
     seed: int = 0,
+    dt: float | None = None,
 ) -> pd.DataFrame:
     """Trajectories of the null model over `frames` (consecutive), in the trajectory schema (µm, s).
 
@@ -105,11 +106,12 @@ def brownian_null(
         all frames and the table has unwrapped xu, yu and wrapped x, y.
     flows : frame -> the affine flow of f -> f+1 (µm/s, 1/s; `observed_flows`, `box_flows`).
     diffusion : species -> D (µm^2/s; `measured_diffusion`); species 0 when the table has no species.
-    Velocities are the backward differences of the null positions (the first frame: the data's).
+    dt : the frame interval (s); default: from the data's times (which then needs two frames).
+    Velocities are the backward differences of the null positions (zero at the first frame).
     """
     traj = check_trajectories(traj)
     frames = np.asarray(sorted(int(f) for f in frames))
-    dt = frame_interval(traj)
+    dt = frame_interval(traj) if dt is None else float(dt)
     data = traj[traj["frame"].isin(frames)]
     rng = np.random.default_rng(seed)
     if box is not None:

@@ -49,6 +49,7 @@ class Settings:
     threshold_fraction : rearrangement when D2min per neighbour > (threshold_fraction x a)^2.
     n_phase_bins : bins of the shear phase.
     frame_step : analyse every frame_step-th frame for g(r), defects and D2min.
+    box_frame_step : the same for a twin's periodic-box comparison (analysis.stage); default frame_step.
     affine_method, shear_line_y_um : how the imposed deformation is removed (analysis.affine).
     period_s : shear period, s; default fitted to the strain series (analysis.cycle).
     velocity : "positions" (default): every data set's velocities are recomputed from its
@@ -66,6 +67,7 @@ class Settings:
     threshold_fraction: float = 0.1
     n_phase_bins: int = 8
     frame_step: int = 1
+    box_frame_step: int | None = None
     affine_method: str = "auto"
     shear_line_y_um: float | None = None
     period_s: float | None = None
@@ -248,6 +250,10 @@ def measure(traj: pd.DataFrame, settings: Settings, *, name: str = "data", windo
         "nn_distance_min_um": float(nn.min()) if len(nn) else None,
         "nn_distance_p001_um": float(np.quantile(nn, 0.001)) if len(nn) else None,
         "nonaffine_v2_um2_s2": float(v_na["vacf"].iloc[0]) if len(v_na) else None,
+        "rearranging_events": int(events["n_rearranging"].sum()) if len(events) else 0,
+        # D2min over a lag of L frames flags one event in about L consecutive frames (every frame_step-th analysed)
+        "rearranging_independent_events": float(events["n_rearranging"].sum()) * s.frame_step
+        / max(s.d2min_lag_frames, 1) if len(events) else 0.0,
     }
     return Measurements(name, g, m_raw, m_na, v_raw, v_na, d2, hist, nn_hist, particles, disl, per_frame, by_phase,
                         summary, nn)

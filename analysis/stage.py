@@ -236,7 +236,7 @@ def _box_comparison(truth, truth_meta, strain, rolled, settings, train_frames, s
     truth_now = truth[truth["frame"].isin(frames)]
     null = brownian_null(truth_now, frames, flows, diffusion, box=box, seed=seed)
     box_settings = dataclasses.replace(settings, edge_margin_um=0.0, r_max_um=None, max_lag_frames=None,
-                                       length_scale_um=None)
+                                       length_scale_um=None, frame_step=settings.box_frame_step or settings.frame_step)
     strain_now = strain[strain["frame"].isin(frames)]
     box_settings = resolve_settings(box_settings, truth_now, box=box, strain=strain_now)
     data = {"truth": truth_now, "rollout": rolled, "null": null}
