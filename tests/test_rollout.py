@@ -12,6 +12,7 @@ from mpd.geometry.domain import Box
 from mpd.geometry.kinematics import backward_velocities
 from mpd.geometry.neighbours import radius_pairs
 from mpd.geometry.stage import compute_geometry
+from mpd.model import MetriplecticModel
 from mpd.pairs import VerletList
 from mpd.params import RolloutParams
 from mpd.rollout import (
@@ -21,8 +22,8 @@ from mpd.rollout import (
     rollout,
     rollout_statistics_error,
 )
-from mpd.stage import rollout_model
-from mpd.training import load_model, save_model, save_scripted_step
+from mpd.stage import rollout_box, rollout_model
+from mpd.training import load_model, save_model, save_scripted_step, set_positive_scalar
 
 WINDOW = (4.0, 36.0, 3.0, 28.0)  # µm, inside the 14 x 12 lattice of spacing 3 µm
 QUIET = RolloutParams(progress=False, dtype="float64", device="cpu")
@@ -270,3 +271,53 @@ def test_rollout_on_cuda_matches_the_deterministic_cpu_rollout(window_case):
     a, b = pd.read_parquet(cpu / "rollout.parquet"), pd.read_parquet(gpu / "rollout.parquet")
     np.testing.assert_allclose(a[["x", "y", "vx", "vy"]], b[["x", "y", "vx", "vy"]], rtol=1e-9, atol=1e-9)
     assert json.loads((gpu / "rollout_status.json").read_text())["device"].startswith("cuda")
+
+
+@pytest.fixture(scope="module")
+def box_case(tmp_path_factory):
+    """A periodic lattice sheared by its box, its geometry output (periodic dataset) and a quiet model."""
+    root = tmp_path_factory.mktemp("box")
+    box0 = lattice_box()
+    n_frames = 12
+    tilts = 0.05 * box0.ly * np.sin(2 * np.pi * np.arange(n_frames + 30) / 16)
+    boxes = pd.DataFrame({"frame": np.arange(n_frames + 30), "lx": box0.lx, "ly": box0.ly, "xy": tilts})
+    traj = lattice_trajectories(n_frames=n_frames, box=box0, seed=3)
+    traj["species"] = traj["particle"] % 2
+    geometry = compute_geometry(traj, root / "geometry", h_um=H_UM, frame_rate_hz=RATE,
+                                box=boxes[boxes["frame"] < n_frames], reference="cycle", cycle_frames=8.0)
+    kwargs = dict(_kwargs(), n_species=2)
+    torch.manual_seed(0)
+    model = MetriplecticModel(**kwargs).double()  # heavy particles, weak noise: gentle motion
+    set_positive_scalar(model.log_mass, 1e4)
+    set_positive_scalar(model.log_k_B, 1e-4)
+    save_model(model, kwargs, {"h_um": H_UM, "dt_s": 1 / RATE, "dtype": "float64"}, root / "model.pt")
+    return traj, boxes, geometry, root
+
+
+def test_periodic_box_rollout_runs_past_the_data_and_writes_wrapped_and_unwrapped_positions(box_case):
+    traj, boxes, geometry, root = box_case
+    out = rollout_box(root / "model.pt", traj[traj["frame"] <= 8], boxes, geometry, root / "out",
+                      RolloutParams(progress=False, device="cpu"), start_frame=8, n_frames=30)
+    table = pd.read_parquet(out / "rollout_box.parquet")
+    status = json.loads((out / "rollout_box_status.json").read_text())
+    assert status["status"] == "completed" and status["domain"] == "periodic box"
+    # 30 frames beyond the start: far past the data's last frame (11); every particle, every frame
+    assert sorted(table["frame"].unique()) == list(range(8, 39))
+    assert (table.groupby("frame").size() == traj["particle"].nunique()).all()
+    assert list(table.columns[:9]) == ["frame", "t", "particle", "x", "y", "species", "xu", "yu", "vx"]
+    # wrapped positions are the unwrapped ones in each frame's sheared cell
+    for f in (8, 20, 38):
+        rows = table[table["frame"] == f]
+        b = boxes.set_index("frame").loc[f]
+        np.testing.assert_allclose(rows[["x", "y"]].to_numpy(),
+                                   Box(b["lx"], b["ly"], b["xy"]).wrap(rows[["xu", "yu"]].to_numpy()), atol=1e-9)
+    # the start is the data; the species come along
+    start = table[table["frame"] == 8].set_index("particle")
+    data = traj[traj["frame"] == 8].set_index("particle")
+    np.testing.assert_allclose(start.loc[data.index, ["x", "y"]].to_numpy(), data[["x", "y"]].to_numpy(), atol=1e-9)
+    assert (start.loc[data.index, "species"] == data["species"]).all()
+    # the box table must cover the rollout
+    with pytest.raises(ValueError, match="box table has no row"):
+        rollout_box(root / "model.pt", traj, boxes[boxes["frame"] < 20], geometry, root / "bad",
+                    RolloutParams(progress=False, device="cpu"), start_frame=8, n_frames=30)
+    assert not (root / "bad").exists()
