@@ -128,6 +128,7 @@ def fidelity_figure(report: dict, path: Path, title: str = "") -> None:
     """Scoreboard of a `analysis.fidelity.fidelity_report`: each metric's error per candidate against its target.
 
     Bars are error / target (log scale): below the line at 1 the target is met.
+    Whiskers: the counting error where the report gives one (rearrangements).
     """
     rows = report["rows"]
     names = list(rows[0]["values"]) if rows else []
@@ -140,6 +141,12 @@ def fidelity_figure(report: dict, path: Path, title: str = "") -> None:
         ratio = np.maximum(np.asarray(ratio, float), 1e-3)
         x = np.arange(len(rows)) + (k - (len(names) - 1) / 2) * width
         bars = ax.bar(x, ratio, width=width, color=col[name], label=name)
+        # a rare-event statistic's counting error: the target is only as resolved as this bar
+        for xk, rk, r in zip(x, ratio, rows):
+            error = (r.get("uncertainty") or {}).get(name)
+            if error is not None and np.isfinite(rk):
+                low = max(rk - error / r["target"], 1e-3)
+                ax.errorbar(xk, rk, yerr=[[rk - low], [error / r["target"]]], color="black", capsize=3, lw=0.8)
         for bar, r in zip(bars, rows):
             if not r["met"][name]:
                 bar.set_hatch("///")
