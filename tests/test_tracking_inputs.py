@@ -191,6 +191,19 @@ def test_colour_frames_become_grey():
     np.testing.assert_array_equal(to_grey(rgba), grey)  # alpha ignored
 
 
+def test_folder_of_images_is_read_in_natural_order(tmp_path):
+    # frame2 before frame10: a name sort would put frame10 first and scramble time.
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    frames = spot_frames(n_frames=12)  # spots move +0.3 px per frame
+    for i, frame in enumerate(frames):
+        imageio.imwrite(folder / f"frame{i}.png", frame)
+    result = run(folder, tmp_path / "out", params={"link": {"search_range_um": 1.0}})  # 2 px
+    assert result.qc["frames_analysed"] == 12
+    one = result.trajectories[result.trajectories["particle"] == result.trajectories["particle"].iloc[0]]
+    assert np.all(np.diff(one.sort_values("frame")["x_px"]) > 0)  # steady motion: frames in order
+
+
 def test_rgba_png_sequence_frame_range_and_roi(tmp_path):
     folder = tmp_path / "seq"
     folder.mkdir()
