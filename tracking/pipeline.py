@@ -1,9 +1,9 @@
 """One call from a microscopy video to linked trajectories with velocities.
 
 ``track_video`` reads and validates the input, resolves the automatic
-parameters, locates (trackpy.batch on N processes), links, filters stubs,
-optionally removes drift, computes velocities, compares with a truth when one
-is given, and writes everything atomically (docs/tracking.md lists the files
+parameters (diameter, separation, minmass), locates (trackpy.batch on N
+processes), links, filters stubs and trajectories, optionally removes drift, computes velocities,
+compares with a truth when one is given, and writes everything atomically (docs/tracking.md lists the files
 and their columns). Nothing is written before every frame has been read and
 tracked, and the output directory appears only complete: on any error it is
 left as it was.
@@ -28,7 +28,7 @@ from mpd.provenance import software_versions
 from . import qc
 from .accuracy import accuracy_report
 from .io import TrackingInputError, open_video
-from .link import compute_drift, filter_stubs, link_features, subtract_drift
+from .link import compute_drift, filter_stubs, filter_trajectories, link_features, subtract_drift
 from .locate import NoParticlesError, filter_features, locate_stack, prepare, resolve, tidy
 from .motion import add_velocities, finite_differences
 from .params import TrackingParams, as_params, to_dict
@@ -125,6 +125,22 @@ def locate_video(video, params: TrackingParams, processes: int = 1):
     return features, resolved, chosen
 
 
+def remove_drift(kept: pd.DataFrame, every: pd.DataFrame, params: TrackingParams, frame_numbers,
+                 pixel_size_um: float) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Subtract the rigid drift (µm) from x, y of ``kept``; measured on ``kept`` or on ``every`` trajectory.
+
+    The drift is measured on the positions in pixels, as trackpy measures
+    it, then converted to µm; returns (trajectories, drift in µm or None).
+    """
+    link = params.link
+    if link.drift == "none":
+        return kept, None
+    source = kept if link.drift_from == "filtered" else every
+    drift = compute_drift(source, frame_numbers, ("x_px", "y_px"), method=link.drift, smoothing=link.drift_smoothing)
+    drift = drift.rename(columns={"x_px": "x", "y_px": "y"}) * pixel_size_um
+    return subtract_drift(kept, drift), drift
+
+
 def track_video(frames_path, out_dir, params: TrackingParams | dict | None = None, *, pixel_size_um: float,
                 frame_rate_hz: float, processes: int = 1, truth_pixels=None) -> TrackingResult:
     """Track a video into ``out_dir`` (see docs/tracking.md for the files and columns).
@@ -166,7 +182,7 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
     params = as_params(params)
     out_dir = Path(out_dir)
     truth = load_truth(truth_pixels)
-    video = open_video(frames_path, params.frame_range, params.roi)
+    video = open_video(frames_path, params.frame_range, params.roi, params.locate.channel)
     frame_numbers = video.frame_numbers
     frame_step = params.frame_range.step if params.frame_range is not None else 1
     timing["open"] = time.perf_counter() - start
@@ -179,7 +195,10 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
     linked, link_record = link_features(features, params.link, pixel_size_um)
     if "search_range" in link_record:
         chosen["search_range"] = link_record.pop("search_range")
-    trajectories = filter_stubs(linked, params.link.min_length)
+    stubs_removed = filter_stubs(linked, params.link.min_length)
+    trajectories = filter_trajectories(stubs_removed, params.trajectory_filter)
+    filtered = {"trajectories_before": int(stubs_removed["particle"].nunique()), "observations_before": len(stubs_removed),
+                "trajectories_after": int(trajectories["particle"].nunique()), "observations_after": len(trajectories)}
     timing["link"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -193,10 +212,10 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
     trajectories = trajectories.rename(columns={"x": "x_px", "y": "y_px"})
     trajectories["x"] = trajectories["x_px"] * pixel_size_um
     trajectories["y"] = trajectories["y_px"] * pixel_size_um
-    drift = drift_velocity = None
-    if params.link.subtract_drift:
-        drift = compute_drift(trajectories, frame_numbers, pos_columns=("x", "y"))
-        trajectories = subtract_drift(trajectories, drift)
+    drift_velocity = None
+    trajectories, drift = remove_drift(trajectories, stubs_removed.rename(columns={"x": "x_px", "y": "y_px"}),
+                                       params, frame_numbers, pixel_size_um)
+    if drift is not None:
         # Drift velocity by the same stencil as the particles', for comparing with a truth.
         drift_velocity = pd.DataFrame(
             finite_differences(drift.to_numpy(), frame_numbers / frame_rate_hz, np.zeros(len(drift), int)),
@@ -225,6 +244,7 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
         "roi_origin_px": list(video.origin_px),
         **qc.summary(features, trajectories, frame_numbers),
         "auto": chosen,
+        "trajectory_filter": filtered,
         "species": species_record,
         "resolved": {"locate": dataclasses.asdict(resolved), "link": link_record},
         "parameters": to_dict(params),
