@@ -256,7 +256,7 @@ def test_config_schema_matches_the_dataclasses():
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
     defaults = to_dict(TrackingParams())
     schema_keys = {name: set(section.get("properties", {})) for name, section in SCHEMA["properties"].items()}
-    for name in ("locate", "link", "velocity", "species", "trajectory_filter"):
+    for name in ("locate", "link", "velocity", "species", "trajectory_filter", "checks"):
         assert schema_keys[name] == set(defaults[name]), name
     assert schema_keys["frame_range"] == {"start", "stop", "step"}
     assert schema_keys["roi"] == {"x0", "y0", "width", "height"}
@@ -264,9 +264,9 @@ def test_config_schema_matches_the_dataclasses():
     jsonschema.validate({k: v for k, v in defaults.items() if v is not None}, SCHEMA)
     for bad in ({"locate": {"diameter": 8}}, {"link": {"predictor": "magic"}}, {"velocity": {"window": 4}},
                 {"locate": {"typo": 1}}, {"roi": {"x0": 0}}, {"locate": {"channel": 3}},
-                {"locate": {"channel": "red"}}, {"link": {"drift": "mode"}},
+                {"locate": {"channel": "red"}}, {"locate": {"invert": "yes"}}, {"link": {"drift": "mode"}},
                 {"link": {"subtract_drift": True}}, {"trajectory_filter": {"per": "frame"}},
-                {"trajectory_filter": {"max_ecc": 2}}):
+                {"trajectory_filter": {"max_ecc": 2}}, {"checks": {"max_short_fraction": 0}}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, SCHEMA)
         with pytest.raises(ParameterError):

@@ -48,7 +48,9 @@ class LocateParams:
     # px, smallest distance between two features; None: trackpy's diameter + 1;
     # "auto": trackpy's default, or less where the spots are denser
     separation: float | str | None = AUTO
-    invert: bool = False              # True for dark particles on a bright background (bright field)
+    # True for dark particles on a bright background (bright field); "auto": detected from the
+    # first frames (the stronger of the bright and dark Laplacian-of-Gaussian blobs, docs/tracking.md)
+    invert: bool | str = AUTO
     # How colour frames become grey: "luma" (Rec. 709, as pims.as_grey), "mean" of R, G, B,
     # or the channel 0, 1 or 2 alone (trackpy's walkthrough tracks the green channel, 1)
     channel: int | str = "luma"
@@ -103,6 +105,20 @@ class TrajectoryFilterParams:
 
 
 @dataclass(frozen=True)
+class ChecksParams:
+    """Plausibility checks that stop a run instead of returning junk (docs/tracking.md)."""
+
+    # stop when an explicit locate.invert contradicts the contrast detected in the first frames
+    polarity: bool = True
+    # stop when the median features per frame exceed this times the close-packed count of disks of
+    # the mask diameter in the analysed area; None: off
+    max_packing_ratio: float | None = 1.5
+    # stop when more than this fraction of the linked features lie in trajectories shorter than
+    # min(10, half the analysed frames); None: off
+    max_short_fraction: float | None = 0.5
+
+
+@dataclass(frozen=True)
 class VelocityParams:
     """Velocities by finite differences inside each trajectory, never across a gap."""
 
@@ -149,6 +165,7 @@ class TrackingParams:
     velocity: VelocityParams = field(default_factory=VelocityParams)
     species: SpeciesParams = field(default_factory=SpeciesParams)
     trajectory_filter: TrajectoryFilterParams = field(default_factory=TrajectoryFilterParams)
+    checks: ChecksParams = field(default_factory=ChecksParams)
     frame_range: FrameRange | None = None       # None: every frame
     roi: RegionOfInterest | None = None         # None: the full frame
 
@@ -159,6 +176,7 @@ _NESTED = {
     "velocity": VelocityParams,
     "species": SpeciesParams,
     "trajectory_filter": TrajectoryFilterParams,
+    "checks": ChecksParams,
     "frame_range": FrameRange,
     "roi": RegionOfInterest,
 }
@@ -245,7 +263,8 @@ def check(params: TrackingParams) -> None:
              "locate.minmass", "'auto' or a number >= 0", loc.minmass)
     _require(loc.separation is None or loc.separation == AUTO or (_is_number(loc.separation) and loc.separation > 0),
              "locate.separation", "'auto', null or a number > 0 (px)", loc.separation)
-    _require(isinstance(loc.invert, bool), "locate.invert", "true or false", loc.invert)
+    _require(isinstance(loc.invert, bool) or loc.invert == AUTO, "locate.invert", "'auto', true or false",
+             loc.invert)
     _require(any(loc.channel == c and type(loc.channel) is type(c) for c in CHANNELS), "locate.channel",
              "'luma', 'mean' or a channel index 0, 1 or 2", loc.channel)
     _require(_is_number(loc.percentile) and 0 <= loc.percentile <= 100,
@@ -302,6 +321,14 @@ def check(params: TrackingParams) -> None:
         if lo is not None and hi is not None and lo >= hi:
             raise ParameterError(f"tracking.trajectory_filter.{low} = {lo} is not below {high} = {hi}: nothing "
                                  f"would be kept; lower {low} or raise {high}")
+
+    chk = params.checks
+    _require(isinstance(chk.polarity, bool), "checks.polarity", "true or false", chk.polarity)
+    _require(chk.max_packing_ratio is None or (_is_number(chk.max_packing_ratio) and chk.max_packing_ratio > 0),
+             "checks.max_packing_ratio", "null or a number > 0", chk.max_packing_ratio)
+    _require(chk.max_short_fraction is None
+             or (_is_number(chk.max_short_fraction) and 0 < chk.max_short_fraction <= 1),
+             "checks.max_short_fraction", "null or a number in (0, 1]", chk.max_short_fraction)
 
     vel = params.velocity
     _require(vel.smoothing in SMOOTHING, "velocity.smoothing", f"one of {', '.join(SMOOTHING)}", vel.smoothing)

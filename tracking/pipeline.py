@@ -1,12 +1,13 @@
 """One call from a microscopy video to linked trajectories with velocities.
 
 ``track_video`` reads and validates the input, resolves the automatic
-parameters (diameter, separation, minmass), locates (trackpy.batch on N
-processes), links, filters stubs and trajectories, optionally removes drift, computes velocities,
-compares with a truth when one is given, and writes everything atomically (docs/tracking.md lists the files
-and their columns). Nothing is written before every frame has been read and
-tracked, and the output directory appears only complete: on any error it is
-left as it was.
+parameters (contrast, diameter, separation, minmass), locates (trackpy.batch
+on N processes), checks that the features can be particles, links, filters
+stubs and trajectories, optionally removes drift, computes velocities,
+compares with a truth when one is given, and writes everything atomically
+(docs/tracking.md lists the files and their columns). Nothing is written
+before every frame has been read and tracked, and the output directory
+appears only complete: on any error it is left as it was.
 """
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ from mpd.provenance import software_versions
 
 from . import qc
 from .accuracy import accuracy_report
+from .checks import check_packing, check_polarity, check_short_trajectories
 from .io import TrackingInputError, open_video
 from .link import compute_drift, filter_stubs, filter_trajectories, link_features, subtract_drift
-from .locate import NoParticlesError, filter_features, locate_stack, prepare, resolve, tidy
+from .locate import NoParticlesError, detect_polarity, filter_features, locate_stack, prepare, resolve, tidy
 from .motion import add_velocities, finite_differences
-from .params import TrackingParams, as_params, to_dict
+from .params import AUTO, TrackingParams, as_params, to_dict
 from .species import classify_species
 
 FEATURE_COLUMNS = ["frame", "t", "x", "y", "x_px", "y_px", "mass", "size", "ecc", "signal", "raw_mass", "ep"]
@@ -91,19 +93,50 @@ def _write_json(path: Path, data: dict) -> None:
         handle.write("\n")
 
 
+def resolve_polarity(video, params: TrackingParams, raw_images: np.ndarray) -> tuple[bool, dict | None, list | None]:
+    """The contrast to track (invert or not), its detection record, and the spots found on the way.
+
+    Detected from the first frames when ``locate.invert`` is 'auto'; when it
+    is given, the detection still runs (unless ``checks.polarity`` is off) and
+    a contradiction stops the run: a bright-field video tracked as
+    fluorescence yields thousands of junk trajectories, never an error.
+    """
+    invert = params.locate.invert
+    if invert != AUTO and not params.checks.polarity:
+        return invert, None, None
+    try:
+        detected, spots = detect_polarity(raw_images)
+    except NoParticlesError as error:
+        raise TrackingInputError(f"{video.source}: no particle found: {error}") from None
+    if invert == AUTO:
+        if detected["invert"] is None:
+            raise TrackingInputError(
+                f"{video.source}: cannot tell whether the particles are bright or dark: the strongest dark and "
+                f"bright blobs of the first {len(raw_images)} frame(s) are alike (ratio "
+                f"{detected['dark_over_bright']}); set tracking.locate.invert: true for dark particles on a bright "
+                f"background (bright field), false for bright particles (fluorescence)")
+        invert = detected["invert"]
+    else:
+        check_polarity(detected, invert, video.source)
+    return invert, detected, spots[invert]
+
+
 def locate_video(video, params: TrackingParams, processes: int = 1):
     """Resolve 'auto' locate parameters, then locate every selected frame.
 
     Returns (features with px columns x, y in full-frame pixels, resolved
     parameters, record of the automatic choices).
     """
-    invert = params.locate.invert
     n_auto = min(params.locate.auto_frames, len(video))
-    first_images = prepare(np.stack([video.read(i) for i in range(n_auto)]), invert)
+    raw_images = np.stack([video.read(i) for i in range(n_auto)])
+    invert, detected, spots = resolve_polarity(video, params, raw_images)
+    first_images = prepare(raw_images, invert)
     try:
-        resolved, chosen, probes = resolve(params.locate, first_images)
+        resolved, chosen, probes = resolve(params.locate, first_images, invert, spots)
     except NoParticlesError as error:
         raise TrackingInputError(f"{video.source}: no particle found: {error}") from None
+    if detected is not None:
+        chosen = {"invert": {**detected, "used": invert, "given": params.locate.invert}, **chosen}
     pieces = []
     if probes is not None:
         # The minmass estimate located the first frames already (at minmass 0).
@@ -123,6 +156,12 @@ def locate_video(video, params: TrackingParams, processes: int = 1):
             f"minmass {resolved.minmass:.4g}, invert {invert}); check locate.invert (true for dark particles), "
             f"lower locate.minmass or loosen the mass/size/ecc filters")
     return features, resolved, chosen
+
+
+def _search_range_text(params: TrackingParams, search_range_px: float, pixel_size_um: float) -> str:
+    key = "tracking.link.search_range_px" if params.link.search_range_px is not None else \
+        "tracking.link.search_range_um"
+    return f"{key}, now {search_range_px * pixel_size_um:.3g} µm = {search_range_px:.3g} px"
 
 
 def remove_drift(kept: pd.DataFrame, every: pd.DataFrame, params: TrackingParams, frame_numbers,
@@ -168,7 +207,9 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
     Raises
     ------
     TrackingInputError
-        Bad input: missing/empty/unsupported/corrupt file, missing unit, no particle.
+        Bad input: missing/empty/unsupported/corrupt file, missing unit, no particle,
+        undecidable contrast; ``tracking.checks.ImplausibleResultError`` (a subclass)
+        when the features or trajectories cannot be particles (docs/tracking.md).
     tracking.params.ParameterError
         Unknown or out-of-range parameter.
     tracking.link.LinkingError
@@ -189,16 +230,24 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
 
     mark = time.perf_counter()
     features, resolved, chosen = locate_video(video, params, processes)
+    checks = {"packing": check_packing(features, video.frame_shape, resolved, params.checks.max_packing_ratio,
+                                       video.source)}
     timing["locate"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     linked, link_record = link_features(features, params.link, pixel_size_um)
     if "search_range" in link_record:
         chosen["search_range"] = link_record.pop("search_range")
+    checks["short_trajectories"] = check_short_trajectories(
+        linked, len(frame_numbers), params.checks.max_short_fraction,
+        _search_range_text(params, link_record["search_range_px"], pixel_size_um), video.source)
     stubs_removed = filter_stubs(linked, params.link.min_length)
     trajectories = filter_trajectories(stubs_removed, params.trajectory_filter)
-    filtered = {"trajectories_before": int(stubs_removed["particle"].nunique()), "observations_before": len(stubs_removed),
-                "trajectories_after": int(trajectories["particle"].nunique()), "observations_after": len(trajectories)}
+    # Counts before and after the trajectory filter, for qc.json.
+    filtered = {"trajectories_before": int(stubs_removed["particle"].nunique()),
+                "observations_before": len(stubs_removed),
+                "trajectories_after": int(trajectories["particle"].nunique()),
+                "observations_after": len(trajectories)}
     timing["link"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -244,6 +293,7 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
         "roi_origin_px": list(video.origin_px),
         **qc.summary(features, trajectories, frame_numbers),
         "auto": chosen,
+        "checks": checks,
         "trajectory_filter": filtered,
         "species": species_record,
         "resolved": {"locate": dataclasses.asdict(resolved), "link": link_record},
