@@ -117,10 +117,13 @@ def _check_nested_params(config: Mapping[str, Any]) -> None:
 
 
 def video_input_files(path: str, workdir: Path | None = None, *, key: str = "video.path") -> list[str]:
-    """The files behind a video ``path`` (a file or a glob), checked to be readable.
+    """The files behind a video ``path`` (a file, a folder of images or a glob), checked to be readable.
 
-    Raises ConfigError naming ``key`` and the path when nothing is there or a
-    file cannot be read.
+    A folder stands for its image files in the order the tracking stage reads
+    them (pims's natural sort: ``frame2`` before ``frame10``), checked as the
+    reader checks them (tracking.io.resolve_source), so the config check and
+    the reader accept the same folders. Raises ConfigError naming ``key`` and
+    the path when nothing is there or a file cannot be read.
     """
     base = Path(workdir) if workdir is not None else Path.cwd()
     pattern = path if os.path.isabs(path) else str(base / path)
@@ -131,6 +134,8 @@ def video_input_files(path: str, workdir: Path | None = None, *, key: str = "vid
                 f"{key}: the pattern '{path}' matches no file (looked in {base}). "
                 "Check the path and the pattern, e.g. 'data/run1/*.png'."
             )
+    elif os.path.isdir(pattern):
+        files = _folder_images(pattern, key)
     else:
         if not os.path.exists(pattern):
             raise ConfigError(
@@ -141,11 +146,22 @@ def video_input_files(path: str, workdir: Path | None = None, *, key: str = "vid
     for file in files:
         if os.path.isdir(file):
             raise ConfigError(
-                f"{key}: '{file}' is a folder; give a video file or a glob of image files such as '{path.rstrip('/')}/*.tif'."
+                f"{key}: the pattern '{path}' matches the folder '{file}'; narrow it to image files, "
+                f"e.g. '{path.rstrip('/')}/*.tif'."
             )
         if not os.access(file, os.R_OK):
             raise ConfigError(f"{key}: '{file}' cannot be read (permission denied). Fix its permissions.")
     return files
+
+
+def _folder_images(folder: str, key: str) -> list[str]:
+    """The image files of a folder, as the tracking stage's reader lists and checks them."""
+    from tracking.io import TrackingInputError, resolve_source
+
+    try:
+        return resolve_source(folder)[1]
+    except TrackingInputError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
 
 
 def load_config(path: str | os.PathLike, **kwargs) -> dict:

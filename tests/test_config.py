@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mpd.config import SCHEMA_PATH, ConfigError, load_config, load_schema, validate_config
+from mpd.config import SCHEMA_PATH, ConfigError, load_config, load_schema, validate_config, video_input_files
 from twin import params as twin_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,10 +76,32 @@ def test_glob_matching_nothing_is_named(tmp_path):
         validate_config(config, workdir=tmp_path)
 
 
-def test_folder_given_as_video_is_named(tmp_path):
+def test_folder_of_images_is_accepted_in_natural_order(tmp_path):
+    # docs/tracking.md: a folder is a video of its images, frame2 before frame10, as the reader reads it.
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in (10, 2, 1):
+        (folder / f"frame{i}.png").write_bytes(b"\x89PNG")
+    config = {"experiments": {"real": {"video": {"path": "frames", "pixel_size_um": 0.3, "frame_rate_hz": 24}}}}
+    validate_config(config, workdir=tmp_path)
+    files = video_input_files("frames", tmp_path)
+    assert [Path(f).name for f in files] == ["frame1.png", "frame2.png", "frame10.png"]
+
+
+def test_folder_without_images_is_named(tmp_path):
     (tmp_path / "frames").mkdir()
     config = {"experiments": {"real": {"video": {"path": "frames", "pixel_size_um": 0.3, "frame_rate_hz": 24}}}}
-    with pytest.raises(ConfigError, match=r"frames.*is a folder"):
+    with pytest.raises(ConfigError, match=r"experiments\.real\.video\.path.*frames holds no image file"):
+        validate_config(config, workdir=tmp_path)
+    (tmp_path / "frames" / "notes.txt").write_text("x")
+    with pytest.raises(ConfigError, match=r"experiments\.real\.video\.path.*notes\.txt.*unsupported extension"):
+        validate_config(config, workdir=tmp_path)
+
+
+def test_glob_matching_a_folder_is_named(tmp_path):
+    (tmp_path / "run1").mkdir()
+    config = {"experiments": {"real": {"video": {"path": "run*", "pixel_size_um": 0.3, "frame_rate_hz": 24}}}}
+    with pytest.raises(ConfigError, match=r"matches the folder.*run1"):
         validate_config(config, workdir=tmp_path)
 
 

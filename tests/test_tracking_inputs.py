@@ -191,6 +191,35 @@ def test_colour_frames_become_grey():
     np.testing.assert_array_equal(to_grey(rgba), grey)  # alpha ignored
 
 
+def test_colour_channel_choice():
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2], rgba[..., 3] = 100, 201, 50, 7
+    assert to_grey(rgba, channel="mean")[0, 0] == round((100 + 201 + 50) / 3)
+    for index, value in enumerate((100, 201, 50)):
+        grey = to_grey(rgba, channel=index)
+        assert grey.dtype == np.uint8 and (grey == value).all()
+    with pytest.raises(TrackingInputError, match="tracking.locate.channel = 1"):
+        to_grey(rgba[..., 0], "frame 0", channel=1)  # a grey frame has no channel 1
+
+
+def test_channel_on_grey_video_names_the_key(tmp_path):
+    write_tiff(tmp_path / "video.tif", spot_frames())
+    assert_one_clear_error(tmp_path / "video.tif", tmp_path, "tracking.locate.channel", params={"locate": {"channel": 0}})
+
+
+def test_folder_of_images_is_read_in_natural_order(tmp_path):
+    # frame2 before frame10: a name sort would put frame10 first and scramble time.
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    frames = spot_frames(n_frames=12)  # spots move +0.3 px per frame
+    for i, frame in enumerate(frames):
+        imageio.imwrite(folder / f"frame{i}.png", frame)
+    result = run(folder, tmp_path / "out", params={"link": {"search_range_um": 1.0}})  # 2 px
+    assert result.qc["frames_analysed"] == 12
+    one = result.trajectories[result.trajectories["particle"] == result.trajectories["particle"].iloc[0]]
+    assert np.all(np.diff(one.sort_values("frame")["x_px"]) > 0)  # steady motion: frames in order
+
+
 def test_rgba_png_sequence_frame_range_and_roi(tmp_path):
     folder = tmp_path / "seq"
     folder.mkdir()
@@ -227,14 +256,17 @@ def test_config_schema_matches_the_dataclasses():
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
     defaults = to_dict(TrackingParams())
     schema_keys = {name: set(section.get("properties", {})) for name, section in SCHEMA["properties"].items()}
-    for name in ("locate", "link", "velocity"):
+    for name in ("locate", "link", "velocity", "species", "trajectory_filter", "checks"):
         assert schema_keys[name] == set(defaults[name]), name
     assert schema_keys["frame_range"] == {"start", "stop", "step"}
     assert schema_keys["roi"] == {"x0", "y0", "width", "height"}
     # The defaults satisfy the schema, and both reject the same mistakes.
     jsonschema.validate({k: v for k, v in defaults.items() if v is not None}, SCHEMA)
     for bad in ({"locate": {"diameter": 8}}, {"link": {"predictor": "magic"}}, {"velocity": {"window": 4}},
-                {"locate": {"typo": 1}}, {"roi": {"x0": 0}}):
+                {"locate": {"typo": 1}}, {"roi": {"x0": 0}}, {"locate": {"channel": 3}},
+                {"locate": {"channel": "red"}}, {"locate": {"invert": "yes"}}, {"link": {"drift": "mode"}},
+                {"link": {"subtract_drift": True}}, {"trajectory_filter": {"per": "frame"}},
+                {"trajectory_filter": {"max_ecc": 2}}, {"checks": {"max_short_fraction": 0}}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, SCHEMA)
         with pytest.raises(ParameterError):

@@ -1,7 +1,8 @@
-"""Linking under shear, drift subtraction that keeps the shear, stubs, auto search range."""
+"""Linking under shear, drift subtraction that keeps the shear, stubs, auto search range, trajectory filters."""
 import numpy as np
 import pandas as pd
 import pytest
+import trackpy
 
 from tracking.accuracy import link_accuracy
 from tracking.link import (
@@ -10,11 +11,13 @@ from tracking.link import (
     auto_search_range_px,
     compute_drift,
     filter_stubs,
+    filter_trajectories,
     link_features,
     subtract_drift,
 )
 from tracking.motion import add_velocities
-from tracking.params import LinkParams
+from tracking.params import LinkParams, ParameterError, TrackingParams, TrajectoryFilterParams, from_config
+from tracking.pipeline import remove_drift
 
 FPS = 10.0
 
@@ -121,3 +124,76 @@ def test_crowded_linking_error_names_the_key():
                           for f in range(2)], ignore_index=True)
     with pytest.raises(LinkingError, match="link.search_range_um"):
         link_features(features, LinkParams(search_range_um=15.0), pixel_size_um=1.0)
+
+
+def test_search_range_in_pixels_ignores_the_pixel_size():
+    features = sheared_particles(n_frames=3, shear_per_frame=0.0, drift=(2.0, 0.0), jitter=0.0)
+    # 2 px steps: a 3 px search range links them, whatever µm a pixel is.
+    linked, record = link_features(features, LinkParams(search_range_px=3.0), pixel_size_um=0.01)
+    assert record["search_range_px"] == 3.0
+    assert linked["particle"].nunique() == features["truth"].nunique()
+    with pytest.raises(ParameterError, match="search_range_um and tracking.link.search_range_px are both set"):
+        from_config({"link": {"search_range_um": "auto", "search_range_px": 3}})
+    with pytest.raises(ParameterError, match="both set"):
+        from_config({"link": {"search_range_um": 1.0, "search_range_px": 3}})
+
+
+def test_mean_drift_is_trackpys_compute_drift():
+    truth = sheared_particles(shear_per_frame=0.0, drift=(1.5, -0.5), jitter=0.3).rename(columns={"truth": "particle"})
+    truth = truth.sample(frac=0.9, random_state=0)  # particles missing here and there
+    for smoothing in (0, 4):
+        theirs = trackpy.compute_drift(truth, smoothing)
+        mine = compute_drift(truth, np.arange(20), method="mean", smoothing=smoothing)
+        assert mine.loc[0].tolist() == [0.0, 0.0]
+        np.testing.assert_allclose(mine.loc[1:, ["x", "y"]], theirs[["x", "y"]], rtol=0, atol=1e-12)
+    # The median is a different estimator: the noisy steps make them differ.
+    median = compute_drift(truth, np.arange(20), method="median")
+    assert not np.allclose(median.to_numpy(), compute_drift(truth, np.arange(20), method="mean").to_numpy())
+
+
+def test_mean_drift_over_a_frame_step():
+    # frame_range step 2: analysed frames 0, 2, 4, ...; trackpy alone finds no 1-frame step.
+    truth = sheared_particles(shear_per_frame=0.0, drift=(1.5, -0.5), jitter=0.0).rename(columns={"truth": "particle"})
+    every_other = truth[truth["frame"] % 2 == 0]
+    drift = compute_drift(every_other, np.arange(0, 20, 2), method="mean")
+    np.testing.assert_allclose(drift["x"], 1.5 * np.arange(0, 20, 2), atol=1e-9)
+    assert trackpy.compute_drift(every_other).empty
+
+
+def test_drift_from_filtered_or_all_trajectories():
+    # Kept trajectories drift by +1 px per frame; the filtered-out ones by +5.
+    frames = np.arange(6)
+    kept = pd.DataFrame({"frame": np.tile(frames, 3), "particle": np.repeat([0, 1, 2], 6)})
+    kept["x_px"] = kept["particle"] * 20.0 + kept["frame"]
+    dropped = pd.DataFrame({"frame": np.tile(frames, 3), "particle": np.repeat([3, 4, 5], 6)})
+    dropped["x_px"] = dropped["particle"] * 20.0 + 5 * dropped["frame"]
+    every = pd.concat([kept, dropped], ignore_index=True).assign(y_px=0.0)
+    kept = kept.assign(y_px=0.0, x=kept["x_px"] * 0.5, y=0.0)
+    for source, step in (("filtered", 1.0), ("all", 3.0)):  # the mean of 1 and 5
+        params = TrackingParams(link=LinkParams(drift="mean", drift_from=source))
+        corrected, drift = remove_drift(kept, every, params, frames, pixel_size_um=0.5)
+        np.testing.assert_allclose(drift["x"], 0.5 * step * frames)
+        np.testing.assert_allclose(corrected["x"], kept["x"] - 0.5 * step * kept["frame"])
+    assert remove_drift(kept, every, TrackingParams(), frames, 0.5)[1] is None  # drift: none, the default
+
+
+def test_trajectory_filter_per_trajectory_mean_or_per_observation():
+    table = pd.DataFrame({"particle": [0, 0, 0, 1, 1, 1], "frame": [0, 1, 2, 0, 1, 2],
+                          "mass": [60.0, 40.0, 70.0, 45.0, 45.0, 55.0], "size": 2.0, "ecc": 0.1})
+    # Means: particle 0 56.7, particle 1 48.3.
+    by_mean = filter_trajectories(table, TrajectoryFilterParams(min_mass=50))
+    assert by_mean["particle"].tolist() == [0, 0, 0]
+    by_row = filter_trajectories(table, TrajectoryFilterParams(per="observation", min_mass=50))
+    assert by_row["mass"].tolist() == [60.0, 70.0, 55.0]
+    # Strict limits, as the walkthrough's (mass > 50): 55 stays, 45 goes, and size 2.0 < 2.0 is false.
+    assert filter_trajectories(table, TrajectoryFilterParams(per="observation", max_size=2.0)).empty
+    assert filter_trajectories(table, TrajectoryFilterParams()).equals(table)
+    with pytest.raises(ParameterError, match="tracking.trajectory_filter.per"):
+        from_config({"trajectory_filter": {"per": "frame"}})
+
+
+def test_old_subtract_drift_key_names_its_replacement():
+    with pytest.raises(ParameterError, match="subtract_drift was replaced by tracking.link.drift.*drift: median"):
+        from_config({"link": {"subtract_drift": True}})
+    with pytest.raises(ParameterError, match="drift_smoothing"):
+        from_config({"link": {"drift": "median", "drift_smoothing": 3}})

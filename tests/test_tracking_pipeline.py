@@ -130,7 +130,7 @@ def tracked_vx(folder):
 
 
 def test_drift_subtraction_keeps_shear_end_to_end(sheared_video, tmp_path):
-    params = {"link": {"predictor": "affine", "search_range_um": 0.75, "subtract_drift": True}}
+    params = {"link": {"predictor": "affine", "search_range_um": 0.75, "drift": "median"}}
     result = track_video(sheared_video / "frames.tif", tmp_path / "out", params, pixel_size_um=MPP,
                          frame_rate_hz=FPS, truth_pixels=sheared_video / "truth_pixels.parquet")
     trajectories = result.trajectories

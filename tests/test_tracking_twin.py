@@ -11,6 +11,7 @@ twin_simulate = pytest.importorskip("twin.simulate")
 twin_lammps = pytest.importorskip("twin.lammps_env")
 
 from tracking import track_video
+from tracking.checks import ImplausibleResultError
 
 
 @pytest.fixture(scope="module")
@@ -44,3 +45,21 @@ def test_twin_localisation_below_a_tenth_of_a_pixel(twin_tracking):
     # Over particles away from the edges: one cut by the edge of the image
     # has a biased centroid whatever the method (tracking/accuracy.py).
     assert twin_tracking.accuracy["localisation_rms_px"] < 0.1
+
+
+def test_twin_contrast_is_detected_and_a_wrong_one_stops(twin_tracking, tmp_path):
+    # The workflow passes the render's dark_particles; without it the contrast is detected.
+    source = twin_tracking.qc["source"]
+    units = {"pixel_size_um": twin_tracking.qc["units"]["pixel_size_um"],
+             "frame_rate_hz": twin_tracking.qc["units"]["frame_rate_hz"]}
+    auto = track_video(source, tmp_path / "auto", None, **units)
+    assert auto.qc["auto"]["invert"]["used"] is True
+    assert auto.qc["trajectories"] == twin_tracking.qc["trajectories"]
+    # Tracked as fluorescence it once gave 1240 junk trajectories without a word; now one error...
+    with pytest.raises(ImplausibleResultError, match="tracking.locate.invert is false"):
+        track_video(source, tmp_path / "wrong", {"locate": {"invert": False}}, **units)
+    # ...and with the contrast check off, the junk's short trajectories (88 % of its features) stop it.
+    with pytest.raises(ImplausibleResultError, match="tracking.checks.max_short_fraction"):
+        track_video(source, tmp_path / "wrong", {"locate": {"invert": False}, "checks": {"polarity": False}},
+                    **units)
+    assert not (tmp_path / "wrong").exists()

@@ -1,9 +1,12 @@
 """Read a microscopy video through pims into grey frames, failing early and clearly.
 
 Accepted inputs: a multi-page TIFF, a folder or glob of image files (one frame
-per file, sorted by name), an AVI/MP4/MOV movie, or an ND2 file where its pims
-reader (``pims_nd2`` or ``nd2reader``) is installed. Colour frames (RGB/RGBA)
-become grey with the Rec. 709 luma weights pims uses; alpha is ignored.
+per file, in pims's natural order: ``frame2`` before ``frame10``), an
+AVI/MP4/MOV movie, or an ND2 file where its pims reader (``pims_nd2`` or
+``nd2reader``) is installed. Colour frames (RGB/RGBA) become grey by the
+configured ``channel``: the Rec. 709 luma weights pims uses (default), the mean
+of R, G and B, or one channel (trackpy's walkthrough tracks the green one);
+alpha is always ignored.
 
 Every problem with an input raises one ``TrackingInputError`` that names the
 file and says how to fix it. A TIFF's structure is validated before any frame
@@ -42,6 +45,7 @@ DECODE_ERRORS = (OSError, ValueError, RuntimeError, SyntaxError, EOFError, Index
 
 # Rec. 709 luma, as pims.as_grey: keeps grey levels comparable with pims users.
 _LUMA = np.array([0.2125, 0.7154, 0.0721])
+LUMA, MEAN = "luma", "mean"
 
 
 class TrackingInputError(ValueError):
@@ -215,6 +219,7 @@ class Video:
     frame_numbers: np.ndarray
     roi: RegionOfInterest | None
     full_shape: tuple[int, int]
+    channel: int | str = LUMA  # how colour frames become grey (to_grey)
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -246,7 +251,7 @@ class Video:
         except DECODE_ERRORS as error:
             raise TrackingInputError(f"{self._where(index)} cannot be decoded ({type(error).__name__}: {error}); "
                                      f"the file is corrupt or truncated — copy or export it again") from None
-        image = to_grey(image, self._where(index))
+        image = to_grey(image, self._where(index), self.channel)
         if image.shape != self.full_shape:
             raise TrackingInputError(f"{self._where(index)} is {image.shape[1]}x{image.shape[0]} px but the first "
                                      f"frame is {self.full_shape[1]}x{self.full_shape[0]} px; all frames must "
@@ -275,13 +280,24 @@ class Video:
             yield self.frame_numbers[start:stop], stack
 
 
-def to_grey(image: np.ndarray, where: str = "frame") -> np.ndarray:
-    """Grey version of a frame: RGB/RGBA by Rec. 709 luma, rounded back to its integer dtype."""
+def to_grey(image: np.ndarray, where: str = "frame", channel: int | str = LUMA) -> np.ndarray:
+    """Grey version of a frame, rounded back to its integer dtype.
+
+    ``channel``: "luma" (Rec. 709, as ``pims.as_grey``), "mean" (of R, G, B)
+    or 0, 1, 2 (that channel alone, exactly as stored). Alpha is ignored. A
+    grey frame is returned as it is for "luma" and "mean"; a channel index on
+    a grey frame is an error, since the setting then cannot mean anything.
+    """
     image = np.squeeze(image)
     if image.ndim == 2:
+        if isinstance(channel, int):
+            raise TrackingInputError(f"{where} is a grey frame, but tracking.locate.channel = {channel} asks for "
+                                     f"one colour channel; remove the key (or set it to 'luma')")
         return image
     if image.ndim == 3 and image.shape[-1] in (3, 4):
-        grey = image[..., :3] @ _LUMA
+        if isinstance(channel, int):
+            return image[..., channel]  # a copy-free view; its dtype and values are those stored
+        grey = image[..., :3] @ _LUMA if channel == LUMA else image[..., :3].mean(axis=-1)
         if np.issubdtype(image.dtype, np.integer):
             # Integer grey keeps trackpy's integer code path (threshold and mass scaling).
             return np.rint(grey).astype(image.dtype)
@@ -315,8 +331,11 @@ def check_roi(roi: RegionOfInterest | None, shape: tuple[int, int], source: str)
 
 
 def open_video(source: str | os.PathLike, frame_range: FrameRange | None = None,
-               roi: RegionOfInterest | None = None) -> Video:
-    """Open and validate an input; frames are decoded later by ``Video.read``/``chunks``."""
+               roi: RegionOfInterest | None = None, channel: int | str = LUMA) -> Video:
+    """Open and validate an input; frames are decoded later by ``Video.read``/``chunks``.
+
+    ``channel`` says how colour frames become grey (``to_grey``).
+    """
     kind, files = resolve_source(source)
     source = os.fspath(source)
     reader = open_reader(kind, files, source)
@@ -324,13 +343,13 @@ def open_video(source: str | os.PathLike, frame_range: FrameRange | None = None,
     numbers = select_frames(n_frames, frame_range, source)
     # The first selected frame fixes the size every other frame must have.
     video = Video(source=source, kind=kind, reader=reader, files=files, frame_numbers=numbers,
-                  roi=None, full_shape=(-1, -1))
+                  roi=None, full_shape=(-1, -1), channel=channel)
     try:
         first = np.asarray(reader[int(numbers[0])])
     except DECODE_ERRORS as error:
         raise TrackingInputError(f"{video._where(0)} cannot be decoded ({type(error).__name__}: {error}); "
                                  f"the file is corrupt or truncated — copy or export it again") from None
-    video.full_shape = tuple(to_grey(first, video._where(0)).shape)
+    video.full_shape = tuple(to_grey(first, video._where(0), channel).shape)
     check_roi(roi, video.full_shape, source)
     video.roi = roi
     return video

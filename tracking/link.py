@@ -10,10 +10,15 @@ frame pair (exact for simple shear, pure strain, rotation and drift). Both are
 bootstrapped on the first frame pair so the very first links already use a
 prediction.
 
-Drift subtraction removes only a rigid translation: the median displacement
-of all particles between consecutive frames, accumulated over time. A
-translation cannot change a velocity gradient, so an imposed shear keeps its
-measured rate (tests/test_tracking_link.py checks this).
+Drift subtraction removes only a rigid translation: the median (robust) or
+mean (trackpy's ``compute_drift``) displacement of the particles between
+consecutive frames, accumulated over time. A translation cannot change a
+velocity gradient, so an imposed shear keeps its measured rate
+(tests/test_tracking_link.py checks this).
+
+After linking, trajectories may be filtered on their mass, size and
+eccentricity (trackpy walkthrough's cut of out-of-focus particles), either on
+each trajectory's mean or on each observation.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from trackpy.linking.utils import SubnetOversizeException
 from trackpy.predict import NearestVelocityPredict, NullPredict
 
 from ._quiet import quiet_trackpy
-from .params import AUTO, LinkParams
+from .params import AUTO, LinkParams, TrajectoryFilterParams
 
 POS_COLUMNS = ["y", "x"]  # trackpy's order
 BOOTSTRAP_ITERATIONS = 4
@@ -183,6 +188,8 @@ def link_features(features: pd.DataFrame, params: LinkParams, pixel_size_um: flo
     used (search range in px, the auto choice, the bootstrapped field).
     """
     record: dict = {}
+    if search_range_px is None and params.search_range_px is not None:
+        search_range_px = params.search_range_px
     if search_range_px is None:
         if params.search_range_um == AUTO:
             record["search_range"] = auto_search_range_px(features)
@@ -241,15 +248,22 @@ def filter_stubs(trajectories: pd.DataFrame, min_length: int) -> pd.DataFrame:
     return trajectories.loc[counts >= min_length].reset_index(drop=True)
 
 
-def compute_drift(trajectories: pd.DataFrame, frame_numbers, pos_columns=("x", "y")) -> pd.DataFrame:
-    """Cumulative rigid drift per frame: the median displacement of all particles between analysed frames.
+def compute_drift(trajectories: pd.DataFrame, frame_numbers, pos_columns=("x", "y"), method: str = "median",
+                  smoothing: int = 0) -> pd.DataFrame:
+    """Cumulative rigid drift per frame from the displacements between consecutive analysed frames.
 
-    Only displacements between consecutive analysed frames count (a gap
-    bridged by linking memory would mix two intervals). A frame pair without
-    any common particle adds no drift. Returns a DataFrame indexed by frame
-    with one column per position column, zero at the first frame.
+    ``method``: "median" of the displacements (robust to the few particles
+    that move on their own), or "mean" computed by ``trackpy.compute_drift``
+    itself (trackpy's walkthrough; ``smoothing``: its trailing rolling mean
+    over that many frame steps). Only displacements between consecutive
+    analysed frames count (a gap bridged by linking memory would mix two
+    intervals). A frame pair without any common particle adds no drift.
+    Returns a DataFrame indexed by frame with one column per position
+    column, zero at the first frame.
     """
     frame_numbers = np.asarray(frame_numbers)
+    if method == "mean":
+        return _trackpy_mean_drift(trajectories, frame_numbers, list(pos_columns), smoothing)
     increments = np.zeros((len(frame_numbers), len(pos_columns)))
     if len(trajectories):
         t = trajectories.sort_values(["particle", "frame"])
@@ -263,6 +277,54 @@ def compute_drift(trajectories: pd.DataFrame, frame_numbers, pos_columns=("x", "
     drift = pd.DataFrame(np.cumsum(increments, axis=0), columns=list(pos_columns),
                          index=pd.Index(frame_numbers, name="frame"))
     return drift
+
+
+def _trackpy_mean_drift(trajectories: pd.DataFrame, frame_numbers: np.ndarray, pos_columns: list[str],
+                        smoothing: int) -> pd.DataFrame:
+    """trackpy.compute_drift on the analysed frames, counted 0, 1, 2, ...
+
+    trackpy takes steps between frames whose numbers differ by one; counting
+    the analysed frames makes a frame_range step of 2 work too (trackpy alone
+    would find no step at all). Frames without a step get the drift of the
+    frame before (trackpy's subtract_drift would subtract nothing there).
+    """
+    drift = pd.DataFrame(0.0, index=pd.Index(frame_numbers, name="frame"), columns=pos_columns)
+    if len(trajectories) == 0:
+        return drift
+    table = trajectories[["particle", *pos_columns]].assign(
+        frame=np.searchsorted(frame_numbers, trajectories["frame"].to_numpy()))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        steps = trackpy.compute_drift(table, smoothing, pos_columns=pos_columns)
+    cumulative = steps.reindex(np.arange(len(frame_numbers)))[pos_columns].ffill().fillna(0.0)
+    drift[:] = cumulative.to_numpy()
+    return drift
+
+
+def filter_trajectories(trajectories: pd.DataFrame, params: TrajectoryFilterParams) -> pd.DataFrame:
+    """Keep trajectories (or observations) strictly inside the mass, size and eccentricity limits.
+
+    ``per = "trajectory"`` judges each trajectory by its mean and keeps or
+    drops it whole; ``"observation"`` judges every row, as trackpy's
+    walkthrough does (``t1[(t1.mass > 50) & (t1['size'] < 2.6) & (t1.ecc <
+    0.3)]``), which may leave gaps in a trajectory. Limits are strict, as
+    the walkthrough's. No limit: the table unchanged.
+    """
+    limits = [(column, low, high) for column, low, high in (
+        ("mass", params.min_mass, params.max_mass), ("size", params.min_size, params.max_size),
+        ("ecc", params.min_ecc, params.max_ecc)) if low is not None or high is not None]
+    if not limits or len(trajectories) == 0:
+        return trajectories.reset_index(drop=True)
+    columns = [column for column, _, _ in limits]
+    values = (trajectories.groupby("particle")[columns].transform("mean") if params.per == "trajectory"
+              else trajectories[columns])
+    keep = np.ones(len(trajectories), dtype=bool)
+    for column, low, high in limits:
+        if low is not None:
+            keep &= values[column].to_numpy() > low
+        if high is not None:
+            keep &= values[column].to_numpy() < high
+    return trajectories.loc[keep].reset_index(drop=True)
 
 
 def subtract_drift(trajectories: pd.DataFrame, drift: pd.DataFrame) -> pd.DataFrame:

@@ -1,7 +1,11 @@
-"""Find particles in every frame with trackpy, and estimate diameter, separation and minmass.
+"""Find particles in every frame with trackpy, and estimate contrast, diameter, separation and minmass.
 
 The automatic estimates (``auto``) look at the first few frames only;
 docs/tracking.md explains and justifies them:
+
+* contrast (invert): the particles are the strongest blobs of their own
+  contrast in a Laplacian-of-Gaussian scale space; the 90th-percentile
+  significance of the dark and the bright blobs is compared (detect_polarity).
 
 * diameter: the characteristic scale of the spots in a scale-normalised
   Laplacian-of-Gaussian scale space (Lindeberg 1998). A flat disk of radius
@@ -55,6 +59,9 @@ FALLBACK_MASS_FRACTION = 0.2
 SEPARATION_FRACTION = 0.6
 DOME_FACTOR = 1.25
 SIGMA_PERCENTILE = 75
+# Polarity: the contrast whose 90th-percentile blob significance is this many
+# times the other's is the particles' (measured: >= 1.39 or <= 1 / 1.54).
+POLARITY_RATIO = 1.25
 
 FEATURE_COLUMNS = ["frame", "x", "y", "mass", "size", "ecc", "signal", "raw_mass", "ep"]
 
@@ -147,13 +154,30 @@ def find_blobs(image: np.ndarray, sigma_max: float = SIGMA_MAX_PX) -> pd.DataFra
     Significance is a maximum's response in units of the response the
     image's own pixel noise would give at that scale.
     """
+    return find_blobs_both(image, sigma_max)[0]
+
+
+def find_blobs_both(image: np.ndarray, sigma_max: float = SIGMA_MAX_PX) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Significant bright and dark blobs of one image (see find_blobs), from one scale space.
+
+    The dark blobs are the bright blobs of the inverted image: the filter has
+    no response to a constant, so ``max - image`` and ``-image`` give the same
+    responses, and the scale space is computed once for both.
+    """
     sigma_max = min(sigma_max, min(image.shape) / 8)
     n_scales = int(np.floor(SCALES_PER_OCTAVE * np.log2(sigma_max / SIGMA_MIN_PX))) + 1
     if n_scales < 3:
-        return pd.DataFrame(columns=["x", "y", "sigma", "significance"])
+        empty = pd.DataFrame(columns=["x", "y", "sigma", "significance"])
+        return empty, empty.copy()
     sigmas = SIGMA_MIN_PX * 2 ** (np.arange(n_scales) / SCALES_PER_OCTAVE)
     response = log_scale_space(image, sigmas)
     noise = pixel_noise(image) * _kernel_norms(sigmas)
+    bright = _significant_maxima(response, noise, sigmas, image.shape)
+    np.negative(response, out=response)
+    return bright, _significant_maxima(response, noise, sigmas, image.shape)
+
+
+def _significant_maxima(response: np.ndarray, noise: np.ndarray, sigmas: np.ndarray, shape) -> pd.DataFrame:
     is_peak = response == ndimage.maximum_filter(response, size=(3, 5, 5), mode="nearest")
     is_peak[0] = is_peak[-1] = False  # a maximum at the end of the scale range is no scale selection
     scale, row, col = np.nonzero(is_peak)
@@ -161,7 +185,7 @@ def find_blobs(image: np.ndarray, sigma_max: float = SIGMA_MAX_PX) -> pd.DataFra
     keep = significance > BLOB_SIGNIFICANCE
     # Reflective padding mirrors spots at the border; keep peaks clear of it.
     margin = 2 * sigmas[scale]
-    keep &= (row >= margin) & (row < image.shape[0] - margin) & (col >= margin) & (col < image.shape[1] - margin)
+    keep &= (row >= margin) & (row < shape[0] - margin) & (col >= margin) & (col < shape[1] - margin)
     scale, row, col, significance = scale[keep], row[keep], col[keep], significance[keep]
     # Sub-scale refinement: vertex of the parabola through the three scales in log sigma.
     below, here, above = (response[scale - 1, row, col], response[scale, row, col], response[scale + 1, row, col])
@@ -182,11 +206,49 @@ def find_spots(images: np.ndarray) -> list[pd.DataFrame]:
     """Significant scale-space spots of each image (central crop); NoParticlesError if none at all."""
     spots = [find_blobs(_central_crop(image, AUTO_CROP_PX)) for image in images]
     if sum(len(s) for s in spots) == 0:
-        raise NoParticlesError(
-            f"no particle-like spot stands out of the noise (by {BLOB_SIGNIFICANCE:g} times the response of "
-            f"the pixel noise to a Laplacian-of-Gaussian filter at any scale from {SIGMA_MIN_PX} px) in the "
-            f"first {len(images)} frame(s); check locate.invert (true for dark particles) and the frame range")
+        raise NoParticlesError(_no_spot_message(len(images)))
     return spots
+
+
+def _no_spot_message(n_images: int) -> str:
+    return (f"no particle-like spot stands out of the noise (by {BLOB_SIGNIFICANCE:g} times the response of "
+            f"the pixel noise to a Laplacian-of-Gaussian filter at any scale from {SIGMA_MIN_PX} px) in the "
+            f"first {n_images} frame(s); check locate.invert (true for dark particles) and the frame range")
+
+
+def detect_polarity(images: np.ndarray) -> tuple[dict, dict[bool, list[pd.DataFrame]]]:
+    """Are the particles bright or dark? Decided from the strongest blobs of each contrast.
+
+    Particles are the strongest blobs of their own contrast: their images are
+    larger and of higher contrast than what lies between them (gaps between
+    dark bright-field spheres, their bright rims, the dark gaps between
+    fluorescent spots), which make the blobs of the other contrast. The 90th
+    percentile of the blobs' significance, over the first frames, is compared:
+    measured ratios were >= 1.39 for bright-field renders (dense and dilute,
+    down to a tenth of the default contrast) and bulk_water, and <= 0.65
+    for fluorescence renders and Gaussian spots (docs/tracking.md). Between
+    1/POLARITY_RATIO and POLARITY_RATIO the contrast is called undecided.
+
+    Returns the record (``invert``: True, False or None when undecided) and
+    the spots of each contrast per image, keyed by ``invert`` (True: the
+    dark blobs), so that the automatic diameter reuses them. Raises
+    NoParticlesError when neither contrast has a spot.
+    """
+    bright, dark = zip(*(find_blobs_both(_central_crop(image, AUTO_CROP_PX)) for image in images), strict=True)
+    strength = {}
+    for name, spots in (("bright", bright), ("dark", dark)):
+        significance = np.concatenate([s["significance"].to_numpy(dtype=float) for s in spots])
+        strength[name] = float(np.percentile(significance, 90)) if len(significance) else 0.0
+    if strength["bright"] == 0 and strength["dark"] == 0:
+        raise NoParticlesError(_no_spot_message(len(images)))
+    ratio = strength["dark"] / strength["bright"] if strength["bright"] > 0 else float("inf")
+    invert = True if ratio >= POLARITY_RATIO else False if ratio <= 1 / POLARITY_RATIO else None
+    record = {"invert": invert, "method": "p90_blob_significance_dark_over_bright",
+              "dark_over_bright": round(ratio, 3) if np.isfinite(ratio) else None,
+              "p90_significance_bright": round(strength["bright"], 2),
+              "p90_significance_dark": round(strength["dark"], 2),
+              "frames": len(images)}
+    return record, {False: list(bright), True: list(dark)}
 
 
 def estimate_diameter(spots: list[pd.DataFrame]) -> dict:
@@ -280,9 +342,12 @@ def estimate_minmass(images: np.ndarray, locate_kwargs: dict) -> tuple[dict, lis
     return choice, probes
 
 
-def resolve(params: LocateParams, first_images: np.ndarray) -> tuple[ResolvedLocate, dict, list | None]:
+def resolve(params: LocateParams, first_images: np.ndarray, invert: bool,
+            spots: list[pd.DataFrame] | None = None) -> tuple[ResolvedLocate, dict, list | None]:
     """Replace 'auto' diameter/separation/minmass by estimates from first_images (already ``prepare``d).
 
+    ``invert`` is the resolved polarity (``params.invert`` may be 'auto');
+    ``spots`` may pass the spots of first_images found already (detect_polarity).
     Returns the resolved parameters, a record of the automatic choices, and
     (when minmass was estimated) the features of first_images at minmass = 0
     (see estimate_minmass), else None. Raises NoParticlesError when an
@@ -291,7 +356,11 @@ def resolve(params: LocateParams, first_images: np.ndarray) -> tuple[ResolvedLoc
     chosen: dict = {}
     # Any automatic choice first asks whether there is a particle at all, so
     # that a noise-only video fails instead of yielding noise "particles".
-    spots = find_spots(first_images) if AUTO in (params.diameter, params.separation, params.minmass) else None
+    if AUTO in (params.diameter, params.separation, params.minmass):
+        if spots is None:
+            spots = find_spots(first_images)
+        elif sum(len(s) for s in spots) == 0:
+            raise NoParticlesError(_no_spot_message(len(first_images)))
     diameter = params.diameter
     if diameter == AUTO:
         chosen["diameter"] = estimate_diameter(spots)
@@ -301,7 +370,7 @@ def resolve(params: LocateParams, first_images: np.ndarray) -> tuple[ResolvedLoc
         chosen["separation"] = estimate_separation(spots, int(diameter))
         separation = chosen["separation"]["separation"]
     resolved = ResolvedLocate(diameter=int(diameter), minmass=0.0, separation=separation,
-                              invert=params.invert, percentile=params.percentile,
+                              invert=bool(invert), percentile=params.percentile,
                               noise_size=params.noise_size, smoothing_size=params.smoothing_size)
     minmass, probes = params.minmass, None
     if minmass == AUTO:

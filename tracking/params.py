@@ -22,6 +22,17 @@ from typing import Any
 AUTO = "auto"
 PREDICTORS = ("none", "nearest_velocity", "affine")
 SMOOTHING = ("none", "savgol")
+CHANNELS = ("luma", "mean", 0, 1, 2)
+DRIFT_METHODS = ("none", "median", "mean")
+DRIFT_FROM = ("all", "filtered")
+FILTER_PER = ("trajectory", "observation")
+# Keys that were replaced: an old config fails with the new key named, never silently.
+RENAMED = {
+    "tracking.link.subtract_drift": (
+        "tracking.link.subtract_drift was replaced by tracking.link.drift: write `drift: median` for what "
+        "`subtract_drift: true` did, `drift: mean` for trackpy's compute_drift, or `drift: none` (the default) "
+        "for `subtract_drift: false`"),
+}
 
 
 class ParameterError(ValueError):
@@ -37,7 +48,12 @@ class LocateParams:
     # px, smallest distance between two features; None: trackpy's diameter + 1;
     # "auto": trackpy's default, or less where the spots are denser
     separation: float | str | None = AUTO
-    invert: bool = False              # True for dark particles on a bright background (bright field)
+    # True for dark particles on a bright background (bright field); "auto": detected from the
+    # first frames (the stronger of the bright and dark Laplacian-of-Gaussian blobs, docs/tracking.md)
+    invert: bool | str = AUTO
+    # How colour frames become grey: "luma" (Rec. 709, as pims.as_grey), "mean" of R, G, B,
+    # or the channel 0, 1 or 2 alone (trackpy's walkthrough tracks the green channel, 1)
+    channel: int | str = "luma"
     percentile: float = 64.0          # %, a peak must be brighter than this percentile of the band-passed image
     noise_size: float = 1.0           # px, width of the Gaussian noise filter of trackpy's band pass
     smoothing_size: float | None = None  # px, background box size of the band pass; None: the diameter
@@ -56,13 +72,50 @@ class LinkParams:
     # µm, farthest a particle may move between frames beyond the predicted
     # position; "auto": half the median nearest-neighbour distance of features
     search_range_um: float | str = AUTO
+    # px, the same in image pixels (trackpy's own unit), instead of search_range_um; None: not used
+    search_range_px: float | None = None
     memory: int = 0                    # frames a particle may vanish and still keep its id
     # µm, smallest search range adaptive search may shrink to; None: adaptive search off
     adaptive_stop_um: float | None = None
     adaptive_step: float = 0.95        # factor by which adaptive search shrinks the search range per retry
     predictor: str = "none"            # "none", "nearest_velocity" (trackpy) or "affine" (shear-aware)
-    subtract_drift: bool = False       # remove the median displacement per frame as a rigid translation
     min_length: int = 3                # observations: shorter trajectories (stubs) are dropped
+    # Rigid drift removed per frame: "none", "median" displacement between consecutive frames,
+    # or "mean" (trackpy.compute_drift, as trackpy's walkthrough)
+    drift: str = "none"
+    drift_smoothing: int = 0           # frames, trackpy's trailing rolling mean of the mean drift steps; 0: none
+    drift_from: str = "filtered"       # trajectories the drift is measured on: "all" or "filtered" (trajectory_filter)
+
+
+@dataclass(frozen=True)
+class TrajectoryFilterParams:
+    """Filters after linking and the stub filter (trackpy walkthrough's mass/size/ecc cut).
+
+    Limits are strict (kept: min < value < max), as the walkthrough's ``>`` and
+    ``<``; None is no limit.
+    """
+
+    per: str = "trajectory"            # "trajectory": judge the trajectory's mean; "observation": each row
+    min_mass: float | None = None      # mass units (as locate.minmass)
+    max_mass: float | None = None
+    min_size: float | None = None      # px, radius of gyration
+    max_size: float | None = None
+    min_ecc: float | None = None       # eccentricity, 0 round
+    max_ecc: float | None = None
+
+
+@dataclass(frozen=True)
+class ChecksParams:
+    """Plausibility checks that stop a run instead of returning junk (docs/tracking.md)."""
+
+    # stop when an explicit locate.invert contradicts the contrast detected in the first frames
+    polarity: bool = True
+    # stop when the median features per frame exceed this times the close-packed count of disks of
+    # the mask diameter in the analysed area; None: off
+    max_packing_ratio: float | None = 1.5
+    # stop when more than this fraction of the linked features lie in trajectories shorter than
+    # min(10, half the analysed frames); None: off
+    max_short_fraction: float | None = 0.5
 
 
 @dataclass(frozen=True)
@@ -111,6 +164,8 @@ class TrackingParams:
     link: LinkParams = field(default_factory=LinkParams)
     velocity: VelocityParams = field(default_factory=VelocityParams)
     species: SpeciesParams = field(default_factory=SpeciesParams)
+    trajectory_filter: TrajectoryFilterParams = field(default_factory=TrajectoryFilterParams)
+    checks: ChecksParams = field(default_factory=ChecksParams)
     frame_range: FrameRange | None = None       # None: every frame
     roi: RegionOfInterest | None = None         # None: the full frame
 
@@ -120,6 +175,8 @@ _NESTED = {
     "link": LinkParams,
     "velocity": VelocityParams,
     "species": SpeciesParams,
+    "trajectory_filter": TrajectoryFilterParams,
+    "checks": ChecksParams,
     "frame_range": FrameRange,
     "roi": RegionOfInterest,
 }
@@ -132,6 +189,9 @@ def _build(cls, values: Mapping[str, Any] | None, where: str):
         raise ParameterError(f"{where} must be a mapping, got {type(values).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
+    for key in unknown:
+        if f"{where}.{key}" in RENAMED:
+            raise ParameterError(RENAMED[f"{where}.{key}"])
     if unknown:
         raise ParameterError(
             f"unknown key {where}.{unknown[0]}; allowed keys: {', '.join(sorted(names))}"
@@ -161,8 +221,12 @@ def from_config(section: Mapping[str, Any] | None) -> TrackingParams:
     for name, cls in _NESTED.items():
         if name in section and section[name] is not None:
             kwargs[name] = _build(cls, section[name], f"tracking.{name}")
-        elif name in ("locate", "link", "velocity", "species"):
+        elif name not in ("frame_range", "roi"):
             kwargs[name] = cls()
+    link = section.get("link")
+    if isinstance(link, Mapping) and "search_range_um" in link and "search_range_px" in link:
+        # Caught here too: `search_range_um: auto` beside search_range_px looks like the default afterwards.
+        raise ParameterError(_BOTH_SEARCH_RANGES)
     params = TrackingParams(**kwargs)
     check(params)
     return params
@@ -186,6 +250,10 @@ def _require(condition: bool, key: str, expected: str, value) -> None:
         raise ParameterError(f"tracking.{key} must be {expected}, got {value!r}")
 
 
+_BOTH_SEARCH_RANGES = ("tracking.link.search_range_um and tracking.link.search_range_px are both set; "
+                       "keep one of them (µm of the sample, or px of the image)")
+
+
 def check(params: TrackingParams) -> None:
     """Check types and ranges; raise ParameterError naming the first bad key."""
     loc = params.locate
@@ -195,7 +263,10 @@ def check(params: TrackingParams) -> None:
              "locate.minmass", "'auto' or a number >= 0", loc.minmass)
     _require(loc.separation is None or loc.separation == AUTO or (_is_number(loc.separation) and loc.separation > 0),
              "locate.separation", "'auto', null or a number > 0 (px)", loc.separation)
-    _require(isinstance(loc.invert, bool), "locate.invert", "true or false", loc.invert)
+    _require(isinstance(loc.invert, bool) or loc.invert == AUTO, "locate.invert", "'auto', true or false",
+             loc.invert)
+    _require(any(loc.channel == c and type(loc.channel) is type(c) for c in CHANNELS), "locate.channel",
+             "'luma', 'mean' or a channel index 0, 1 or 2", loc.channel)
     _require(_is_number(loc.percentile) and 0 <= loc.percentile <= 100,
              "locate.percentile", "a number in [0, 100]", loc.percentile)
     _require(_is_number(loc.noise_size) and loc.noise_size > 0,
@@ -220,9 +291,44 @@ def check(params: TrackingParams) -> None:
              "link.adaptive_stop_um", "null or a number > 0 (µm)", link.adaptive_stop_um)
     _require(_is_number(link.adaptive_step) and 0 < link.adaptive_step < 1,
              "link.adaptive_step", "a number in (0, 1)", link.adaptive_step)
+    _require(link.search_range_px is None or (_is_number(link.search_range_px) and link.search_range_px > 0),
+             "link.search_range_px", "null or a number > 0 (px)", link.search_range_px)
+    if link.search_range_px is not None and link.search_range_um != AUTO:
+        raise ParameterError(_BOTH_SEARCH_RANGES)
     _require(link.predictor in PREDICTORS, "link.predictor", f"one of {', '.join(PREDICTORS)}", link.predictor)
-    _require(isinstance(link.subtract_drift, bool), "link.subtract_drift", "true or false", link.subtract_drift)
     _require(_is_int(link.min_length) and link.min_length >= 1, "link.min_length", "an integer >= 1", link.min_length)
+    _require(link.drift in DRIFT_METHODS, "link.drift", f"one of {', '.join(DRIFT_METHODS)}", link.drift)
+    _require(_is_int(link.drift_smoothing) and link.drift_smoothing >= 0, "link.drift_smoothing",
+             "an integer >= 0 (frames)", link.drift_smoothing)
+    if link.drift_smoothing > 0 and link.drift != "mean":
+        raise ParameterError(f"tracking.link.drift_smoothing = {link.drift_smoothing} smooths trackpy's mean drift "
+                             f"only, but tracking.link.drift is {link.drift!r}; set drift: mean or remove "
+                             f"drift_smoothing")
+    _require(link.drift_from in DRIFT_FROM, "link.drift_from", f"one of {', '.join(DRIFT_FROM)}", link.drift_from)
+
+    flt = params.trajectory_filter
+    _require(flt.per in FILTER_PER, "trajectory_filter.per", f"one of {', '.join(FILTER_PER)}", flt.per)
+    for key in ("min_mass", "max_mass", "min_size", "max_size"):
+        value = getattr(flt, key)
+        _require(value is None or (_is_number(value) and value >= 0), f"trajectory_filter.{key}",
+                 "null or a number >= 0", value)
+    for key in ("min_ecc", "max_ecc"):
+        value = getattr(flt, key)
+        _require(value is None or (_is_number(value) and 0 <= value <= 1), f"trajectory_filter.{key}",
+                 "null or a number in [0, 1]", value)
+    for low, high in (("min_mass", "max_mass"), ("min_size", "max_size"), ("min_ecc", "max_ecc")):
+        lo, hi = getattr(flt, low), getattr(flt, high)
+        if lo is not None and hi is not None and lo >= hi:
+            raise ParameterError(f"tracking.trajectory_filter.{low} = {lo} is not below {high} = {hi}: nothing "
+                                 f"would be kept; lower {low} or raise {high}")
+
+    chk = params.checks
+    _require(isinstance(chk.polarity, bool), "checks.polarity", "true or false", chk.polarity)
+    _require(chk.max_packing_ratio is None or (_is_number(chk.max_packing_ratio) and chk.max_packing_ratio > 0),
+             "checks.max_packing_ratio", "null or a number > 0", chk.max_packing_ratio)
+    _require(chk.max_short_fraction is None
+             or (_is_number(chk.max_short_fraction) and 0 < chk.max_short_fraction <= 1),
+             "checks.max_short_fraction", "null or a number in (0, 1]", chk.max_short_fraction)
 
     vel = params.velocity
     _require(vel.smoothing in SMOOTHING, "velocity.smoothing", f"one of {', '.join(SMOOTHING)}", vel.smoothing)

@@ -1,12 +1,13 @@
 """One call from a microscopy video to linked trajectories with velocities.
 
 ``track_video`` reads and validates the input, resolves the automatic
-parameters, locates (trackpy.batch on N processes), links, filters stubs,
-optionally removes drift, computes velocities, compares with a truth when one
-is given, and writes everything atomically (docs/tracking.md lists the files
-and their columns). Nothing is written before every frame has been read and
-tracked, and the output directory appears only complete: on any error it is
-left as it was.
+parameters (contrast, diameter, separation, minmass), locates (trackpy.batch
+on N processes), checks that the features can be particles, links, filters
+stubs and trajectories, optionally removes drift, computes velocities,
+compares with a truth when one is given, and writes everything atomically
+(docs/tracking.md lists the files and their columns). Nothing is written
+before every frame has been read and tracked, and the output directory
+appears only complete: on any error it is left as it was.
 """
 from __future__ import annotations
 
@@ -27,11 +28,12 @@ from mpd.provenance import software_versions
 
 from . import qc
 from .accuracy import accuracy_report
+from .checks import check_packing, check_polarity, check_short_trajectories
 from .io import TrackingInputError, open_video
-from .link import compute_drift, filter_stubs, link_features, subtract_drift
-from .locate import NoParticlesError, filter_features, locate_stack, prepare, resolve, tidy
+from .link import compute_drift, filter_stubs, filter_trajectories, link_features, subtract_drift
+from .locate import NoParticlesError, detect_polarity, filter_features, locate_stack, prepare, resolve, tidy
 from .motion import add_velocities, finite_differences
-from .params import TrackingParams, as_params, to_dict
+from .params import AUTO, TrackingParams, as_params, to_dict
 from .species import classify_species
 
 FEATURE_COLUMNS = ["frame", "t", "x", "y", "x_px", "y_px", "mass", "size", "ecc", "signal", "raw_mass", "ep"]
@@ -91,19 +93,50 @@ def _write_json(path: Path, data: dict) -> None:
         handle.write("\n")
 
 
+def resolve_polarity(video, params: TrackingParams, raw_images: np.ndarray) -> tuple[bool, dict | None, list | None]:
+    """The contrast to track (invert or not), its detection record, and the spots found on the way.
+
+    Detected from the first frames when ``locate.invert`` is 'auto'; when it
+    is given, the detection still runs (unless ``checks.polarity`` is off) and
+    a contradiction stops the run: a bright-field video tracked as
+    fluorescence yields thousands of junk trajectories, never an error.
+    """
+    invert = params.locate.invert
+    if invert != AUTO and not params.checks.polarity:
+        return invert, None, None
+    try:
+        detected, spots = detect_polarity(raw_images)
+    except NoParticlesError as error:
+        raise TrackingInputError(f"{video.source}: no particle found: {error}") from None
+    if invert == AUTO:
+        if detected["invert"] is None:
+            raise TrackingInputError(
+                f"{video.source}: cannot tell whether the particles are bright or dark: the strongest dark and "
+                f"bright blobs of the first {len(raw_images)} frame(s) are alike (ratio "
+                f"{detected['dark_over_bright']}); set tracking.locate.invert: true for dark particles on a bright "
+                f"background (bright field), false for bright particles (fluorescence)")
+        invert = detected["invert"]
+    else:
+        check_polarity(detected, invert, video.source)
+    return invert, detected, spots[invert]
+
+
 def locate_video(video, params: TrackingParams, processes: int = 1):
     """Resolve 'auto' locate parameters, then locate every selected frame.
 
     Returns (features with px columns x, y in full-frame pixels, resolved
     parameters, record of the automatic choices).
     """
-    invert = params.locate.invert
     n_auto = min(params.locate.auto_frames, len(video))
-    first_images = prepare(np.stack([video.read(i) for i in range(n_auto)]), invert)
+    raw_images = np.stack([video.read(i) for i in range(n_auto)])
+    invert, detected, spots = resolve_polarity(video, params, raw_images)
+    first_images = prepare(raw_images, invert)
     try:
-        resolved, chosen, probes = resolve(params.locate, first_images)
+        resolved, chosen, probes = resolve(params.locate, first_images, invert, spots)
     except NoParticlesError as error:
         raise TrackingInputError(f"{video.source}: no particle found: {error}") from None
+    if detected is not None:
+        chosen = {"invert": {**detected, "used": invert, "given": params.locate.invert}, **chosen}
     pieces = []
     if probes is not None:
         # The minmass estimate located the first frames already (at minmass 0).
@@ -123,6 +156,28 @@ def locate_video(video, params: TrackingParams, processes: int = 1):
             f"minmass {resolved.minmass:.4g}, invert {invert}); check locate.invert (true for dark particles), "
             f"lower locate.minmass or loosen the mass/size/ecc filters")
     return features, resolved, chosen
+
+
+def _search_range_text(params: TrackingParams, search_range_px: float, pixel_size_um: float) -> str:
+    key = "tracking.link.search_range_px" if params.link.search_range_px is not None else \
+        "tracking.link.search_range_um"
+    return f"{key}, now {search_range_px * pixel_size_um:.3g} µm = {search_range_px:.3g} px"
+
+
+def remove_drift(kept: pd.DataFrame, every: pd.DataFrame, params: TrackingParams, frame_numbers,
+                 pixel_size_um: float) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Subtract the rigid drift (µm) from x, y of ``kept``; measured on ``kept`` or on ``every`` trajectory.
+
+    The drift is measured on the positions in pixels, as trackpy measures
+    it, then converted to µm; returns (trajectories, drift in µm or None).
+    """
+    link = params.link
+    if link.drift == "none":
+        return kept, None
+    source = kept if link.drift_from == "filtered" else every
+    drift = compute_drift(source, frame_numbers, ("x_px", "y_px"), method=link.drift, smoothing=link.drift_smoothing)
+    drift = drift.rename(columns={"x_px": "x", "y_px": "y"}) * pixel_size_um
+    return subtract_drift(kept, drift), drift
 
 
 def track_video(frames_path, out_dir, params: TrackingParams | dict | None = None, *, pixel_size_um: float,
@@ -152,7 +207,9 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
     Raises
     ------
     TrackingInputError
-        Bad input: missing/empty/unsupported/corrupt file, missing unit, no particle.
+        Bad input: missing/empty/unsupported/corrupt file, missing unit, no particle,
+        undecidable contrast; ``tracking.checks.ImplausibleResultError`` (a subclass)
+        when the features or trajectories cannot be particles (docs/tracking.md).
     tracking.params.ParameterError
         Unknown or out-of-range parameter.
     tracking.link.LinkingError
@@ -166,20 +223,31 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
     params = as_params(params)
     out_dir = Path(out_dir)
     truth = load_truth(truth_pixels)
-    video = open_video(frames_path, params.frame_range, params.roi)
+    video = open_video(frames_path, params.frame_range, params.roi, params.locate.channel)
     frame_numbers = video.frame_numbers
     frame_step = params.frame_range.step if params.frame_range is not None else 1
     timing["open"] = time.perf_counter() - start
 
     mark = time.perf_counter()
     features, resolved, chosen = locate_video(video, params, processes)
+    checks = {"packing": check_packing(features, video.frame_shape, resolved, params.checks.max_packing_ratio,
+                                       video.source)}
     timing["locate"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     linked, link_record = link_features(features, params.link, pixel_size_um)
     if "search_range" in link_record:
         chosen["search_range"] = link_record.pop("search_range")
-    trajectories = filter_stubs(linked, params.link.min_length)
+    checks["short_trajectories"] = check_short_trajectories(
+        linked, len(frame_numbers), params.checks.max_short_fraction,
+        _search_range_text(params, link_record["search_range_px"], pixel_size_um), video.source)
+    stubs_removed = filter_stubs(linked, params.link.min_length)
+    trajectories = filter_trajectories(stubs_removed, params.trajectory_filter)
+    # Counts before and after the trajectory filter, for qc.json.
+    filtered = {"trajectories_before": int(stubs_removed["particle"].nunique()),
+                "observations_before": len(stubs_removed),
+                "trajectories_after": int(trajectories["particle"].nunique()),
+                "observations_after": len(trajectories)}
     timing["link"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -193,10 +261,10 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
     trajectories = trajectories.rename(columns={"x": "x_px", "y": "y_px"})
     trajectories["x"] = trajectories["x_px"] * pixel_size_um
     trajectories["y"] = trajectories["y_px"] * pixel_size_um
-    drift = drift_velocity = None
-    if params.link.subtract_drift:
-        drift = compute_drift(trajectories, frame_numbers, pos_columns=("x", "y"))
-        trajectories = subtract_drift(trajectories, drift)
+    drift_velocity = None
+    trajectories, drift = remove_drift(trajectories, stubs_removed.rename(columns={"x": "x_px", "y": "y_px"}),
+                                       params, frame_numbers, pixel_size_um)
+    if drift is not None:
         # Drift velocity by the same stencil as the particles', for comparing with a truth.
         drift_velocity = pd.DataFrame(
             finite_differences(drift.to_numpy(), frame_numbers / frame_rate_hz, np.zeros(len(drift), int)),
@@ -225,6 +293,8 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
         "roi_origin_px": list(video.origin_px),
         **qc.summary(features, trajectories, frame_numbers),
         "auto": chosen,
+        "checks": checks,
+        "trajectory_filter": filtered,
         "species": species_record,
         "resolved": {"locate": dataclasses.asdict(resolved), "link": link_record},
         "parameters": to_dict(params),

@@ -19,7 +19,7 @@ def describe_video(path: str, *, pixel_size_um: float, frame_rate_hz: float, exp
                    bit_depth: int | None = None) -> dict:
     """Open and validate a recording and return its metadata (units from the caller, never guessed).
 
-    ``path`` is a video file or a glob of image files. The bit depth, when not
+    ``path`` is a video file, a folder of image files or a glob of them. The bit depth, when not
     given, is that of the stored dtype (8 for uint8, 16 for uint16).
     """
     video = open_video(path)

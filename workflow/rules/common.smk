@@ -47,7 +47,7 @@ def all_outputs():
 
 
 def video_files(experiment):
-    """The input files of a real recording (a file, or every file its glob matches)."""
+    """The input files of a real recording (a file, the images of a folder, or every file its glob matches)."""
     from mpd.config import video_input_files
 
     return video_input_files(
