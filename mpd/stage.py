@@ -67,6 +67,18 @@ def train_model(dataset_dir, out_dir, params=None, *, device=None, resume: bool 
     return out_dir
 
 
+def _model_and_dataset(model_path, geometry_dir, params: RolloutParams, device):
+    """The trained model and its dataset's metadata and scales h (µm), dt (s), which must be the model's."""
+    model, meta = load_model(model_path, device=_device(device, params), dtype=params.dtype)
+    root = find_dataset_dir(geometry_dir)
+    data_meta = read_metadata(root)
+    h, dt = float(data_meta["length_scale_um"]), float(data_meta["time_scale_s"])
+    if not (math.isclose(meta["h_um"], h, rel_tol=1e-9) and math.isclose(meta["dt_s"], dt, rel_tol=1e-9)):
+        raise ValueError(f"model {model_path} was trained with h = {meta['h_um']} µm, dt = {meta['dt_s']} s, "
+                         f"but {root} has h = {h} µm, dt = {dt} s")
+    return model, meta, root, data_meta, h, dt
+
+
 def rollout_model(model_path, trajectories, geometry_dir, out_dir, params=None, *, device=None) -> Path:
     """Roll the trained model out against observed trajectories; write rollout.parquet, conservation.csv,
     rollout_status.json into out_dir.
@@ -82,13 +94,7 @@ def rollout_model(model_path, trajectories, geometry_dir, out_dir, params=None, 
     """
     params = _rollout_params(params)
     out_dir = Path(out_dir)
-    model, meta = load_model(model_path, device=_device(device, params), dtype=params.dtype)
-    root = find_dataset_dir(geometry_dir)
-    data_meta = read_metadata(root)
-    h, dt = float(data_meta["length_scale_um"]), float(data_meta["time_scale_s"])
-    if not (math.isclose(meta["h_um"], h, rel_tol=1e-9) and math.isclose(meta["dt_s"], dt, rel_tol=1e-9)):
-        raise ValueError(f"model {model_path} was trained with h = {meta['h_um']} µm, dt = {meta['dt_s']} s, "
-                         f"but {root} has h = {h} µm, dt = {dt} s")
+    model, _meta, root, data_meta, h, dt = _model_and_dataset(model_path, geometry_dir, params, device)
     table = _load_trajectories(trajectories)
     frames_info = dataset_frames(SnapshotPairDataset(root, "train"))
     geometry = dict(data_meta.get("geometry") or {})
@@ -149,13 +155,7 @@ def rollout_box(model_path, trajectories, boxes, geometry_dir, out_dir, params=N
     """
     params = _rollout_params(params)
     out_dir = Path(out_dir)
-    model, meta = load_model(model_path, device=_device(device, params), dtype=params.dtype)
-    root = find_dataset_dir(geometry_dir)
-    data_meta = read_metadata(root)
-    h, dt = float(data_meta["length_scale_um"]), float(data_meta["time_scale_s"])
-    if not (math.isclose(meta["h_um"], h, rel_tol=1e-9) and math.isclose(meta["dt_s"], dt, rel_tol=1e-9)):
-        raise ValueError(f"model {model_path} was trained with h = {meta['h_um']} µm, dt = {meta['dt_s']} s, "
-                         f"but {root} has h = {h} µm, dt = {dt} s")
+    model, _meta, _root, data_meta, h, dt = _model_and_dataset(model_path, geometry_dir, params, device)
     table = trajectories if isinstance(trajectories, pd.DataFrame) else pd.read_parquet(trajectories)
     missing = [c for c in ("frame", "particle", "x", "y") if c not in table.columns]
     if missing:

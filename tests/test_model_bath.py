@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 import torch
-from test_model_dynamics import divergence, stack_particles, tiled
+from test_model_dynamics import divergence, sampled_noise_covariance, stack_particles
 from test_model_support import dense_mobility, random_model, random_system
 
 from mpd.model import State, euler_maruyama_step, make_pairs
@@ -84,15 +84,7 @@ def test_noise_covariance_with_a_bath_is_2_kB_M():
     """Sample covariance over 25000 draws vs 2 k_B M including the bath's diagonal share (5 standard errors)."""
     model = bath_model(7)
     state, pairs = random_system(7, n=5, box=1.3, periodic=False)
-    n, dim = state.x.shape
-    copies = 25000
-    big_state, big_pairs = tiled(state, pairs, copies)
-    dv, dS = model.noise(big_state, big_pairs, torch.Generator().manual_seed(0))
-    samples = torch.cat([dv.reshape(copies, n, dim), dS.reshape(copies, n, 1)], dim=-1).reshape(copies, -1)
-    expected = 2 * model.k_B.detach() * dense_mobility(model, state, pairs)
-    sample_cov = samples.T @ samples / copies
-    variance = torch.diagonal(expected)
-    standard_error = torch.sqrt((variance[:, None] * variance[None, :] + expected**2) / copies)
+    _, sample_cov, expected, standard_error = sampled_noise_covariance(model, state, pairs)
     assert ((sample_cov - expected) / standard_error).abs().max() < 5
     # power: the bath's share of the velocity variance is far above the estimate's noise
     thermo = model.thermodynamics(state.x, state.S, pairs)

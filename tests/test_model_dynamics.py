@@ -187,15 +187,12 @@ def tiled(state: State, pairs: PairTensors, copies: int) -> tuple[State, PairTen
     return State(state.x.repeat(copies, 1), state.v.repeat(copies, 1), state.S.repeat(copies)), big_pairs
 
 
-def test_noise_covariance_is_2_kB_M():
-    """Sample covariance of (dv~, dS~) over 25000 draws vs 2 k_B M (per unit time), every
-    entry: per-particle blocks and cross blocks between particles. Tolerance: 5 standard
-    errors of each entry, sqrt((C_aa C_bb + C_ab^2)/K) (a family-wise false alarm rate
-    below 1e-4 for the 15^2 entries; the seed is fixed, so the test is deterministic)."""
-    model = random_model(7)
-    state, pairs = random_system(7, n=5, box=1.3, periodic=False)
+def sampled_noise_covariance(model, state: State, pairs: PairTensors, copies: int = 25000):
+    """(draws (copies, N (D+1)), their covariance, 2 k_B M, the standard error of each covariance entry).
+
+    The standard error of a sample covariance of zero-mean Gaussians is sqrt((C_aa C_bb + C_ab^2) / K).
+    """
     n, dim = state.x.shape
-    copies = 25000
     big_state, big_pairs = tiled(state, pairs, copies)
     dv, dS = model.noise(big_state, big_pairs, torch.Generator().manual_seed(0))
     samples = torch.cat([dv.reshape(copies, n, dim), dS.reshape(copies, n, 1)], dim=-1).reshape(copies, -1)
@@ -203,6 +200,19 @@ def test_noise_covariance_is_2_kB_M():
     sample_cov = samples.T @ samples / copies  # the increments have zero mean by construction
     variance = torch.diagonal(expected)
     standard_error = torch.sqrt((variance[:, None] * variance[None, :] + expected**2) / copies)
+    return samples, sample_cov, expected, standard_error
+
+
+def test_noise_covariance_is_2_kB_M():
+    """Sample covariance of (dv~, dS~) over 25000 draws vs 2 k_B M (per unit time), every
+    entry: per-particle blocks and cross blocks between particles. Tolerance: 5 standard
+    errors of each entry, sqrt((C_aa C_bb + C_ab^2)/K) (a family-wise false alarm rate
+    below 1e-4 for the 15^2 entries; the seed is fixed, so the test is deterministic)."""
+    model = random_model(7)
+    state, pairs = random_system(7, n=5, box=1.3, periodic=False)
+    samples, sample_cov, expected, standard_error = sampled_noise_covariance(model, state, pairs)
+    n, dim = state.x.shape
+    variance, copies = torch.diagonal(expected), samples.shape[0]
     z = (sample_cov - expected) / standard_error
     assert z.abs().max() < 5, z.abs().max()
     assert (samples.mean(0).abs() < 5 * torch.sqrt(variance / copies)).all()
