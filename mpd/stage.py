@@ -118,18 +118,9 @@ def rollout_model(model_path, trajectories, geometry_dir, out_dir, params=None, 
 
     physical = _physical_table(result.frames, table, h, dt, frames_info.boxes,
                                exact_velocities=geometry.get("velocity", "tracked") == "tracked")
-    conservation = result.conservation.copy()
-    conservation.insert(2, "t", conservation["frame"] * dt)
     status = dict(result.status, model=str(model_path), h_um=h, dt_s=dt, units=ROLLOUT_UNITS,
                   conservation_units="model units (mass, energy, entropy); momentum = m * sum v, v in h per frame")
-    buffer = io.BytesIO()
-    physical.to_parquet(buffer, index=False)
-    atomic_write_bytes(buffer.getvalue(), out_dir / "rollout.parquet")
-    atomic_write_bytes(conservation.to_csv(index=False).encode(), out_dir / "conservation.csv")
-    atomic_write_bytes(json.dumps(status, indent=2, ensure_ascii=False).encode(), out_dir / "rollout_status.json")
-    if result.status["status"] != "completed":
-        log.warning("%s", result.status["message"])
-    return out_dir
+    return _write_rollout(out_dir, "", physical, result, status, dt)
 
 
 def rollout_box(model_path, trajectories, boxes, geometry_dir, out_dir, params=None, *, start_frame: int,
@@ -204,16 +195,22 @@ def rollout_box(model_path, trajectories, boxes, geometry_dir, out_dir, params=N
         wrapped[rows] = Box(b["lx"], b["ly"], b["xy"]).wrap(wrapped[rows])
     out.insert(3, "x", wrapped[:, 0])
     out.insert(4, "y", wrapped[:, 1])
-    conservation = result.conservation.copy()
-    conservation.insert(2, "t", conservation["frame"] * dt)
     status = dict(result.status, model=str(model_path), h_um=h, dt_s=dt, domain="periodic box",
                   units={**ROLLOUT_UNITS, "x": "µm, wrapped in the cell", "y": "µm, wrapped in the cell",
                          "xu": "µm, unwrapped", "yu": "µm, unwrapped"})
+    return _write_rollout(out_dir, "_box", out, result, status, dt)
+
+
+def _write_rollout(out_dir: Path, suffix: str, table: pd.DataFrame, result, status: dict, dt: float) -> Path:
+    """rollout{suffix}.parquet, conservation{suffix}.csv (with t in s) and rollout{suffix}_status.json."""
+    conservation = result.conservation.copy()
+    conservation.insert(2, "t", conservation["frame"] * dt)
     buffer = io.BytesIO()
-    out.to_parquet(buffer, index=False)
-    atomic_write_bytes(buffer.getvalue(), out_dir / "rollout_box.parquet")
-    atomic_write_bytes(conservation.to_csv(index=False).encode(), out_dir / "conservation_box.csv")
-    atomic_write_bytes(json.dumps(status, indent=2, ensure_ascii=False).encode(), out_dir / "rollout_box_status.json")
+    table.to_parquet(buffer, index=False)
+    atomic_write_bytes(buffer.getvalue(), out_dir / f"rollout{suffix}.parquet")
+    atomic_write_bytes(conservation.to_csv(index=False).encode(), out_dir / f"conservation{suffix}.csv")
+    atomic_write_bytes(json.dumps(status, indent=2, ensure_ascii=False).encode(),
+                       out_dir / f"rollout{suffix}_status.json")
     if result.status["status"] != "completed":
         log.warning("%s", result.status["message"])
     return out_dir
