@@ -116,6 +116,8 @@ def test_unreadable_video_is_named(tmp_path):
         validate_config(config)
 
 
+@pytest.mark.skipif(not BULK_WATER.is_dir(), reason="the shared bulk_water sample (../shared/data/bulk_water) "
+                                                    "is not beside the checkout")
 def test_real_glob_is_accepted():
     config = {"experiments": {"bw": {"video": {"path": str(BULK_WATER / "*.png"), "pixel_size_um": 1 / 2.85,
                                                 "frame_rate_hz": 24}}}}
