@@ -33,6 +33,7 @@ from .io import TrackingInputError, open_video
 from .link import compute_drift, filter_stubs, filter_trajectories, link_features, subtract_drift
 from .locate import NoParticlesError, detect_polarity, filter_features, locate_stack, prepare, resolve, tidy
 from .motion import add_velocities, finite_differences
+from .noise import velocity_noise_report
 from .params import AUTO, TrackingParams, as_params, to_dict
 from .species import classify_species
 
@@ -285,6 +286,12 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
                                    region_px=(*video.origin_px, width, height), mask_diameter_px=resolved.diameter,
                                    drift_velocity_um_s=drift_velocity)
         timing["accuracy"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    velocity_noise = velocity_noise_report(trajectories, params.velocity, frame_rate_hz=frame_rate_hz,
+                                           pixel_size_um=pixel_size_um, frame_step=frame_step,
+                                           region_px=(*video.origin_px, width, height),
+                                           mask_diameter_px=resolved.diameter, truth=truth)
+    timing["velocity_noise"] = time.perf_counter() - mark
 
     report = {
         "source": video.source,
@@ -296,6 +303,7 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
         "checks": checks,
         "trajectory_filter": filtered,
         "species": species_record,
+        "velocity_noise": velocity_noise,
         "resolved": {"locate": dataclasses.asdict(resolved), "link": link_record},
         "parameters": to_dict(params),
         "units": {"pixel_size_um": pixel_size_um, "frame_rate_hz": frame_rate_hz},
