@@ -345,7 +345,9 @@ def open_video(source: str | os.PathLike, frame_range: FrameRange | None = None,
     video = Video(source=source, kind=kind, reader=reader, files=files, frame_numbers=numbers,
                   roi=None, full_shape=(-1, -1), channel=channel)
     try:
-        first = np.asarray(reader[int(numbers[0])])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # readers' plugin chatter (pims through skimage.io); failures raise
+            first = np.asarray(reader[int(numbers[0])])
     except DECODE_ERRORS as error:
         raise TrackingInputError(f"{video._where(0)} cannot be decoded ({type(error).__name__}: {error}); "
                                  f"the file is corrupt or truncated — copy or export it again") from None
