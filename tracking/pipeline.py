@@ -29,6 +29,7 @@ from mpd.provenance import software_versions
 from . import qc
 from .accuracy import accuracy_report
 from .checks import check_packing, check_polarity, check_short_trajectories
+from .flatten import make_flattener
 from .io import TrackingInputError, open_video
 from .link import compute_drift, filter_stubs, filter_trajectories, link_features, subtract_drift
 from .locate import NoParticlesError, detect_polarity, filter_features, locate_stack, prepare, resolve, tidy
@@ -131,11 +132,14 @@ def locate_video(video, params: TrackingParams, processes: int = 1):
     n_auto = min(params.locate.auto_frames, len(video))
     raw_images = np.stack([video.read(i) for i in range(n_auto)])
     invert, detected, spots = resolve_polarity(video, params, raw_images)
-    first_images = prepare(raw_images, invert)
     try:
+        flatten, flattened, spots = make_flattener(params.locate, raw_images, invert, spots)
+        first_images = prepare(flatten(raw_images), invert)
         resolved, chosen, probes = resolve(params.locate, first_images, invert, spots)
     except NoParticlesError as error:
         raise TrackingInputError(f"{video.source}: no particle found: {error}") from None
+    if flattened is not None:
+        chosen["flatten"] = flattened
     if detected is not None:
         chosen = {"invert": {**detected, "used": invert, "given": params.locate.invert}, **chosen}
     pieces = []
@@ -144,7 +148,7 @@ def locate_video(video, params: TrackingParams, processes: int = 1):
         for index, probe in enumerate(probes):
             kept = probe[probe["mass"] > resolved.minmass].assign(frame=int(video.frame_numbers[index]))
             pieces.append(tidy(kept))
-    pieces += [locate_stack(prepare(stack, invert), numbers, resolved, processes)
+    pieces += [locate_stack(prepare(flatten(stack), invert), numbers, resolved, processes)
                for numbers, stack in video.chunks(skip=0 if probes is None else len(probes))]
     features = pd.concat(pieces, ignore_index=True)
     x0, y0 = video.origin_px
