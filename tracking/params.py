@@ -24,7 +24,7 @@ PREDICTORS = ("none", "nearest_velocity", "affine")
 SMOOTHING = ("none", "savgol")
 CHANNELS = ("luma", "mean", 0, 1, 2)
 FLATTEN = ("none", "gaussian", "rolling_ball")
-DRIFT_METHODS = ("none", "median", "mean")
+DRIFT_METHODS = ("none", "median", "mean", "registration")
 DRIFT_FROM = ("all", "filtered")
 FILTER_PER = ("trajectory", "observation")
 # Keys that were replaced: an old config fails with the new key named, never silently.
@@ -86,7 +86,8 @@ class LinkParams:
     predictor: str = "none"            # "none", "nearest_velocity" (trackpy) or "affine" (shear-aware)
     min_length: int = 3                # observations: shorter trajectories (stubs) are dropped
     # Rigid drift removed per frame: "none", "median" displacement between consecutive frames,
-    # or "mean" (trackpy.compute_drift, as trackpy's walkthrough)
+    # "mean" (trackpy.compute_drift, as trackpy's walkthrough), or "registration" (phase
+    # cross-correlation of successive frames, removed before linking; needs scikit-image)
     drift: str = "none"
     drift_smoothing: int = 0           # frames, trackpy's trailing rolling mean of the mean drift steps; 0: none
     drift_from: str = "filtered"       # trajectories the drift is measured on: "all" or "filtered" (trajectory_filter)

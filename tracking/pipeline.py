@@ -36,6 +36,8 @@ from .locate import NoParticlesError, detect_polarity, filter_features, locate_s
 from .motion import add_velocities, finite_differences
 from .noise import velocity_noise_report
 from .params import AUTO, TrackingParams, as_params, to_dict
+from .register import check_available as check_registration
+from .register import link_in_stage_frame, register_video
 from .species import classify_species
 
 FEATURE_COLUMNS = ["frame", "t", "x", "y", "x_px", "y_px", "mass", "size", "ecc", "signal", "raw_mass", "ep"]
@@ -170,15 +172,19 @@ def _search_range_text(params: TrackingParams, search_range_px: float, pixel_siz
 
 
 def remove_drift(kept: pd.DataFrame, every: pd.DataFrame, params: TrackingParams, frame_numbers,
-                 pixel_size_um: float) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+                 pixel_size_um: float, registered: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Subtract the rigid drift (µm) from x, y of ``kept``; measured on ``kept`` or on ``every`` trajectory.
 
     The drift is measured on the positions in pixels, as trackpy measures
     it, then converted to µm; returns (trajectories, drift in µm or None).
+    With ``drift: registration`` it is ``registered`` (px), measured on the frames.
     """
     link = params.link
     if link.drift == "none":
         return kept, None
+    if link.drift == "registration":
+        drift = registered.rename(columns={"x_px": "x", "y_px": "y"}) * pixel_size_um
+        return subtract_drift(kept, drift), drift
     source = kept if link.drift_from == "filtered" else every
     drift = compute_drift(source, frame_numbers, ("x_px", "y_px"), method=link.drift, smoothing=link.drift_smoothing)
     drift = drift.rename(columns={"x_px": "x", "y_px": "y"}) * pixel_size_um
@@ -226,6 +232,8 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise TrackingInputError(f"processes must be an integer >= 1, got {processes!r}")
     params = as_params(params)
+    if params.link.drift == "registration":
+        check_registration()
     out_dir = Path(out_dir)
     truth = load_truth(truth_pixels)
     video = open_video(frames_path, params.frame_range, params.roi, params.locate.channel)
@@ -240,7 +248,13 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
     timing["locate"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    linked, link_record = link_features(features, params.link, pixel_size_um)
+    registered = None
+    if params.link.drift == "registration":  # measured on the frames; linked in the stage's frame
+        registered, registration = register_video(video)
+        linked, link_record = link_in_stage_frame(features, registered, params.link, pixel_size_um)
+        link_record["registration"] = registration
+    else:
+        linked, link_record = link_features(features, params.link, pixel_size_um)
     if "search_range" in link_record:
         chosen["search_range"] = link_record.pop("search_range")
     checks["short_trajectories"] = check_short_trajectories(
@@ -268,7 +282,7 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
     trajectories["y"] = trajectories["y_px"] * pixel_size_um
     drift_velocity = None
     trajectories, drift = remove_drift(trajectories, stubs_removed.rename(columns={"x": "x_px", "y": "y_px"}),
-                                       params, frame_numbers, pixel_size_um)
+                                       params, frame_numbers, pixel_size_um, registered)
     if drift is not None:
         # Drift velocity by the same stencil as the particles', for comparing with a truth.
         drift_velocity = pd.DataFrame(
