@@ -313,6 +313,7 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
 
     report = {
         "source": video.source,
+        "reader": type(video.reader).__name__,
         "frame_numbers": {"first": int(frame_numbers[0]), "last": int(frame_numbers[-1]), "step": frame_step},
         "frame_shape_px": list(video.frame_shape),
         "roi_origin_px": list(video.origin_px),
