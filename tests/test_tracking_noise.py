@@ -121,3 +121,11 @@ def test_reported_floor_matches_the_measured_velocity_error(params):
     if params.smoothing == "savgol":
         assert report["noise_floor_um_s"]["interior"][0] < report["stencil_factor"]["central_difference"] * \
             report["sigma_um"][0] * FPS
+
+
+def test_too_few_steps_give_no_sigma_and_say_why():
+    table = pd.DataFrame({"particle": [0, 0, 1], "frame": [0, 1, 0], "x_px": [1.0, 1.1, 5.0], "y_px": [2.0, 2.0, 3.0]})
+    report = velocity_noise_report(table, VelocityParams(), frame_rate_hz=FPS, pixel_size_um=0.3)
+    assert report["sigma_px"] is None and report["noise_floor_um_s"] is None
+    assert "fewer than 10" in report["sigma_from_data"]["reason"]
+    assert len(row_factors(table.iloc[:0], VelocityParams())) == 0

@@ -75,6 +75,8 @@ def row_factors(trajectories: pd.DataFrame, params: VelocityParams, frame_step: 
     Savitzky-Golay window (central inside, one-sided at the ends), NaN for a
     lone observation.
     """
+    if len(trajectories) == 0:
+        return np.empty(0)
     run = run_ids(trajectories, frame_step)
     starts = np.r_[True, run[1:] != run[:-1]]
     start_index = np.maximum.accumulate(np.where(starts, np.arange(len(run)), 0))
@@ -198,6 +200,8 @@ def truth_comparison(trajectories: pd.DataFrame, truth: pd.DataFrame, params: Ve
     ok = np.isfinite(factor) & np.all(np.isfinite(velocity), axis=1)
     dt = frame_step / frame_rate_hz
     record["velocity_rows"] = int(ok.sum())
+    if not ok.any():
+        return {**record, "velocity_noise_measured_px_s": None, "velocity_noise_predicted_px_s": None}
     record["velocity_noise_measured_px_s"] = [float(v) for v in np.sqrt(np.mean(velocity[ok] ** 2, axis=0))]
     record["velocity_noise_predicted_px_s"] = [float(v) for v in sigma * np.sqrt(np.mean(factor[ok] ** 2)) / dt]
     return record
