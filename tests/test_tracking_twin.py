@@ -72,7 +72,7 @@ def test_twin_velocity_noise_floor(twin_tracking):
     truth = noise["sigma_from_truth"]
     assert 0.005 < min(truth["sigma_px"]) and max(truth["sigma_px"]) < 0.05
     # Central differences: the white-noise floor is a lower bound of the velocity error the actual position
-    # errors make; measured 1.14 times it over 81 frames, because part of the error (the neighbours' pull)
+    # errors make; measured 1.13 times it over 81 frames (bench_velocity), because part of the error (neighbours' pull)
     # changes slowly, and a two-frame stencil sees more of it than white noise of the same sigma would give.
     for measured, predicted in zip(truth["velocity_noise_measured_px_s"], truth["velocity_noise_predicted_px_s"],
                                    strict=True):
