@@ -171,3 +171,19 @@ def test_bulk_water_end_to_end(tmp_path):
     # Brownian motion in water, not flow: the median speed is a few µm/s at most.
     speed = np.hypot(result.trajectories["vx"], result.trajectories["vy"])
     assert 0.1 < np.nanmedian(speed) < 10
+
+
+def test_velocity_noise_floor_from_data_agrees_with_the_truth(tracked):
+    # Free diffusion under shear: the data's own estimate (negative lag-1 step covariance, affine flow
+    # removed) finds the localisation noise the truth shows, within its reported standard error.
+    noise = json.loads((tracked.out_dir / "qc.json").read_text())["velocity_noise"]
+    data, truth = noise["sigma_from_data"], noise["sigma_from_truth"]
+    assert noise["sigma_source"] == "truth" and noise["sigma_px"] == truth["sigma_px"]
+    for axis in range(2):
+        assert abs(data["sigma_px"][axis] - truth["sigma_px"][axis]) < 3 * data["sigma_standard_error_px"][axis]
+        # The floor predicts the velocity noise the actual position errors make (3200 rows: ~2 % statistical
+        # error; errors that are not quite white in time add up to ~10 %).
+        assert truth["velocity_noise_measured_px_s"][axis] == pytest.approx(
+            truth["velocity_noise_predicted_px_s"][axis], rel=0.15)
+    floor = noise["noise_floor_um_s"]["interior"][0]
+    assert floor == pytest.approx(truth["sigma_px"][0] * MPP * FPS / np.sqrt(2))

@@ -173,3 +173,76 @@ def test_changing_a_tracking_parameter_reruns_tracking_and_downstream_of_that_ex
     assert {experiment for _, experiment in jobs} == {"tiny"}
     assert {rule for rule, _ in jobs} == {"track_twin", "geometry", "train_model", "rollout_model", "rollout_box_twin",
                                           "analyse_twin"}
+
+
+@pytest.fixture
+def noise_video_config(tmp_path):
+    """A real-video experiment whose frames are pure noise: tracking stops with 'no particle found'."""
+    import imageio.v2 as imageio
+    import numpy as np
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(4):
+        imageio.imwrite(frames / f"f{index}.png", rng.integers(90, 110, (48, 48)).astype(np.uint8))
+    config = {"experiments": {"noise": {"video": {"path": str(frames), "pixel_size_um": 0.3, "frame_rate_hz": 10}}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path
+
+
+def run_failing(workdir: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+         "--configfile", str(workdir / "config.yaml"), "--cores", "1", "results/noise/tracking/qc.json"],
+        capture_output=True, text=True, timeout=300, check=False, env={**os.environ, **(env or {})})
+
+
+def test_failing_rule_ends_with_its_clear_message_and_logs_the_traceback(noise_video_config):
+    result = run_failing(noise_video_config, {"MPD_DEBUG": "0"})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("TrackingInputError: ") and "no particle found" in lines[-1]
+    assert lines[-2] == "Error in rule track_video; traceback in logs/noise/track_video.log:"
+    assert "Traceback" not in result.stderr
+    log = (noise_video_config / "logs" / "noise" / "track_video.log").read_text()
+    assert "Traceback (most recent call last)" in log and "tracking/pipeline.py" in log
+    assert log.strip().splitlines()[-1] == lines[-1]
+    # Snakemake's own cleanup ran: no lock is left, the next run is not refused.
+    assert not any((noise_video_config / ".snakemake" / "locks").glob("*"))
+    assert not (noise_video_config / "results" / "noise" / "tracking").exists()
+
+
+def test_debug_flag_shows_the_traceback_on_the_console(noise_video_config):
+    result = run_failing(noise_video_config, {"MPD_DEBUG": "1"})
+    assert result.returncode == 1
+    assert "Traceback (most recent call last)" in result.stderr and "no particle found" in result.stderr
+    # Snakemake's own closing lines are kept in debug mode.
+    assert result.stderr.strip().splitlines()[-1] == "At least one job did not complete successfully."
+
+
+def test_bad_config_ends_with_the_config_error(noise_video_config):
+    config = yaml.safe_load((noise_video_config / "config.yaml").read_text())
+    config["experiments"]["noise"]["tracking"] = {"locate": {"diamter": 5}}
+    (noise_video_config / "config.yaml").write_text(yaml.safe_dump(config))
+    result = run_failing(noise_video_config, {"MPD_DEBUG": ""})
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ConfigError: ") and "experiments.noise.tracking.locate.diamter" in last
+
+
+def test_every_clear_error_name_is_a_real_exception_class():
+    # A renamed or moved error class would silently fall back to full tracebacks: name them exactly.
+    import importlib
+
+    from mpd.errors import CLEAR_ERRORS, is_clear
+
+    for name in CLEAR_ERRORS:
+        module, _, cls = name.rpartition(".")
+        error_class = getattr(importlib.import_module(module), cls)
+        assert issubclass(error_class, Exception) and is_clear(error_class("x"))
+    from tracking.checks import ImplausibleResultError
+
+    assert is_clear(ImplausibleResultError("x")) and not is_clear(ValueError("x"))

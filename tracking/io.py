@@ -2,7 +2,8 @@
 
 Accepted inputs: a multi-page TIFF, a folder or glob of image files (one frame
 per file, in pims's natural order: ``frame2`` before ``frame10``), an
-AVI/MP4/MOV movie, or an ND2 file where its pims reader (``pims_nd2`` or
+AVI/MP4/MOV movie (decoded by OpenCV when installed, else imageio-ffmpeg:
+tracking.movie), or an ND2 file where its pims reader (``pims_nd2`` or
 ``nd2reader``) is installed. Colour frames (RGB/RGBA) become grey by the
 configured ``channel``: the Rec. 709 luma weights pims uses (default), the mean
 of R, G and B, or one channel (trackpy's walkthrough tracks the green one);
@@ -30,6 +31,7 @@ import numpy as np
 import pims
 from pims.utils.sort import natural_keys
 
+from .movie import open_movie
 from .params import FrameRange, RegionOfInterest
 
 TIFF_EXTENSIONS = (".tif", ".tiff")
@@ -191,7 +193,7 @@ def open_reader(kind: str, files: list[str], source: str) -> pims.FramesSequence
                 validate_tiff(files[0])
                 return pims.TiffStack(files[0])
             if kind == "movie":
-                return pims.ImageIOReader(files[0])
+                return open_movie(files[0])
             if kind == "nd2":
                 return _open_nd2(files[0])
             return pims.ImageSequence(files)
@@ -345,7 +347,9 @@ def open_video(source: str | os.PathLike, frame_range: FrameRange | None = None,
     video = Video(source=source, kind=kind, reader=reader, files=files, frame_numbers=numbers,
                   roi=None, full_shape=(-1, -1), channel=channel)
     try:
-        first = np.asarray(reader[int(numbers[0])])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # readers' plugin chatter (pims through skimage.io); failures raise
+            first = np.asarray(reader[int(numbers[0])])
     except DECODE_ERRORS as error:
         raise TrackingInputError(f"{video._where(0)} cannot be decoded ({type(error).__name__}: {error}); "
                                  f"the file is corrupt or truncated — copy or export it again") from None

@@ -23,7 +23,8 @@ AUTO = "auto"
 PREDICTORS = ("none", "nearest_velocity", "affine")
 SMOOTHING = ("none", "savgol")
 CHANNELS = ("luma", "mean", 0, 1, 2)
-DRIFT_METHODS = ("none", "median", "mean")
+FLATTEN = ("none", "gaussian", "rolling_ball")
+DRIFT_METHODS = ("none", "median", "mean", "registration")
 DRIFT_FROM = ("all", "filtered")
 FILTER_PER = ("trajectory", "observation")
 # Keys that were replaced: an old config fails with the new key named, never silently.
@@ -63,6 +64,10 @@ class LocateParams:
     min_ecc: float | None = None      # drop features less eccentric than this (0 = round)
     max_ecc: float | None = None      # drop features more eccentric than this (1 = a line)
     auto_frames: int = 3              # frames, counted from the first selected one, the auto estimates look at
+    # Divide each frame by a large-scale background before locating (uneven illumination, vignetting):
+    # "none", "gaussian" (blur) or "rolling_ball" (envelope on the background side; needs scikit-image)
+    flatten: str = "none"
+    flatten_size: float | None = None  # px, Gaussian sigma or ball radius; None: one particle diameter
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,8 @@ class LinkParams:
     predictor: str = "none"            # "none", "nearest_velocity" (trackpy) or "affine" (shear-aware)
     min_length: int = 3                # observations: shorter trajectories (stubs) are dropped
     # Rigid drift removed per frame: "none", "median" displacement between consecutive frames,
-    # or "mean" (trackpy.compute_drift, as trackpy's walkthrough)
+    # "mean" (trackpy.compute_drift, as trackpy's walkthrough), or "registration" (phase
+    # cross-correlation of successive frames, removed before linking; needs scikit-image)
     drift: str = "none"
     drift_smoothing: int = 0           # frames, trackpy's trailing rolling mean of the mean drift steps; 0: none
     drift_from: str = "filtered"       # trajectories the drift is measured on: "all" or "filtered" (trajectory_filter)
@@ -282,6 +288,9 @@ def check(params: TrackingParams) -> None:
                  "null or a number in [0, 1]", value)
     _require(_is_int(loc.auto_frames) and loc.auto_frames >= 1, "locate.auto_frames", "an integer >= 1",
              loc.auto_frames)
+    _require(loc.flatten in FLATTEN, "locate.flatten", f"one of {', '.join(FLATTEN)}", loc.flatten)
+    _require(loc.flatten_size is None or (_is_number(loc.flatten_size) and loc.flatten_size >= 1),
+             "locate.flatten_size", "null or a number >= 1 (px)", loc.flatten_size)
 
     link = params.link
     _require(link.search_range_um == AUTO or (_is_number(link.search_range_um) and link.search_range_um > 0),

@@ -29,11 +29,15 @@ from mpd.provenance import software_versions
 from . import qc
 from .accuracy import accuracy_report
 from .checks import check_packing, check_polarity, check_short_trajectories
+from .flatten import make_flattener
 from .io import TrackingInputError, open_video
 from .link import compute_drift, filter_stubs, filter_trajectories, link_features, subtract_drift
 from .locate import NoParticlesError, detect_polarity, filter_features, locate_stack, prepare, resolve, tidy
 from .motion import add_velocities, finite_differences
+from .noise import velocity_noise_report
 from .params import AUTO, TrackingParams, as_params, to_dict
+from .register import check_available as check_registration
+from .register import link_in_stage_frame, register_video
 from .species import classify_species
 
 FEATURE_COLUMNS = ["frame", "t", "x", "y", "x_px", "y_px", "mass", "size", "ecc", "signal", "raw_mass", "ep"]
@@ -130,11 +134,14 @@ def locate_video(video, params: TrackingParams, processes: int = 1):
     n_auto = min(params.locate.auto_frames, len(video))
     raw_images = np.stack([video.read(i) for i in range(n_auto)])
     invert, detected, spots = resolve_polarity(video, params, raw_images)
-    first_images = prepare(raw_images, invert)
     try:
+        flatten, flattened, spots = make_flattener(params.locate, raw_images, invert, spots)
+        first_images = prepare(flatten(raw_images), invert)
         resolved, chosen, probes = resolve(params.locate, first_images, invert, spots)
     except NoParticlesError as error:
         raise TrackingInputError(f"{video.source}: no particle found: {error}") from None
+    if flattened is not None:
+        chosen["flatten"] = flattened
     if detected is not None:
         chosen = {"invert": {**detected, "used": invert, "given": params.locate.invert}, **chosen}
     pieces = []
@@ -143,7 +150,7 @@ def locate_video(video, params: TrackingParams, processes: int = 1):
         for index, probe in enumerate(probes):
             kept = probe[probe["mass"] > resolved.minmass].assign(frame=int(video.frame_numbers[index]))
             pieces.append(tidy(kept))
-    pieces += [locate_stack(prepare(stack, invert), numbers, resolved, processes)
+    pieces += [locate_stack(prepare(flatten(stack), invert), numbers, resolved, processes)
                for numbers, stack in video.chunks(skip=0 if probes is None else len(probes))]
     features = pd.concat(pieces, ignore_index=True)
     x0, y0 = video.origin_px
@@ -165,15 +172,19 @@ def _search_range_text(params: TrackingParams, search_range_px: float, pixel_siz
 
 
 def remove_drift(kept: pd.DataFrame, every: pd.DataFrame, params: TrackingParams, frame_numbers,
-                 pixel_size_um: float) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+                 pixel_size_um: float, registered: pd.DataFrame | None = None) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """Subtract the rigid drift (µm) from x, y of ``kept``; measured on ``kept`` or on ``every`` trajectory.
 
     The drift is measured on the positions in pixels, as trackpy measures
     it, then converted to µm; returns (trajectories, drift in µm or None).
+    With ``drift: registration`` it is ``registered`` (px), measured on the frames.
     """
     link = params.link
     if link.drift == "none":
         return kept, None
+    if link.drift == "registration":
+        drift = registered.rename(columns={"x_px": "x", "y_px": "y"}) * pixel_size_um
+        return subtract_drift(kept, drift), drift
     source = kept if link.drift_from == "filtered" else every
     drift = compute_drift(source, frame_numbers, ("x_px", "y_px"), method=link.drift, smoothing=link.drift_smoothing)
     drift = drift.rename(columns={"x_px": "x", "y_px": "y"}) * pixel_size_um
@@ -221,6 +232,8 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise TrackingInputError(f"processes must be an integer >= 1, got {processes!r}")
     params = as_params(params)
+    if params.link.drift == "registration":
+        check_registration()
     out_dir = Path(out_dir)
     truth = load_truth(truth_pixels)
     video = open_video(frames_path, params.frame_range, params.roi, params.locate.channel)
@@ -235,7 +248,13 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
     timing["locate"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    linked, link_record = link_features(features, params.link, pixel_size_um)
+    registered = None
+    if params.link.drift == "registration":  # measured on the frames; linked in the stage's frame
+        registered, registration = register_video(video)
+        linked, link_record = link_in_stage_frame(features, registered, params.link, pixel_size_um)
+        link_record["registration"] = registration
+    else:
+        linked, link_record = link_features(features, params.link, pixel_size_um)
     if "search_range" in link_record:
         chosen["search_range"] = link_record.pop("search_range")
     checks["short_trajectories"] = check_short_trajectories(
@@ -263,7 +282,7 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
     trajectories["y"] = trajectories["y_px"] * pixel_size_um
     drift_velocity = None
     trajectories, drift = remove_drift(trajectories, stubs_removed.rename(columns={"x": "x_px", "y": "y_px"}),
-                                       params, frame_numbers, pixel_size_um)
+                                       params, frame_numbers, pixel_size_um, registered)
     if drift is not None:
         # Drift velocity by the same stencil as the particles', for comparing with a truth.
         drift_velocity = pd.DataFrame(
@@ -285,9 +304,16 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
                                    region_px=(*video.origin_px, width, height), mask_diameter_px=resolved.diameter,
                                    drift_velocity_um_s=drift_velocity)
         timing["accuracy"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    velocity_noise = velocity_noise_report(trajectories, params.velocity, frame_rate_hz=frame_rate_hz,
+                                           pixel_size_um=pixel_size_um, frame_step=frame_step,
+                                           region_px=(*video.origin_px, width, height),
+                                           mask_diameter_px=resolved.diameter, truth=truth)
+    timing["velocity_noise"] = time.perf_counter() - mark
 
     report = {
         "source": video.source,
+        "reader": type(video.reader).__name__,
         "frame_numbers": {"first": int(frame_numbers[0]), "last": int(frame_numbers[-1]), "step": frame_step},
         "frame_shape_px": list(video.frame_shape),
         "roi_origin_px": list(video.origin_px),
@@ -296,6 +322,7 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
         "checks": checks,
         "trajectory_filter": filtered,
         "species": species_record,
+        "velocity_noise": velocity_noise,
         "resolved": {"locate": dataclasses.asdict(resolved), "link": link_record},
         "parameters": to_dict(params),
         "units": {"pixel_size_um": pixel_size_um, "frame_rate_hz": frame_rate_hz},

@@ -6,13 +6,27 @@ import sys
 # The packages are importable without installation (and inside --use-conda envs).
 sys.path.insert(0, workflow.basedir)
 
+from mpd import errors
 from mpd.config import ConfigError, validate_config
 
 try:
     validate_config(config)
 except ConfigError as error:
-    # One clear message, before any job runs and before any output is touched.
-    raise WorkflowError(str(error)) from None
+    # One clear message, before any job runs and before any output is touched: the last
+    # line of the console, without Snakemake's traceback lines unless MPD_DEBUG is set.
+    if errors.debug():
+        raise WorkflowError(str(error)) from None
+    print(errors.one_line(error), file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+onstart:
+    errors.clear_records()
+
+
+onerror:
+    # A rule that failed with a clear error (mpd.errors) ends the output with its message.
+    errors.finish_with_clear_errors(snakemake_log=log)
 
 EXPERIMENTS = list(config["experiments"])
 SYNTHETIC = [name for name in EXPERIMENTS if "synthetic" in config["experiments"][name]]

@@ -14,7 +14,14 @@ if str(REPO_ROOT) not in sys.path:
 
 
 def setup_logging(snakemake) -> logging.Logger:
-    """Log to the rule's log file (when it has one) and to stderr."""
+    """Log to the rule's log file (when it has one) and to stderr.
+
+    A clear error of the packages (mpd.errors) ends the script as one line on
+    the console, its traceback in the log file.
+    """
+    from mpd import errors
+
+    errors.install(snakemake.rule, snakemake.log[0] if snakemake.log else None)
     handlers = [logging.StreamHandler(sys.stderr)]
     if snakemake.log:
         handlers.append(logging.FileHandler(snakemake.log[0], mode="w"))

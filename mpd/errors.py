@@ -1,0 +1,118 @@
+"""One-line errors for the workflow: a failing rule ends the console output with its clear message.
+
+The packages raise a few error types whose messages name the key or file and
+the fix (``CLEAR_ERRORS``). A traceback adds nothing to those for a user, so
+when a rule's script fails with one of them:
+
+* the full traceback goes to the rule's log file (``logs/...``);
+* the console gets the message as one line, ``ErrorType: message``;
+* the line is also recorded under ``.snakemake/mpd-clear-errors/``, and the
+  workflow's ``onerror`` handler prints every recorded line last, after
+  Snakemake's own report of the failed jobs, and ends the run there
+  (exit status 1) instead of closing with Snakemake's generic "At least one
+  job did not complete successfully".
+
+Set the environment variable ``MPD_DEBUG=1`` to get the tracebacks on the
+console as well, and Snakemake's own closing lines. Any other exception
+(a bug) keeps its full traceback on the console.
+
+The error classes are recognised by their qualified names, so this module
+imports none of the packages: each rule's environment has only its own.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import traceback
+from pathlib import Path
+
+CLEAR_ERRORS = frozenset({
+    "mpd.config.ConfigError",
+    "mpd.params.ParameterError",
+    "mpd.training.TrainingError",
+    "mpd.geometry.params.GeometryParameterError",
+    "mpd.geometry.inputs.GeometryInputError",
+    "analysis.inputs.AnalysisInputError",
+    "tracking.io.TrackingInputError",  # with tracking.checks.ImplausibleResultError, a subclass
+    "tracking.params.ParameterError",
+    "tracking.link.LinkingError",
+    "twin.params.ParameterError",
+    "twin.lammps_env.LammpsUnavailableError",
+})
+DEBUG_VARIABLE = "MPD_DEBUG"
+RECORDS = Path(".snakemake") / "mpd-clear-errors"
+
+
+def debug() -> bool:
+    """Whether tracebacks should reach the console too (``MPD_DEBUG`` set to anything but 0/false/no)."""
+    return os.environ.get(DEBUG_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def is_clear(error: BaseException) -> bool:
+    """Whether ``error`` is (a subclass of) one of the project's clear errors."""
+    return any(f"{cls.__module__}.{cls.__qualname__}" in CLEAR_ERRORS for cls in type(error).__mro__)
+
+
+def one_line(error: BaseException) -> str:
+    """``ErrorType: message`` on one line (a message's own line breaks become spaces)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+def report_failure(error: BaseException, *, rule: str, log_file: str | os.PathLike | None,
+                   records: Path = RECORDS) -> None:
+    """Report a clear error of a rule's script: traceback to its log, one line to stderr and to the records."""
+    text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    line = one_line(error)
+    if log_file:
+        with open(log_file, "a") as handle:
+            handle.write(text)
+            handle.write(line + "\n")
+    if debug():
+        sys.stderr.write(text)
+    where = f"; traceback in {log_file}" if log_file else ""
+    try:
+        records.mkdir(parents=True, exist_ok=True)
+        name = hashlib.sha1(f"{rule} {log_file}".encode()).hexdigest()[:16]
+        (records / f"{name}.txt").write_text(f"Error in rule {rule}{where}:\n{line}\n")
+    except OSError:
+        pass  # the console line below still says it
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def install(rule: str, log_file: str | os.PathLike | None) -> None:
+    """Make uncaught clear errors of this process end as one line (``report_failure``), exit status 1."""
+    def hook(kind, error, tb):
+        if not is_clear(error):
+            sys.__excepthook__(kind, error, tb)
+            return
+        report_failure(error, rule=rule, log_file=log_file)
+
+    sys.excepthook = hook
+
+
+def clear_records(records: Path = RECORDS) -> None:
+    """Forget the clear errors of an earlier run (the workflow's ``onstart``)."""
+    if records.is_dir():
+        for path in records.glob("*.txt"):
+            path.unlink(missing_ok=True)
+
+
+def finish_with_clear_errors(records: Path = RECORDS, *, snakemake_log=None) -> None:
+    """The workflow's ``onerror``: print the recorded clear errors last and exit with status 1.
+
+    Does nothing when no failed job recorded one (a bug keeps Snakemake's
+    full report) or with ``MPD_DEBUG`` set.
+    """
+    # Each record: where (rule, log file), then the message; the message is the last line printed.
+    lines = sorted(path.read_text().strip() for path in records.glob("*.txt")) if records.is_dir() else []
+    if not lines or debug():
+        return
+    if snakemake_log:  # Snakemake passes its log file, or a list of them
+        logs = [snakemake_log] if isinstance(snakemake_log, (str, os.PathLike)) else list(snakemake_log)
+        sys.stderr.write(f"Complete log: {', '.join(map(str, logs))}\n")
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()
+    # Leaves through Snakemake's cleanup (its lock is released in a finally block), before its closing lines.
+    raise SystemExit(1)
