@@ -9,13 +9,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 ENVS = REPO / "workflow" / "envs"
 # conda-forge names of the PyPI distributions that differ
-CONDA_NAME = {"torch": "pytorch", "freud-analysis": "freud"}
+CONDA_NAME = {"torch": "pytorch", "freud-analysis": "freud", "opencv-python-headless": "py-opencv"}
+# optional extras whose packages a conda env may carry (a pip install leaves them out)
+EXTRAS = ("images",)
 
 
 def pyproject_pins() -> dict[str, str]:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     pins = {}
-    for requirement in project["dependencies"]:
+    optional = [r for extra in EXTRAS for r in project["optional-dependencies"][extra]]
+    for requirement in project["dependencies"] + optional:
         name, spec = re.match(r"^([A-Za-z0-9_.-]+(?:\[[^\]]+\])?)\s*(.*)$", requirement).groups()
         pins[name.lower()] = spec.replace(" ", "")
     return pins
