@@ -1,0 +1,461 @@
+"""Refine trackpy's centroids by fitting the measured spot of every particle, its neighbours included.
+
+Why: trackpy's centroid weighs every pixel of the mask by its brightness. In
+a packing of touching particles the mask also holds the neighbours' spots
+(in bright field their bright rims and dark disks), which pull the centroid
+towards or away from each neighbour: a fixed per-particle bias that no
+amount of averaging removes. On the project's dense bright-field twin that
+bias is most of the centroid's error (benchmarks/results/localisation.json).
+
+Method (``psf_fit``):
+
+1. The spot of each species (labelled from trackpy's ``size`` as in
+   tracking.species, one size threshold per pair of species) is measured on
+   the first frames as a radial profile ``T_s(r)``: a cubic B-spline in the
+   distance r (knots every KNOT_SPACING_PX, flat at r = 0, zero with zero
+   slope at the fit radius R), fitted by linear least squares to every pixel
+   within R of any particle, with all particles' spots overlapping where they
+   do. The pixel-sampled, motion-blurred, noisy spot is what gets measured,
+   so no optics model is assumed; only radial symmetry.
+2. Each frame is modelled as ``I(p) = b_i + sum_j a_j T_{s_j}(|p - r_j|)``
+   on the window of radius R around each particle i (local background b_i,
+   amplitude a_j). Every particle's ``(x, y, a, b)`` is fitted on its own
+   window with its neighbours' modelled spots subtracted, by Gauss-Newton
+   steps; all particles are updated at once (a sweep), and the neighbours'
+   spots are recomputed between sweeps.
+3. Steps 1 and 2 alternate CALIBRATION_ROUNDS times on the first frames, so
+   that the profile is measured at the refined positions with the fitted
+   amplitudes and backgrounds.
+
+Guards: a particle whose window lies less than MIN_INSIDE_FRACTION inside
+the image (``edge``), whose fitted amplitude is below MIN_AMPLITUDE_FRACTION
+of its species' median or whose normal matrix is singular (``weak``: a blank
+patch), whose last step exceeds CONVERGED_STEP_PX (``not_converged``) or whose
+refined position lies farther than ``max_shift_px`` from the centroid
+(``too_far``) keeps trackpy's centroid and is flagged (``refined`` False).
+Positions are never NaN.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sps
+from scipy.interpolate import BSpline
+
+from .params import SpeciesParams
+from .species import classify_species
+
+METHODS = ("none", "psf_fit")
+# Radial knot spacing of the measured profile (px): the twin's bright rim is
+# ~1 px wide after pixel integration, so 0.5 px resolves it; with hundreds of
+# spots per frame there are ~1e4 pixels per knot, no over-fitting.
+KNOT_SPACING_PX = 0.5
+# The profile is tabulated this finely and interpolated linearly: interpolation
+# error ~ T'' h^2 / 8, far below the noise.
+TABLE_STEP_PX = 0.01
+# Smoothness penalty on the spline's second differences, relative to the mean
+# diagonal of the normal matrix (well above float32 resolution, far below the
+# data's weight).
+PROFILE_SMOOTHING = 1e-3
+# Levenberg damping of the per-particle 4x4 Gauss-Newton systems, relative to
+# their diagonal, plus an absolute floor relative to the mean trace.
+DAMPING = 1e-4
+CALIBRATION_ROUNDS = 2
+# Background of the calibration frames: a smooth polynomial field of this degree (the twin's
+# illumination, vignetting times a tilt, is of degree 3).
+BACKGROUND_DEGREE = 3
+MAX_STEP_PX = 0.5              # a Gauss-Newton step is clipped to this per coordinate
+MIN_INSIDE_FRACTION = 0.5      # of the window's pixels inside the image, else "edge"
+MIN_AMPLITUDE_FRACTION = 0.2   # of the species' median amplitude, else "weak"
+CONVERGED_STEP_PX = 0.05       # last sweep's step, else "not_converged"
+SETTLED_STEP_PX = 1e-3         # a particle whose step falls below this is not moved again
+MIN_SPOTS_PER_SPECIES = 10     # to measure a profile
+STATUS = ("refined", "edge", "weak", "not_converged", "too_far")
+AUTO_RADIUS_PER_DIAMETER = 0.75  # auto window radius, in trackpy mask diameters (resolve_radius)
+
+
+class RefineError(ValueError):
+    """The spots cannot be measured (too few particles); the message names the setting."""
+
+
+@dataclass(frozen=True)
+class SpotModel:
+    """Measured radial profiles of the species' spots, tabulated for fast lookup."""
+
+    radius_px: float                   # R: window radius and the profiles' support (px)
+    size_thresholds_px: np.ndarray     # trackpy size (px) between species s and s + 1
+    table: np.ndarray                  # (n_species, n): T_s at r = k * TABLE_STEP_PX, max |T| = 1
+    record: dict = field(default_factory=dict)
+
+    @property
+    def n_species(self) -> int:
+        return self.table.shape[0]
+
+    def species_of(self, size: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.size_thresholds_px, np.asarray(size, float)).astype(np.int64)
+
+
+@dataclass
+class _Windows:
+    """Pixels within R of each particle's centroid, padded to one width; invalid entries weigh 0."""
+
+    flat: np.ndarray     # (N, P) int: index into the raveled image (0 where invalid)
+    px: np.ndarray       # (N, P) float: pixel column, far away where invalid (so T = 0 there)
+    py: np.ndarray       # (N, P) float: pixel row
+    weight: np.ndarray   # (N, P) float: 1 inside the circle and the image, else 0
+    inside_fraction: np.ndarray  # (N,)
+
+
+def _windows(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, radius: float) -> _Windows:
+    height, width = shape
+    k = int(np.ceil(radius + 0.5))
+    oy, ox = np.mgrid[-k:k + 1, -k:k + 1]
+    # Offsets that can fall within R of a centre anywhere in its pixel.
+    keep = np.hypot(ox, oy) <= radius + np.sqrt(0.5)
+    ox, oy = ox[keep], oy[keep]
+    cx, cy = np.rint(x).astype(np.int64), np.rint(y).astype(np.int64)
+    ix = cx[:, None] + ox[None, :]
+    iy = cy[:, None] + oy[None, :]
+    in_circle = np.hypot(ix - x[:, None], iy - y[:, None]) <= radius
+    in_image = (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
+    valid = in_circle & in_image
+    far = 4.0 * radius + 4.0
+    px = np.where(valid, ix, x[:, None] + far).astype(np.float64)
+    py = np.where(valid, iy, y[:, None]).astype(np.float64)
+    flat = np.where(valid, iy * width + ix, 0)
+    inside = valid.sum(1) / np.maximum(in_circle.sum(1), 1)
+    return _Windows(flat, px, py, valid.astype(np.float64), inside)
+
+
+def _lookup(model: SpotModel, species: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """T(d) and dT/dr of the linear interpolant of the table (d >= 0; 0 beyond R)."""
+    n = model.table.shape[1]
+    u = d * (1.0 / TABLE_STEP_PX)
+    i = np.minimum(u.astype(np.int64), n - 2)
+    f = np.minimum(u - i, 1.0)
+    base = (species * n)[:, None]
+    flat_table = model.table.ravel()
+    t0 = flat_table[base + i]
+    t1 = flat_table[base + i + 1]
+    return t0 + f * (t1 - t0), (t1 - t0) * (1.0 / TABLE_STEP_PX)
+
+
+def fit_frame(image: np.ndarray, x: np.ndarray, y: np.ndarray, species: np.ndarray, model: SpotModel,
+              sweeps: int) -> dict:
+    """Fit (x, y, amplitude, background) of every particle of one frame, neighbours modelled.
+
+    ``x, y`` (px, column and row of ``image``) are the start (trackpy's
+    centroids) and fix each particle's window. At most ``sweeps``
+    Gauss-Newton sweeps; a particle whose step fell below SETTLED_STEP_PX
+    is left alone afterwards (its neighbours' later moves are far smaller
+    than the step it just made), which makes the later sweeps cheap.
+    Returns arrays ``x, y, amplitude, background, last_step`` (px),
+    ``inside_fraction`` and ``solvable`` (position determined: the spot's
+    slope carries weight in the window).
+    """
+    x0 = np.asarray(x, np.float64)
+    y0 = np.asarray(y, np.float64)
+    n = len(x0)
+    empty = np.empty(0)
+    if n == 0:
+        return {"x": empty, "y": empty, "amplitude": empty, "background": empty, "last_step": empty,
+                "inside_fraction": empty, "solvable": np.empty(0, bool)}
+    image = np.asarray(image, np.float64)
+    win = _windows(image.shape, x0, y0, model.radius_px)
+    data = image.ravel()[win.flat] * win.weight
+    x, y = x0.copy(), y0.copy()
+    amplitude, background = np.ones(n), np.zeros(n)
+    last_step = np.full(n, np.inf)
+    solvable = np.ones(n, bool)
+    # The model image always holds every particle's spot as stored in `own` (the neighbours' view of it).
+    own = np.zeros(win.weight.shape)
+    image_model = np.zeros(image.size)
+    typical = None
+    active = np.arange(n)
+    for sweep in range(sweeps + 1):
+        dx = win.px[active] - x[active, None]
+        dy = win.py[active] - y[active, None]
+        d = np.sqrt(dx * dx + dy * dy)
+        t, slope = _lookup(model, species[active], d)
+        new_own = amplitude[active, None] * t
+        flat = win.flat[active]
+        image_model += np.bincount(flat.ravel(), weights=(new_own - own[active]).ravel(), minlength=image.size)
+        own[active] = new_own
+        weight = win.weight[active]
+        # Data minus the neighbours' spots: what this particle and the background must explain.
+        target = data[active] - (image_model[flat] - new_own) * weight
+        if sweep == 0:
+            # Amplitude and background are linear: solve them at the centroid first.
+            jac = np.stack([t, weight], axis=-1)
+            residual = target
+        else:
+            gain = -amplitude[active, None] * slope / np.maximum(d, 1e-12)
+            jac = np.stack([gain * dx, gain * dy, t, weight], axis=-1)
+            residual = target - new_own - background[active, None] * weight
+        jac_t = jac.transpose(0, 2, 1)
+        normal = np.matmul(jac_t, jac)
+        rhs = np.matmul(jac_t, residual[..., None])[..., 0]
+        diagonal = np.diagonal(normal, axis1=1, axis2=2)
+        if sweep <= 1:
+            # Each parameter's own scale (px, amplitude, background differ by orders of magnitude).
+            typical = np.maximum(diagonal.mean(axis=0), np.finfo(np.float64).tiny)
+        normal = normal + np.eye(normal.shape[-1]) * (DAMPING * diagonal + 1e-9 * typical)[:, None, :]
+        step = np.linalg.solve(normal, rhs[..., None])[..., 0]
+        if sweep == 0:
+            amplitude, background = step[:, 0], step[:, 1]
+            continue
+        step_x = np.clip(step[:, 0], -MAX_STEP_PX, MAX_STEP_PX)
+        step_y = np.clip(step[:, 1], -MAX_STEP_PX, MAX_STEP_PX)
+        x[active] += step_x
+        y[active] += step_y
+        amplitude[active] += step[:, 2]
+        background[active] += step[:, 3]
+        last_step[active] = np.hypot(step_x, step_y)
+        solvable[active] = (diagonal[:, 0] > 1e-6 * typical[0]) & (diagonal[:, 1] > 1e-6 * typical[1])
+        active = active[~(last_step[active] < SETTLED_STEP_PX)]
+        if len(active) == 0:
+            break
+    finite = np.isfinite(x) & np.isfinite(y) & np.isfinite(amplitude) & np.isfinite(background)
+    return {"x": np.where(finite, x, x0), "y": np.where(finite, y, y0),
+            "amplitude": np.where(finite, amplitude, 0.0), "background": np.where(finite, background, 0.0),
+            "last_step": np.where(finite, last_step, np.inf), "inside_fraction": win.inside_fraction,
+            "solvable": solvable & finite}
+
+
+def status_of(fit: dict, x0: np.ndarray, y0: np.ndarray, species: np.ndarray, n_species: int,
+              max_shift_px: float) -> np.ndarray:
+    """Index into STATUS for each particle (0: refined; else why the centroid is kept)."""
+    amplitude = fit["amplitude"]
+    typical = np.zeros(n_species)
+    for s in range(n_species):
+        values = amplitude[(species == s) & fit["solvable"]]
+        typical[s] = np.median(values) if len(values) else 0.0
+    reference = typical[species] if len(species) else np.empty(0)
+    # The sign of the profile is the species' typical sign: a weak spot is small *in that direction*.
+    weak = ~fit["solvable"] | ~(amplitude * np.sign(reference) > MIN_AMPLITUDE_FRACTION * np.abs(reference))
+    status = np.zeros(len(x0), np.int64)
+    shift = np.hypot(fit["x"] - x0, fit["y"] - y0)
+    status[shift > max_shift_px] = STATUS.index("too_far")
+    status[fit["last_step"] > CONVERGED_STEP_PX] = STATUS.index("not_converged")
+    status[weak] = STATUS.index("weak")
+    status[fit["inside_fraction"] < MIN_INSIDE_FRACTION] = STATUS.index("edge")
+    return status
+
+
+def _basis(radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cubic B-spline knots on [0, R] and the map from free coefficients to spline coefficients.
+
+    Flat at r = 0 (first two coefficients tied: a smooth radial spot has no
+    cusp) and zero with zero slope at R (last two coefficients 0), so the
+    spot ends smoothly at the window's edge.
+    """
+    n_intervals = max(2, int(np.ceil(radius / KNOT_SPACING_PX)))
+    inner = np.linspace(0.0, radius, n_intervals + 1)
+    knots = np.r_[[0.0] * 3, inner, [radius] * 3]
+    n_coef = len(knots) - 4
+    n_free = n_coef - 3
+    tie = np.zeros((n_coef, n_free))
+    tie[0, 0] = tie[1, 0] = 1.0
+    tie[2:n_coef - 2, 1:] = np.eye(n_free - 1)
+    return knots, tie
+
+
+def _polynomial(pixels: np.ndarray, shape: tuple[int, int]) -> list[np.ndarray]:
+    """Monomials x^i y^j (i + j <= BACKGROUND_DEGREE) at raveled pixel indices, x and y scaled to [-1, 1]."""
+    row, col = np.divmod(pixels, shape[1])
+    x = 2.0 * col / max(shape[1] - 1, 1) - 1.0
+    y = 2.0 * row / max(shape[0] - 1, 1) - 1.0
+    return [x**i * y**(total - i) for total in range(BACKGROUND_DEGREE + 1) for i in range(total + 1)]
+
+
+def measure_profiles(images, positions, species, n_species: int, radius: float, amplitudes=None) -> np.ndarray:
+    """Least-squares radial profiles (n_species, n_table) from the pixels within R of any particle.
+
+    ``positions[k]`` (N, 2: x, y in px), ``species[k]`` (N,) per image;
+    ``amplitudes[k]`` weigh each spot (None: 1, the first round). The
+    background of each image is fitted with the profiles, as a smooth field
+    (a polynomial of degree BACKGROUND_DEGREE in x and y): a per-window
+    constant would trade off against the profile's tail wherever windows
+    overlap (every pixel of a dense packing), and the tail would come out
+    arbitrary.
+    """
+    knots, tie = _basis(radius)
+    n_coef, n_free = tie.shape
+    n_spline = n_species * n_coef
+    n_terms = (BACKGROUND_DEGREE + 1) * (BACKGROUND_DEGREE + 2) // 2
+    n_unknowns = n_spline + len(images) * n_terms
+    normal = np.zeros((n_unknowns, n_unknowns))
+    rhs = np.zeros(n_unknowns)
+    counts = np.zeros(n_species)
+    for k, image in enumerate(images):
+        image = np.asarray(image, np.float64)
+        xy = np.asarray(positions[k], np.float64).reshape(-1, 2)
+        sp = np.asarray(species[k], np.int64)
+        if len(xy) == 0:
+            continue
+        win = _windows(image.shape, xy[:, 0], xy[:, 1], radius)
+        valid = win.weight > 0
+        particle = np.broadcast_to(np.arange(len(xy))[:, None], valid.shape)[valid]
+        d = np.hypot(win.px[valid] - xy[particle, 0], win.py[valid] - xy[particle, 1])
+        pixels, row = np.unique(win.flat[valid], return_inverse=True)
+        design = BSpline.design_matrix(np.clip(d, 0.0, radius), knots, 3).tocoo()
+        weight = np.ones(len(xy)) if amplitudes is None else np.asarray(amplitudes[k], np.float64)
+        who = particle[design.row]
+        # Spline part (sparse: each pixel sees the few spots reaching it) and background part (dense,
+        # few columns), kept apart so the normal matrix costs O(pixels).
+        spline = sps.csr_matrix((design.data * weight[who], (row[design.row], design.col + sp[who] * n_coef)),
+                                shape=(len(pixels), n_spline))
+        poly = np.stack(_polynomial(pixels, image.shape), axis=1)
+        target = image.ravel()[pixels]
+        block = slice(n_spline + k * n_terms, n_spline + (k + 1) * n_terms)
+        normal[:n_spline, :n_spline] += (spline.T @ spline).toarray()
+        cross = spline.T @ poly
+        normal[:n_spline, block] += cross
+        normal[block, :n_spline] += cross.T
+        normal[block, block] += poly.T @ poly
+        rhs[:n_spline] += spline.T @ target
+        rhs[block] += poly.T @ target
+        counts += np.bincount(sp, minlength=n_species)
+    if counts.min() < MIN_SPOTS_PER_SPECIES:
+        raise RefineError(f"too few spots to measure the profile of every species ({counts.astype(int).tolist()} "
+                          f"spots per species, at least {MIN_SPOTS_PER_SPECIES} needed)")
+    # Free coefficients: the tied spline basis per species, then the backgrounds.
+    n_extra = n_unknowns - n_spline
+    reduce = sps.block_diag([tie] * n_species + [sps.identity(n_extra)], format="csr")
+    normal = np.asarray(reduce.T @ (reduce.T @ normal).T)
+    rhs = reduce.T @ rhs
+    n_profile = n_species * n_free
+    second = np.diff(np.eye(n_free), 2, axis=0)
+    penalty = np.zeros_like(normal)
+    penalty[:n_profile, :n_profile] = sps.block_diag([second.T @ second] * n_species).toarray()
+    scale = float(np.mean(np.diagonal(normal)[:n_profile]))
+    # A frame without features leaves its background undetermined (and unused): pin it.
+    unused = np.diagonal(normal) == 0
+    normal[unused, unused] = 1.0
+    solution = np.linalg.solve(normal + PROFILE_SMOOTHING * scale * penalty, rhs)
+    coefficients = solution[:n_profile].reshape(n_species, n_free) @ tie.T
+    r = np.arange(int(np.ceil(radius / TABLE_STEP_PX)) + 2) * TABLE_STEP_PX
+    table = np.array([BSpline(knots, c, 3)(np.minimum(r, radius)) for c in coefficients])
+    table[:, r >= radius] = 0.0
+    peak = np.abs(table).max(axis=1, keepdims=True)
+    if not np.all(peak > 0):
+        raise RefineError("the measured spot profile is flat: the image holds no contrast at the features")
+    return table / peak
+
+
+def measure_spot_model(images, features: pd.DataFrame, radius_px: float, species_params: SpeciesParams,
+                       sweeps: int) -> SpotModel:
+    """Measure the species' spot profiles on a few frames (alternating with fits of the positions).
+
+    ``images`` (prepared, particles bright), ``features`` with columns
+    ``frame`` (0 .. len(images) - 1, the image index), ``x, y`` (px of
+    the images) and ``size`` (trackpy's, px).
+    """
+    features = features.reset_index(drop=True)
+    shape = np.asarray(images[0]).shape
+    labels, species_record = classify_species(
+        features.assign(particle=np.arange(len(features)), x_px=features["x"], y_px=features["y"]),
+        species_params, region_px=(0, 0, shape[1], shape[0]), margin_px=radius_px)
+    n_species = species_record["n_species"]
+    thresholds = np.asarray(species_record.get("thresholds_px", []), float)
+    species = labels.to_numpy()
+    frames = features["frame"].to_numpy()
+    per_image = [np.flatnonzero(frames == k) for k in range(len(images))]
+    positions = [features.loc[idx, ["x", "y"]].to_numpy(np.float64) for idx in per_image]
+    species_per_image = [species[idx] for idx in per_image]
+    table = measure_profiles(images, positions, species_per_image, n_species, radius_px)
+    model = SpotModel(radius_px, thresholds, table)
+    for _ in range(CALIBRATION_ROUNDS):
+        fits = [fit_frame(images[k], p[:, 0], p[:, 1], s, model, sweeps)
+                for k, (p, s) in enumerate(zip(positions, species_per_image, strict=True))]
+        refined = [np.c_[f["x"], f["y"]] for f in fits]
+        table = measure_profiles(images, refined, species_per_image, n_species, radius_px,
+                                 [f["amplitude"] for f in fits])
+        model = SpotModel(radius_px, thresholds, table)
+    record = {"n_species": int(n_species), "size_thresholds_px": thresholds.tolist(),
+              "spots_per_species": np.bincount(species, minlength=n_species).tolist(),
+              "frames": len(images), "species_chosen_by": species_record.get("chosen_by")}
+    return SpotModel(radius_px, thresholds, table, record)
+
+
+def refine_frame(image: np.ndarray, features: pd.DataFrame, model: SpotModel, sweeps: int,
+                 max_shift_px: float) -> pd.DataFrame:
+    """Columns ``x, y`` (refined, or the centroid where not), ``status`` (index into STATUS) of one frame.
+
+    ``features`` holds ``x, y`` (trackpy's centroids, px of ``image``) and ``size``.
+    """
+    x0 = features["x"].to_numpy(np.float64)
+    y0 = features["y"].to_numpy(np.float64)
+    species = model.species_of(features["size"].to_numpy())
+    fit = fit_frame(image, x0, y0, species, model, sweeps)
+    status = status_of(fit, x0, y0, species, model.n_species, max_shift_px)
+    keep = status == 0
+    return pd.DataFrame({"x": np.where(keep, fit["x"], x0), "y": np.where(keep, fit["y"], y0), "status": status},
+                        index=features.index)
+
+
+def resolve_radius(radius_px, diameter: int) -> float:
+    """The window radius (px): given, or 0.75 of trackpy's mask diameter (``auto``).
+
+    The automatic mask diameter holds a particle's image plus a pixel
+    (tracking.locate.estimate_diameter), so 1.5 mask radii also hold the
+    bright-field rim outside the dark disk and the blur of its edge.
+    """
+    return float(radius_px) if radius_px != "auto" else AUTO_RADIUS_PER_DIAMETER * float(diameter)
+
+
+def refine_features(read_image, frame_numbers, features: pd.DataFrame, *, radius_px: float, sweeps: int,
+                    profile_frames: int, max_shift_px: float, species_params: SpeciesParams,
+                    origin_px: tuple[float, float] = (0.0, 0.0)) -> tuple[pd.DataFrame, dict]:
+    """Refine the ``x, y`` (px) of trackpy's features of every frame; keep the centroids beside them.
+
+    ``read_image(index)`` gives the index-th selected frame (prepared:
+    particles bright) whose video frame number is ``frame_numbers[index]``;
+    ``features`` hold ``frame``, ``x, y`` (px of the full frame: the image's
+    ``origin_px`` added) and ``size``. Returns the features with ``x, y``
+    refined where the fit succeeded, ``x_centroid, y_centroid`` (trackpy's)
+    and ``refined`` (bool), and a record for qc.json. Raises RefineError
+    when the first ``profile_frames`` frames hold too few spots.
+    """
+    features = features.copy()
+    features["x_centroid"] = features["x"]
+    features["y_centroid"] = features["y"]
+    features["refined"] = False
+    x_origin, y_origin = origin_px
+    frame_numbers = np.asarray(frame_numbers)
+    by_frame = {int(f): idx for f, idx in features.groupby("frame").indices.items()}
+    n_cal = min(int(profile_frames), len(frame_numbers))
+    calibration_images = [np.asarray(read_image(i), np.float64) for i in range(n_cal)]
+    pieces = []
+    for i in range(n_cal):
+        idx = by_frame.get(int(frame_numbers[i]), np.empty(0, np.int64))
+        piece = features.iloc[idx][["x", "y", "size"]].assign(frame=i)
+        pieces.append(piece.assign(x=piece["x"] - x_origin, y=piece["y"] - y_origin))
+    model = measure_spot_model(calibration_images, pd.concat(pieces, ignore_index=True), radius_px, species_params,
+                               sweeps)
+    status = np.zeros(len(features), np.int64)
+    columns = [features.columns.get_loc(c) for c in ("x", "y")]
+    for i, frame in enumerate(frame_numbers):
+        idx = by_frame.get(int(frame))
+        if idx is None or len(idx) == 0:
+            continue
+        image = calibration_images[i] if i < n_cal else np.asarray(read_image(i), np.float64)
+        local = features.iloc[idx][["x", "y", "size"]]
+        local = local.assign(x=local["x"] - x_origin, y=local["y"] - y_origin)
+        result = refine_frame(image, local, model, sweeps, max_shift_px)
+        features.iloc[idx, columns[0]] = result["x"].to_numpy() + x_origin
+        features.iloc[idx, columns[1]] = result["y"].to_numpy() + y_origin
+        status[idx] = result["status"].to_numpy()
+    features["refined"] = status == 0
+    shift = np.hypot(features["x"] - features["x_centroid"], features["y"] - features["y_centroid"]).to_numpy()
+    counts = np.bincount(status, minlength=len(STATUS))
+    record = {"method": "psf_fit", "radius_px": round(float(radius_px), 3), "sweeps": int(sweeps),
+              "max_shift_px": float(max_shift_px), "profile": model.record,
+              "features": len(features), "refined": int(counts[0]),
+              "fraction_refined": float(counts[0] / len(features)) if len(features) else None,
+              "kept_centroid": {name: int(counts[k]) for k, name in enumerate(STATUS) if k > 0},
+              "shift_px": ({"median": float(np.median(shift[status == 0])),
+                            "p95": float(np.percentile(shift[status == 0], 95))} if counts[0] else None)}
+    return features, record
