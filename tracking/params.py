@@ -26,6 +26,7 @@ CHANNELS = ("luma", "mean", 0, 1, 2)
 DRIFT_METHODS = ("none", "median", "mean")
 DRIFT_FROM = ("all", "filtered")
 FILTER_PER = ("trajectory", "observation")
+REFINE_METHODS = ("none", "psf_fit")
 # Keys that were replaced: an old config fails with the new key named, never silently.
 RENAMED = {
     "tracking.link.subtract_drift": (
@@ -63,6 +64,15 @@ class LocateParams:
     min_ecc: float | None = None      # drop features less eccentric than this (0 = round)
     max_ecc: float | None = None      # drop features more eccentric than this (1 = a line)
     auto_frames: int = 3              # frames, counted from the first selected one, the auto estimates look at
+    # Sub-pixel refinement after trackpy's centroid (tracking/refine.py): "none", or "psf_fit" (each
+    # particle's measured spot fitted with its touching neighbours' spots subtracted)
+    refine: str = "none"
+    # px, radius of each particle's fitted window and of the measured spot profile; "auto": 0.75 of the
+    # mask diameter
+    refine_radius_px: float | str = AUTO
+    refine_sweeps: int = 4            # Gauss-Newton sweeps over all particles of a frame
+    refine_profile_frames: int = 3    # frames, from the first selected one, on which the spot profiles are measured
+    refine_max_shift_px: float = 2.0  # px, a refined position farther from trackpy's centroid is rejected
 
 
 @dataclass(frozen=True)
@@ -282,6 +292,16 @@ def check(params: TrackingParams) -> None:
                  "null or a number in [0, 1]", value)
     _require(_is_int(loc.auto_frames) and loc.auto_frames >= 1, "locate.auto_frames", "an integer >= 1",
              loc.auto_frames)
+    _require(isinstance(loc.refine, str) and loc.refine in REFINE_METHODS, "locate.refine",
+             f"one of {', '.join(REFINE_METHODS)}", loc.refine)
+    _require(loc.refine_radius_px == AUTO or (_is_number(loc.refine_radius_px) and loc.refine_radius_px >= 2),
+             "locate.refine_radius_px", "'auto' or a number >= 2 (px)", loc.refine_radius_px)
+    _require(_is_int(loc.refine_sweeps) and loc.refine_sweeps >= 1, "locate.refine_sweeps", "an integer >= 1",
+             loc.refine_sweeps)
+    _require(_is_int(loc.refine_profile_frames) and loc.refine_profile_frames >= 1, "locate.refine_profile_frames",
+             "an integer >= 1 (frames)", loc.refine_profile_frames)
+    _require(_is_number(loc.refine_max_shift_px) and loc.refine_max_shift_px > 0, "locate.refine_max_shift_px",
+             "a number > 0 (px)", loc.refine_max_shift_px)
 
     link = params.link
     _require(link.search_range_um == AUTO or (_is_number(link.search_range_um) and link.search_range_um > 0),
