@@ -70,6 +70,15 @@ MAX_STEP_PX = 0.5              # a Gauss-Newton step is clipped to this per coor
 MIN_INSIDE_FRACTION = 0.5      # of the window's pixels inside the image, else "edge"
 MIN_AMPLITUDE_FRACTION = 0.2   # of the species' median amplitude, else "weak"
 CONVERGED_STEP_PX = 0.05       # last sweep's step, else "not_converged"
+# A camera pixel integrates the spot: its value is the mean of the profile at this many points
+# squared. Evaluating the profile at the pixel centre only pulled refined positions of the small,
+# sharp spots of bulk_water towards pixel edges (x mod 1 histogram); 2 x 2 points removed that.
+PIXEL_SUBSAMPLES = 2
+# Grid steps per px of the tabulated pixel image of each spot, interpolated bilinearly.
+PIXEL_TABLE_STEPS_PER_PX = 16
+# How far (px) a centre may travel from its centroid during the fit (the pixel table covers it);
+# tracking.locate.refine_max_shift_px is at most this.
+TRAVEL_PX = 3.0
 SETTLED_STEP_PX = 1e-3         # a particle whose step falls below this is not moved again
 MIN_SPOTS_PER_SPECIES = 10     # to measure a profile
 STATUS = ("refined", "edge", "weak", "not_converged", "too_far")
@@ -77,16 +86,22 @@ AUTO_RADIUS_PER_DIAMETER = 0.75  # auto window radius, in trackpy mask diameters
 
 
 class RefineError(ValueError):
-    """The spots cannot be measured (too few particles); the message names the setting."""
+    """The spots cannot be measured (too few particles, no contrast)."""
+
+
+class RefineSkippedWarning(UserWarning):
+    """The refinement was skipped (RefineError) and trackpy's centroids were kept."""
 
 
 @dataclass(frozen=True)
 class SpotModel:
-    """Measured radial profiles of the species' spots, tabulated for fast lookup."""
+    """Measured radial profiles of the species' spots, and their pixel images tabulated for fast lookup."""
 
     radius_px: float                   # R: window radius and the profiles' support (px)
     size_thresholds_px: np.ndarray     # trackpy size (px) between species s and s + 1
     table: np.ndarray                  # (n_species, n): T_s at r = k * TABLE_STEP_PX, max |T| = 1
+    pixel_table: np.ndarray            # (n_species, M, M): pixel value at offsets -half + k / PIXEL_TABLE_STEPS_PER_PX
+    half_px: float                     # half-width of pixel_table (px)
     record: dict = field(default_factory=dict)
 
     @property
@@ -97,15 +112,43 @@ class SpotModel:
         return np.searchsorted(self.size_thresholds_px, np.asarray(size, float)).astype(np.int64)
 
 
+def spot_model(radius_px: float, size_thresholds_px: np.ndarray, table: np.ndarray, record: dict | None = None
+               ) -> SpotModel:
+    """A SpotModel from radial profiles: tabulates each species' pixel image (a pixel integrates the spot,
+    sampled at PIXEL_SUBSAMPLES^2 points) on a grid of centre offsets."""
+    # Window pixels reach R + 0.71 px from the centroid, and the fit may move the centre away from it.
+    half = radius_px + 1.0 + TRAVEL_PX
+    grid = -half + np.arange(int(2 * half * PIXEL_TABLE_STEPS_PER_PX) + 1) / PIXEL_TABLE_STEPS_PER_PX
+    offsets = (np.arange(PIXEL_SUBSAMPLES) + 0.5) / PIXEL_SUBSAMPLES - 0.5
+    n = table.shape[1]
+    pixel_table = np.zeros((table.shape[0], len(grid), len(grid)))
+    for oy in offsets:
+        for ox in offsets:
+            r = np.hypot(grid[:, None] + oy, grid[None, :] + ox)
+            u = r / TABLE_STEP_PX
+            i = np.minimum(u.astype(np.int64), n - 2)
+            f = np.minimum(u - i, 1.0)
+            pixel_table += table[:, i] + f * (table[:, i + 1] - table[:, i])
+    pixel_table /= PIXEL_SUBSAMPLES**2
+    return SpotModel(float(radius_px), np.asarray(size_thresholds_px, float), table, pixel_table, half,
+                     record or {})
+
+
 @dataclass
 class _Windows:
     """Pixels within R of each particle's centroid, padded to one width; invalid entries weigh 0."""
 
     flat: np.ndarray     # (N, P) int: index into the raveled image (0 where invalid)
-    px: np.ndarray       # (N, P) float: pixel column, far away where invalid (so T = 0 there)
-    py: np.ndarray       # (N, P) float: pixel row
+    cx: np.ndarray       # (N,) int: pixel nearest to the centroid (column)
+    cy: np.ndarray       # (N,) int: (row)
+    ox: np.ndarray       # (N, P) int: pixel column - cx; OUTSIDE where invalid
+    oy: np.ndarray       # (N, P) int: pixel row - cy; OUTSIDE where invalid
     weight: np.ndarray   # (N, P) float: 1 inside the circle and the image, else 0
     inside_fraction: np.ndarray  # (N,)
+
+
+# Offset given to a window's invalid entries: beyond every table, whose zero border it then reads.
+OUTSIDE = 1 << 20
 
 
 def _windows(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, radius: float) -> _Windows:
@@ -121,25 +164,44 @@ def _windows(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, radius: float
     in_circle = np.hypot(ix - x[:, None], iy - y[:, None]) <= radius
     in_image = (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
     valid = in_circle & in_image
-    far = 4.0 * radius + 4.0
-    px = np.where(valid, ix, x[:, None] + far).astype(np.float64)
-    py = np.where(valid, iy, y[:, None]).astype(np.float64)
     flat = np.where(valid, iy * width + ix, 0)
     inside = valid.sum(1) / np.maximum(in_circle.sum(1), 1)
-    return _Windows(flat, px, py, valid.astype(np.float64), inside)
+    return _Windows(flat, cx, cy, np.where(valid, ox[None, :], OUTSIDE), np.where(valid, oy[None, :], OUTSIDE),
+                    valid.astype(np.float64), inside)
 
 
-def _lookup(model: SpotModel, species: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """T(d) and dT/dr of the linear interpolant of the table (d >= 0; 0 beyond R)."""
-    n = model.table.shape[1]
-    u = d * (1.0 / TABLE_STEP_PX)
-    i = np.minimum(u.astype(np.int64), n - 2)
-    f = np.minimum(u - i, 1.0)
-    base = (species * n)[:, None]
-    flat_table = model.table.ravel()
-    t0 = flat_table[base + i]
-    t1 = flat_table[base + i + 1]
-    return t0 + f * (t1 - t0), (t1 - t0) * (1.0 / TABLE_STEP_PX)
+def _pixel_values(model: SpotModel, species: np.ndarray, win: _Windows, rows: np.ndarray, x: np.ndarray,
+                  y: np.ndarray):
+    """Unit spots' pixel values on the windows ``rows`` for centres x, y (px), and their gradients in x, y.
+
+    Bilinear interpolation of the pixel table. Window pixels lie at integer
+    offsets from a whole pixel and the table step divides a pixel, so the
+    interpolation weights are the same for all pixels of a particle: one
+    gather per corner and per-particle weights. The gradient is the
+    interpolant's own (Gauss-Newton steps follow the model evaluated).
+    """
+    m = model.pixel_table.shape[1]
+    per_px = PIXEL_TABLE_STEPS_PER_PX
+    # Table coordinate of pixel (cx, cy) relative to the centre (x, y); clipped to the table's travel.
+    ux = np.clip((win.cx[rows] - x + model.half_px) * per_px, 0.0, m - 1.000001)
+    uy = np.clip((win.cy[rows] - y + model.half_px) * per_px, 0.0, m - 1.000001)
+    bx, by = np.floor(ux), np.floor(uy)
+    fx, fy = (ux - bx)[:, None], (uy - by)[:, None]
+    ix = np.clip(bx.astype(np.int64)[:, None] + per_px * win.ox[rows], 0, m - 2)
+    iy = np.clip(by.astype(np.int64)[:, None] + per_px * win.oy[rows], 0, m - 2)
+    index = (species[:, None] * m + iy) * m + ix
+    flat = model.pixel_table.ravel()
+    g00 = flat[index]
+    g01 = flat[index + 1]
+    g10 = flat[index + m]
+    g11 = flat[index + m + 1]
+    low = g00 + fx * (g01 - g00)
+    high = g10 + fx * (g11 - g10)
+    value = low + fy * (high - low)
+    # d/dx of the spot at (pixel - centre) is minus d/d(centre): the caller's Jacobian takes care of the sign.
+    grad_x = ((g01 - g00) + fy * ((g11 - g10) - (g01 - g00))) * per_px
+    grad_y = (high - low) * per_px
+    return value, grad_x, grad_y
 
 
 def fit_frame(image: np.ndarray, x: np.ndarray, y: np.ndarray, species: np.ndarray, model: SpotModel,
@@ -175,10 +237,7 @@ def fit_frame(image: np.ndarray, x: np.ndarray, y: np.ndarray, species: np.ndarr
     typical = None
     active = np.arange(n)
     for sweep in range(sweeps + 1):
-        dx = win.px[active] - x[active, None]
-        dy = win.py[active] - y[active, None]
-        d = np.sqrt(dx * dx + dy * dy)
-        t, slope = _lookup(model, species[active], d)
+        t, grad_x, grad_y = _pixel_values(model, species[active], win, active, x[active], y[active])
         new_own = amplitude[active, None] * t
         flat = win.flat[active]
         image_model += np.bincount(flat.ravel(), weights=(new_own - own[active]).ravel(), minlength=image.size)
@@ -191,8 +250,8 @@ def fit_frame(image: np.ndarray, x: np.ndarray, y: np.ndarray, species: np.ndarr
             jac = np.stack([t, weight], axis=-1)
             residual = target
         else:
-            gain = -amplitude[active, None] * slope / np.maximum(d, 1e-12)
-            jac = np.stack([gain * dx, gain * dy, t, weight], axis=-1)
+            gain = -amplitude[active, None]
+            jac = np.stack([gain * grad_x, gain * grad_y, t, weight], axis=-1)
             residual = target - new_own - background[active, None] * weight
         jac_t = jac.transpose(0, 2, 1)
         normal = np.matmul(jac_t, jac)
@@ -208,8 +267,9 @@ def fit_frame(image: np.ndarray, x: np.ndarray, y: np.ndarray, species: np.ndarr
             continue
         step_x = np.clip(step[:, 0], -MAX_STEP_PX, MAX_STEP_PX)
         step_y = np.clip(step[:, 1], -MAX_STEP_PX, MAX_STEP_PX)
-        x[active] += step_x
-        y[active] += step_y
+        # The pixel table covers TRAVEL_PX around the centroid; farther is rejected anyway (max_shift_px).
+        x[active] = np.clip(x[active] + step_x, x0[active] - TRAVEL_PX, x0[active] + TRAVEL_PX)
+        y[active] = np.clip(y[active] + step_y, y0[active] - TRAVEL_PX, y0[active] + TRAVEL_PX)
         amplitude[active] += step[:, 2]
         background[active] += step[:, 3]
         last_step[active] = np.hypot(step_x, step_y)
@@ -298,9 +358,13 @@ def measure_profiles(images, positions, species, n_species: int, radius: float, 
         win = _windows(image.shape, xy[:, 0], xy[:, 1], radius)
         valid = win.weight > 0
         particle = np.broadcast_to(np.arange(len(xy))[:, None], valid.shape)[valid]
-        d = np.hypot(win.px[valid] - xy[particle, 0], win.py[valid] - xy[particle, 1])
         pixels, row = np.unique(win.flat[valid], return_inverse=True)
-        design = BSpline.design_matrix(np.clip(d, 0.0, radius), knots, 3).tocoo()
+        offsets = (np.arange(PIXEL_SUBSAMPLES) + 0.5) / PIXEL_SUBSAMPLES - 0.5
+        px = (win.cx[:, None] + win.ox)[valid] - xy[particle, 0]
+        py = (win.cy[:, None] + win.oy)[valid] - xy[particle, 1]
+        sub = [np.hypot(px + ox, py + oy) for oy in offsets for ox in offsets]
+        design = sum(BSpline.design_matrix(np.clip(d, 0.0, radius), knots, 3) for d in sub).tocoo()
+        design.data /= len(sub)
         weight = np.ones(len(xy)) if amplitudes is None else np.asarray(amplitudes[k], np.float64)
         who = particle[design.row]
         # Spline part (sparse: each pixel sees the few spots reaching it) and background part (dense,
@@ -366,18 +430,18 @@ def measure_spot_model(images, features: pd.DataFrame, radius_px: float, species
     positions = [features.loc[idx, ["x", "y"]].to_numpy(np.float64) for idx in per_image]
     species_per_image = [species[idx] for idx in per_image]
     table = measure_profiles(images, positions, species_per_image, n_species, radius_px)
-    model = SpotModel(radius_px, thresholds, table)
+    model = spot_model(radius_px, thresholds, table)
     for _ in range(CALIBRATION_ROUNDS):
         fits = [fit_frame(images[k], p[:, 0], p[:, 1], s, model, sweeps)
                 for k, (p, s) in enumerate(zip(positions, species_per_image, strict=True))]
         refined = [np.c_[f["x"], f["y"]] for f in fits]
         table = measure_profiles(images, refined, species_per_image, n_species, radius_px,
                                  [f["amplitude"] for f in fits])
-        model = SpotModel(radius_px, thresholds, table)
+        model = spot_model(radius_px, thresholds, table)
     record = {"n_species": int(n_species), "size_thresholds_px": thresholds.tolist(),
               "spots_per_species": np.bincount(species, minlength=n_species).tolist(),
               "frames": len(images), "species_chosen_by": species_record.get("chosen_by")}
-    return SpotModel(radius_px, thresholds, table, record)
+    return spot_model(radius_px, thresholds, table, record)
 
 
 def refine_frame(image: np.ndarray, features: pd.DataFrame, model: SpotModel, sweeps: int,
