@@ -66,11 +66,11 @@ class LocateParams:
     auto_frames: int = 3              # frames, counted from the first selected one, the auto estimates look at
     # Sub-pixel refinement after trackpy's centroid (tracking/refine.py): "none", or "psf_fit" (each
     # particle's measured spot fitted with its touching neighbours' spots subtracted)
-    refine: str = "none"
+    refine: str = "psf_fit"
     # px, radius of each particle's fitted window and of the measured spot profile; "auto": 0.75 of the
     # mask diameter
     refine_radius_px: float | str = AUTO
-    refine_sweeps: int = 4            # Gauss-Newton sweeps over all particles of a frame
+    refine_sweeps: int = 8            # most Gauss-Newton sweeps over a frame (settled particles drop out)
     refine_profile_frames: int = 3    # frames, from the first selected one, on which the spot profiles are measured
     refine_max_shift_px: float = 2.0  # px, a refined position farther from trackpy's centroid is rejected
 
@@ -300,8 +300,9 @@ def check(params: TrackingParams) -> None:
              loc.refine_sweeps)
     _require(_is_int(loc.refine_profile_frames) and loc.refine_profile_frames >= 1, "locate.refine_profile_frames",
              "an integer >= 1 (frames)", loc.refine_profile_frames)
-    _require(_is_number(loc.refine_max_shift_px) and loc.refine_max_shift_px > 0, "locate.refine_max_shift_px",
-             "a number > 0 (px)", loc.refine_max_shift_px)
+    _require(_is_number(loc.refine_max_shift_px) and 0 < loc.refine_max_shift_px <= 3, "locate.refine_max_shift_px",
+             "a number in (0, 3] (px; a fit farther from trackpy's centroid has found another object)",
+             loc.refine_max_shift_px)
 
     link = params.link
     _require(link.search_range_um == AUTO or (_is_number(link.search_range_um) and link.search_range_um > 0),

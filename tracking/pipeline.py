@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from .link import compute_drift, filter_stubs, filter_trajectories, link_feature
 from .locate import NoParticlesError, detect_polarity, filter_features, locate_stack, prepare, resolve, tidy
 from .motion import add_velocities, finite_differences
 from .params import AUTO, TrackingParams, as_params, to_dict
-from .refine import RefineError, refine_features, resolve_radius
+from .refine import RefineError, RefineSkippedWarning, refine_features, resolve_radius
 from .species import classify_species
 
 FEATURE_COLUMNS = ["frame", "t", "x", "y", "x_px", "y_px", "mass", "size", "ecc", "signal", "raw_mass", "ep",
@@ -177,9 +178,13 @@ def refine_video(video, features: pd.DataFrame, params: TrackingParams, resolved
             profile_frames=loc.refine_profile_frames, max_shift_px=loc.refine_max_shift_px,
             species_params=params.species, origin_px=video.origin_px)
     except RefineError as error:
-        raise TrackingInputError(f"{video.source}: tracking.locate.refine: psf_fit cannot measure the spots: {error}; "
-                                 f"raise tracking.locate.refine_profile_frames or set tracking.locate.refine: none"
-                                 ) from None
+        # A refinement, not a necessity: too few particles to measure their spot is no reason to fail a
+        # video trackpy can track. The centroids are kept, and qc.json and a warning say why.
+        message = (f"{video.source}: tracking.locate.refine: psf_fit skipped, trackpy's centroids kept: {error}; "
+                   f"raise tracking.locate.refine_profile_frames, or set tracking.locate.refine: none to silence this")
+        warnings.warn(message, RefineSkippedWarning, stacklevel=2)
+        return (features.assign(x_centroid=features["x"], y_centroid=features["y"], refined=False),
+                {"method": loc.refine, "skipped": str(error)})
     return refined, record
 
 
