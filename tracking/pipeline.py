@@ -176,7 +176,7 @@ def refine_video(video, features: pd.DataFrame, params: TrackingParams, resolved
             lambda index: prepare(video.read(index), resolved.invert), video.frame_numbers, features,
             radius_px=resolve_radius(loc.refine_radius_px, resolved.diameter), sweeps=loc.refine_sweeps,
             profile_frames=loc.refine_profile_frames, max_shift_px=loc.refine_max_shift_px,
-            species_params=params.species, origin_px=video.origin_px)
+            species_params=params.species, origin_px=video.origin_px, border_px=resolved.margin_px)
     except RefineError as error:
         # A refinement, not a necessity: too few particles to measure their spot is no reason to fail a
         # video trackpy can track. The centroids are kept, and qc.json and a warning say why.

@@ -154,7 +154,8 @@ class _Windows:
 OUTSIDE = 1 << 20
 
 
-def _windows(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, radius: float) -> _Windows:
+def _windows(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, radius: float, border: int = 0) -> _Windows:
+    """Windows of radius R around x, y (px), leaving out pixels within ``border`` px of the image border."""
     height, width = shape
     k = int(np.ceil(radius + 0.5))
     oy, ox = np.mgrid[-k:k + 1, -k:k + 1]
@@ -165,7 +166,7 @@ def _windows(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, radius: float
     ix = cx[:, None] + ox[None, :]
     iy = cy[:, None] + oy[None, :]
     in_circle = np.hypot(ix - x[:, None], iy - y[:, None]) <= radius
-    in_image = (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
+    in_image = (ix >= border) & (ix < width - border) & (iy >= border) & (iy < height - border)
     valid = in_circle & in_image
     flat = np.where(valid, iy * width + ix, 0)
     inside = valid.sum(1) / np.maximum(in_circle.sum(1), 1)
@@ -208,11 +209,14 @@ def _pixel_values(model: SpotModel, species: np.ndarray, win: _Windows, rows: np
 
 
 def fit_frame(image: np.ndarray, x: np.ndarray, y: np.ndarray, species: np.ndarray, model: SpotModel,
-              sweeps: int) -> dict:
+              sweeps: int, border_px: int = 0) -> dict:
     """Fit (x, y, amplitude, background) of every particle of one frame, neighbours modelled.
 
     ``x, y`` (px, column and row of ``image``) are the start (trackpy's
-    centroids) and fix each particle's window. At most ``sweeps``
+    centroids) and fix each particle's window; pixels within ``border_px``
+    of the image border are left out (trackpy reports no particle there,
+    so a spot there is not modelled: give trackpy's margin, the mask
+    radius). At most ``sweeps``
     Gauss-Newton sweeps; a particle whose step fell below SETTLED_STEP_PX
     is left alone afterwards (its neighbours' later moves are far smaller
     than the step it just made), which makes the later sweeps cheap.
@@ -228,7 +232,7 @@ def fit_frame(image: np.ndarray, x: np.ndarray, y: np.ndarray, species: np.ndarr
         return {"x": empty, "y": empty, "amplitude": empty, "background": empty, "last_step": empty,
                 "inside_fraction": empty, "solvable": np.empty(0, bool)}
     image = np.asarray(image, np.float64)
-    win = _windows(image.shape, x0, y0, model.radius_px)
+    win = _windows(image.shape, x0, y0, model.radius_px, border_px)
     data = image.ravel()[win.flat] * win.weight
     x, y = x0.copy(), y0.copy()
     amplitude = np.ones(n)
@@ -462,7 +466,7 @@ def measure_spot_model(images, features: pd.DataFrame, radius_px: float, species
 
 
 def refine_frame(image: np.ndarray, features: pd.DataFrame, model: SpotModel, sweeps: int,
-                 max_shift_px: float) -> pd.DataFrame:
+                 max_shift_px: float, border_px: int = 0) -> pd.DataFrame:
     """Columns ``x, y`` (refined, or the centroid where not), ``status`` (index into STATUS) of one frame.
 
     ``features`` holds ``x, y`` (trackpy's centroids, px of ``image``) and ``size``.
@@ -470,7 +474,7 @@ def refine_frame(image: np.ndarray, features: pd.DataFrame, model: SpotModel, sw
     x0 = features["x"].to_numpy(np.float64)
     y0 = features["y"].to_numpy(np.float64)
     species = model.species_of(features["size"].to_numpy())
-    fit = fit_frame(image, x0, y0, species, model, sweeps)
+    fit = fit_frame(image, x0, y0, species, model, sweeps, border_px)
     status = status_of(fit, x0, y0, species, model.n_species, max_shift_px)
     keep = status == 0
     return pd.DataFrame({"x": np.where(keep, fit["x"], x0), "y": np.where(keep, fit["y"], y0), "status": status},
@@ -489,13 +493,14 @@ def resolve_radius(radius_px, diameter: int) -> float:
 
 def refine_features(read_image, frame_numbers, features: pd.DataFrame, *, radius_px: float, sweeps: int,
                     profile_frames: int, max_shift_px: float, species_params: SpeciesParams,
-                    origin_px: tuple[float, float] = (0.0, 0.0)) -> tuple[pd.DataFrame, dict]:
+                    origin_px: tuple[float, float] = (0.0, 0.0), border_px: int = 0) -> tuple[pd.DataFrame, dict]:
     """Refine the ``x, y`` (px) of trackpy's features of every frame; keep the centroids beside them.
 
     ``read_image(index)`` gives the index-th selected frame (prepared:
     particles bright) whose video frame number is ``frame_numbers[index]``;
     ``features`` hold ``frame``, ``x, y`` (px of the full frame: the image's
-    ``origin_px`` added) and ``size``. Returns the features with ``x, y``
+    ``origin_px`` added) and ``size``; ``border_px``: see fit_frame (trackpy's
+    mask radius). Returns the features with ``x, y``
     refined where the fit succeeded, ``x_centroid, y_centroid`` (trackpy's)
     and ``refined`` (bool), and a record for qc.json. Raises RefineError
     when the first ``profile_frames`` frames hold too few spots.
@@ -525,7 +530,7 @@ def refine_features(read_image, frame_numbers, features: pd.DataFrame, *, radius
         image = calibration_images[i] if i < n_cal else np.asarray(read_image(i), np.float64)
         local = features.iloc[idx][["x", "y", "size"]]
         local = local.assign(x=local["x"] - x_origin, y=local["y"] - y_origin)
-        result = refine_frame(image, local, model, sweeps, max_shift_px)
+        result = refine_frame(image, local, model, sweeps, max_shift_px, border_px)
         features.iloc[idx, columns[0]] = result["x"].to_numpy() + x_origin
         features.iloc[idx, columns[1]] = result["y"].to_numpy() + y_origin
         status[idx] = result["status"].to_numpy()
@@ -533,6 +538,7 @@ def refine_features(read_image, frame_numbers, features: pd.DataFrame, *, radius
     shift = np.hypot(features["x"] - features["x_centroid"], features["y"] - features["y_centroid"]).to_numpy()
     counts = np.bincount(status, minlength=len(STATUS))
     record = {"method": "psf_fit", "radius_px": round(float(radius_px), 3), "sweeps": int(sweeps),
+              "border_px": int(border_px),
               "max_shift_px": float(max_shift_px), "profile": model.record,
               "features": len(features), "refined": int(counts[0]),
               "fraction_refined": float(counts[0] / len(features)) if len(features) else None,
