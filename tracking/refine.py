@@ -166,10 +166,11 @@ def _windows(shape: tuple[int, int], x: np.ndarray, y: np.ndarray, radius: float
     ix = cx[:, None] + ox[None, :]
     iy = cy[:, None] + oy[None, :]
     in_circle = np.hypot(ix - x[:, None], iy - y[:, None]) <= radius
-    in_image = (ix >= border) & (ix < width - border) & (iy >= border) & (iy < height - border)
-    valid = in_circle & in_image
+    in_image = (ix >= 0) & (ix < width) & (iy >= 0) & (iy < height)
+    away = (ix >= border) & (ix < width - border) & (iy >= border) & (iy < height - border)
+    valid = in_circle & away
     flat = np.where(valid, iy * width + ix, 0)
-    inside = valid.sum(1) / np.maximum(in_circle.sum(1), 1)
+    inside = (in_circle & in_image).sum(1) / np.maximum(in_circle.sum(1), 1)
     return _Windows(flat, cx, cy, np.where(valid, ox[None, :], OUTSIDE), np.where(valid, oy[None, :], OUTSIDE),
                     valid.astype(np.float64), inside)
 
