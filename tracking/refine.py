@@ -14,18 +14,22 @@ Method (``psf_fit``):
    the first frames as a radial profile ``T_s(r)``: a cubic B-spline in the
    distance r (knots every KNOT_SPACING_PX, flat at r = 0, zero with zero
    slope at the fit radius R), fitted by linear least squares to every pixel
-   within R of any particle, with all particles' spots overlapping where they
-   do. The pixel-sampled, motion-blurred, noisy spot is what gets measured,
-   so no optics model is assumed; only radial symmetry.
-2. Each frame is modelled as ``I(p) = b_i + sum_j a_j T_{s_j}(|p - r_j|)``
-   on the window of radius R around each particle i (local background b_i,
-   amplitude a_j). Every particle's ``(x, y, a, b)`` is fitted on its own
-   window with its neighbours' modelled spots subtracted, by Gauss-Newton
-   steps; all particles are updated at once (a sweep), and the neighbours'
-   spots are recomputed between sweeps.
+   within R of any particle (and EDGE_MARGIN_RADII R inside the image), with
+   all particles' spots overlapping where they do and a smooth background.
+   The motion-blurred, noisy spot is what gets measured, so no optics model
+   is assumed; only radial symmetry, and that a pixel integrates the spot
+   (its value is the profile's mean over PIXEL_SUBSAMPLES^2 points).
+2. Each frame is modelled as ``I(p) = B_i(p) + sum_j a_j T_{s_j}(|p - r_j|)``
+   on the window of radius R around each particle i (B_i a plane: the local
+   background; a_j the amplitudes). Every particle's position, amplitude and
+   plane are fitted on its own window with its neighbours' modelled spots
+   subtracted, by Gauss-Newton steps; all particles are updated at once (a
+   sweep), and the neighbours' spots are recomputed between sweeps. Pixels
+   within trackpy's margin of the border are left out (spots there are not
+   reported, so not modelled).
 3. Steps 1 and 2 alternate CALIBRATION_ROUNDS times on the first frames, so
    that the profile is measured at the refined positions with the fitted
-   amplitudes and backgrounds.
+   amplitudes.
 
 Guards: a particle whose window lies less than MIN_INSIDE_FRACTION inside
 the image (``edge``), whose fitted amplitude is below MIN_AMPLITUDE_FRACTION
@@ -47,7 +51,6 @@ from scipy.interpolate import BSpline
 from .params import SpeciesParams
 from .species import classify_species
 
-METHODS = ("none", "psf_fit")
 # Radial knot spacing of the measured profile (px): the twin's bright rim is
 # ~1 px wide after pixel integration, so 0.5 px resolves it; with hundreds of
 # spots per frame there are ~1e4 pixels per knot, no over-fitting.
@@ -59,8 +62,8 @@ TABLE_STEP_PX = 0.01
 # diagonal of the normal matrix (well above float32 resolution, far below the
 # data's weight).
 PROFILE_SMOOTHING = 1e-3
-# Levenberg damping of the per-particle 4x4 Gauss-Newton systems, relative to
-# their diagonal, plus an absolute floor relative to the mean trace.
+# Levenberg damping of the per-particle Gauss-Newton systems (x, y, amplitude, plane), relative to
+# their diagonal, plus a floor of 1e-9 of each parameter's mean diagonal.
 DAMPING = 1e-4
 CALIBRATION_ROUNDS = 2
 # Background of the calibration frames: a smooth polynomial field of this degree (the twin's
@@ -80,6 +83,7 @@ PIXEL_TABLE_STEPS_PER_PX = 16
 # tracking.locate.refine_max_shift_px is at most this.
 TRAVEL_PX = 3.0
 SETTLED_STEP_PX = 1e-3         # a particle whose step falls below this is not moved again
+BLOCK_ELEMENTS = 1 << 20       # particles x window pixels fitted at once (bounds the Jacobians' memory)
 MIN_SPOTS_PER_SPECIES = 10     # to measure a profile (spots away from the border)
 # Profiles are measured on pixels at least this many window radii from the image border: an
 # unreported particle lies within trackpy's mask radius (< R) of it, and its spot reaches R further.
@@ -247,56 +251,70 @@ def fit_frame(image: np.ndarray, x: np.ndarray, y: np.ndarray, species: np.ndarr
     # The model image always holds every particle's spot as stored in `own` (the neighbours' view of it).
     own = np.zeros(win.weight.shape)
     image_model = np.zeros(image.size)
-    typical = None
+    typical = None  # each parameter's mean diagonal of the normal matrices, from the first two sweeps
     active = np.arange(n)
     for sweep in range(sweeps + 1):
-        t, grad_x, grad_y = _pixel_values(model, species[active], win, active, x[active], y[active])
-        new_own = amplitude[active, None] * t
-        flat = win.flat[active]
-        image_model += np.bincount(flat.ravel(), weights=(new_own - own[active]).ravel(), minlength=image.size)
-        own[active] = new_own
-        basis = plane[active]
-        # Data minus the neighbours' spots: what this particle and the background must explain.
-        target = data[active] - (image_model[flat] - new_own) * basis[..., 0]
-        if sweep == 0:
-            # Amplitude and background are linear: solve them at the centroid first.
-            jac = np.concatenate([t[..., None], basis], axis=-1)
-            residual = target
-        else:
-            gain = -amplitude[active, None]
-            jac = np.concatenate([(gain * grad_x)[..., None], (gain * grad_y)[..., None], t[..., None], basis],
-                                 axis=-1)
-            residual = target - new_own - np.einsum("npk,nk->np", basis, background[active])
-        jac_t = jac.transpose(0, 2, 1)
-        normal = np.matmul(jac_t, jac)
-        rhs = np.matmul(jac_t, residual[..., None])[..., 0]
-        diagonal = np.diagonal(normal, axis1=1, axis2=2)
-        if sweep <= 1:
-            # Each parameter's own scale (px, amplitude, background differ by orders of magnitude).
-            typical = np.maximum(diagonal.mean(axis=0), np.finfo(np.float64).tiny)
-        normal = normal + np.eye(normal.shape[-1]) * (DAMPING * diagonal + 1e-9 * typical)[:, None, :]
-        step = np.linalg.solve(normal, rhs[..., None])[..., 0]
-        if sweep == 0:
-            amplitude, background = step[:, 0], step[:, 1:]
-            continue
-        step_x = np.clip(step[:, 0], -MAX_STEP_PX, MAX_STEP_PX)
-        step_y = np.clip(step[:, 1], -MAX_STEP_PX, MAX_STEP_PX)
-        # The pixel table covers TRAVEL_PX around the centroid; farther is rejected anyway (max_shift_px).
-        x[active] = np.clip(x[active] + step_x, x0[active] - TRAVEL_PX, x0[active] + TRAVEL_PX)
-        y[active] = np.clip(y[active] + step_y, y0[active] - TRAVEL_PX, y0[active] + TRAVEL_PX)
-        amplitude[active] += step[:, 2]
-        background[active] += step[:, 3:]
-        last_step[active] = np.hypot(step_x, step_y)
-        solvable[active] = (diagonal[:, 0] > 1e-6 * typical[0]) & (diagonal[:, 1] > 1e-6 * typical[1])
-        active = active[~(last_step[active] < SETTLED_STEP_PX)]
-        if len(active) == 0:
-            break
+        # Particles in blocks bound the temporaries (N, P, 6) on large frames; a block sees the
+        # blocks before it already moved (Gauss-Seidel between blocks, Jacobi within one).
+        block = max(1, BLOCK_ELEMENTS // win.weight.shape[1])
+        for start in range(0, len(active), block):
+            rows = active[start:start + block]
+            typical = _sweep(model, species, win, data, image_model, own, plane, rows, x, y, x0, y0, amplitude,
+                             background, last_step, solvable, typical, sweep)
+        if sweep > 0:
+            active = active[~(last_step[active] < SETTLED_STEP_PX)]
+            if len(active) == 0:
+                break
     background = background[:, 0]
     finite = np.isfinite(x) & np.isfinite(y) & np.isfinite(amplitude) & np.isfinite(background)
     return {"x": np.where(finite, x, x0), "y": np.where(finite, y, y0),
             "amplitude": np.where(finite, amplitude, 0.0), "background": np.where(finite, background, 0.0),
             "last_step": np.where(finite, last_step, np.inf), "inside_fraction": win.inside_fraction,
             "solvable": solvable & finite}
+
+
+def _sweep(model, species, win, data, image_model, own, plane, rows, x, y, x0, y0, amplitude, background,
+           last_step, solvable, typical, sweep):
+    """One Gauss-Newton step of the particles ``rows`` (sweep 0: amplitude and plane only), in place."""
+    t, grad_x, grad_y = _pixel_values(model, species[rows], win, rows, x[rows], y[rows])
+    new_own = amplitude[rows, None] * t
+    flat = win.flat[rows]
+    image_model += np.bincount(flat.ravel(), weights=(new_own - own[rows]).ravel(), minlength=image_model.size)
+    own[rows] = new_own
+    basis = plane[rows]
+    # Data minus the neighbours' spots: what this particle and the background must explain.
+    target = data[rows] - (image_model[flat] - new_own) * basis[..., 0]
+    if sweep == 0:
+        # Amplitude and background are linear: solve them at the centroid first.
+        jac = np.concatenate([t[..., None], basis], axis=-1)
+        residual = target
+    else:
+        gain = -amplitude[rows, None]
+        jac = np.concatenate([(gain * grad_x)[..., None], (gain * grad_y)[..., None], t[..., None], basis], axis=-1)
+        residual = target - new_own - np.einsum("npk,nk->np", basis, background[rows])
+    jac_t = jac.transpose(0, 2, 1)
+    normal = np.matmul(jac_t, jac)
+    rhs = np.matmul(jac_t, residual[..., None])[..., 0]
+    diagonal = np.diagonal(normal, axis1=1, axis2=2)
+    if typical is None or len(typical) != diagonal.shape[1]:
+        # Each parameter's own scale (px, amplitude, background differ by orders of magnitude).
+        typical = np.maximum(diagonal.mean(axis=0), np.finfo(np.float64).tiny)
+    normal = normal + np.eye(normal.shape[-1]) * (DAMPING * diagonal + 1e-9 * typical)[:, None, :]
+    step = np.linalg.solve(normal, rhs[..., None])[..., 0]
+    if sweep == 0:
+        amplitude[rows] = step[:, 0]
+        background[rows] = step[:, 1:]
+        return None  # the position's scale is set in the first Gauss-Newton sweep
+    step_x = np.clip(step[:, 0], -MAX_STEP_PX, MAX_STEP_PX)
+    step_y = np.clip(step[:, 1], -MAX_STEP_PX, MAX_STEP_PX)
+    # The pixel table covers TRAVEL_PX around the centroid; farther is rejected anyway (max_shift_px).
+    x[rows] = np.clip(x[rows] + step_x, x0[rows] - TRAVEL_PX, x0[rows] + TRAVEL_PX)
+    y[rows] = np.clip(y[rows] + step_y, y0[rows] - TRAVEL_PX, y0[rows] + TRAVEL_PX)
+    amplitude[rows] += step[:, 2]
+    background[rows] += step[:, 3:]
+    last_step[rows] = np.hypot(step_x, step_y)
+    solvable[rows] = (diagonal[:, 0] > 1e-6 * typical[0]) & (diagonal[:, 1] > 1e-6 * typical[1])
+    return typical
 
 
 def status_of(fit: dict, x0: np.ndarray, y0: np.ndarray, species: np.ndarray, n_species: int,
