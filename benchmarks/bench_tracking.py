@@ -8,7 +8,9 @@ give floats, which trackpy scales differently, so the same minmass would
 select other features). ``track_video`` is run with the same diameter,
 minmass, separation and search range (resolved once by a first ``auto``
 run; the auto run is timed too), so both do the same locate and link work
-and find the same features; track_video additionally validates the input,
+and find the same features (``refine: none`` on our side: the default sub-pixel
+refinement is extra work that bare trackpy does not do, timed on its own by
+benchmarks/bench_localisation.py); track_video additionally validates the input,
 computes velocities, writes parquet files and QC figures. Runs alternate between the two so that load
 from other processes on the machine affects both alike; the best of
 ``--repeats`` runs is reported (and the median).
@@ -93,7 +95,7 @@ def pingpong_sequence(frames_glob: str, n_frames: int, folder: Path) -> str:
 def time_input(source: str, n_frames: int, locate: dict, search_range_px: float, explicit: dict, args,
                with_auto: bool) -> list[dict]:
     """Alternate bare trackpy and track_video runs on one input; best and median per number of processes."""
-    auto_params = {"locate": {"invert": args.invert}}
+    auto_params = {"locate": {"invert": args.invert, "refine": "none"}}
     results = []
     for processes in args.processes:
         times = {"bare_trackpy": [], "track_video": []} | ({"track_video_auto": []} if with_auto else {})
@@ -143,7 +145,8 @@ def main(argv=None) -> dict:
     # One auto run resolves the parameters both sides then use.
     out = Path(tempfile.mkdtemp(prefix="bench-tracking-")) / "out"
     try:
-        first = track_video(args.frames, out, {"locate": {"invert": args.invert}}, pixel_size_um=args.pixel_size_um,
+        first = track_video(args.frames, out, {"locate": {"invert": args.invert, "refine": "none"}},
+                            pixel_size_um=args.pixel_size_um,
                             frame_rate_hz=args.fps, processes=1)
     finally:
         shutil.rmtree(out.parent, ignore_errors=True)
@@ -151,7 +154,7 @@ def main(argv=None) -> dict:
     locate = resolved["locate"]
     search_range_px = resolved["link"]["search_range_px"]
     explicit = {"locate": {"invert": args.invert, "diameter": locate["diameter"], "minmass": locate["minmass"],
-                           "separation": locate["separation"]},
+                           "separation": locate["separation"], "refine": "none"},
                 "link": {"search_range_um": search_range_px * args.pixel_size_um}}
 
     inputs = [{"input": args.frames, "frames": first.qc["frames_analysed"],

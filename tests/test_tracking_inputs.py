@@ -266,7 +266,9 @@ def test_config_schema_matches_the_dataclasses():
                 {"locate": {"typo": 1}}, {"roi": {"x0": 0}}, {"locate": {"channel": 3}},
                 {"locate": {"channel": "red"}}, {"locate": {"invert": "yes"}}, {"link": {"drift": "mode"}},
                 {"link": {"subtract_drift": True}}, {"trajectory_filter": {"per": "frame"}},
-                {"trajectory_filter": {"max_ecc": 2}}, {"checks": {"max_short_fraction": 0}}):
+                {"trajectory_filter": {"max_ecc": 2}}, {"checks": {"max_short_fraction": 0}},
+                {"locate": {"refine": "gauss"}}, {"locate": {"refine_radius_px": 1}},
+                {"locate": {"refine_sweeps": 0}}, {"locate": {"refine_max_shift_px": 5}}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, SCHEMA)
         with pytest.raises(ParameterError):

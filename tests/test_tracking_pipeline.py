@@ -173,10 +173,19 @@ def test_bulk_water_end_to_end(tmp_path):
     assert 0.1 < np.nanmedian(speed) < 10
 
 
-def test_velocity_noise_floor_from_data_agrees_with_the_truth(tracked):
+@pytest.fixture(scope="module")
+def tracked_centroid(sheared_video, tmp_path_factory):
+    """trackpy's centroids, without refinement: a localisation noise the data's own estimate can resolve."""
+    out = tmp_path_factory.mktemp("tracked_centroid") / "tracking"
+    params = {"locate": {"refine": "none"}, "link": {"predictor": "affine", "search_range_um": 0.75}}
+    return track_video(sheared_video / "frames.tif", out, params, pixel_size_um=MPP, frame_rate_hz=FPS,
+                       processes=2, truth_pixels=sheared_video / "truth_pixels.parquet")
+
+
+def test_velocity_noise_floor_from_data_agrees_with_the_truth(tracked_centroid):
     # Free diffusion under shear: the data's own estimate (negative lag-1 step covariance, affine flow
     # removed) finds the localisation noise the truth shows, within its reported standard error.
-    noise = json.loads((tracked.out_dir / "qc.json").read_text())["velocity_noise"]
+    noise = json.loads((tracked_centroid.out_dir / "qc.json").read_text())["velocity_noise"]
     data, truth = noise["sigma_from_data"], noise["sigma_from_truth"]
     assert noise["sigma_source"] == "truth" and noise["sigma_px"] == truth["sigma_px"]
     for axis in range(2):
@@ -187,3 +196,15 @@ def test_velocity_noise_floor_from_data_agrees_with_the_truth(tracked):
             truth["velocity_noise_predicted_px_s"][axis], rel=0.15)
     floor = noise["noise_floor_um_s"]["interior"][0]
     assert floor == pytest.approx(truth["sigma_px"][0] * MPP * FPS / np.sqrt(2))
+
+
+def test_a_noise_below_the_data_estimate_s_resolution_is_null_with_its_reason(tracked):
+    # psf_fit's localisation noise (default) is below what the steps' anticorrelation resolves on this video:
+    # the data's estimate says so instead of returning a number; the truth's is still there.
+    noise = json.loads((tracked.out_dir / "qc.json").read_text())["velocity_noise"]
+    assert noise["sigma_source"] == "truth" and all(s > 0 for s in noise["sigma_px"])
+    data = noise["sigma_from_data"]
+    if data["sigma_px"] is None:
+        assert data["reason"]
+    else:
+        assert all(np.isfinite(data["sigma_px"]))

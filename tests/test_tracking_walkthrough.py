@@ -24,7 +24,8 @@ BULK_WATER = REPO.parent / "shared" / "data" / "bulk_water"
 MPP, FPS = 1 / 2.85, 24.0  # µm per pixel, frames per second (the sample's README)
 
 WALKTHROUGH_CONFIG = {
-    "locate": {"channel": 1, "invert": True, "diameter": 11, "minmass": 20, "separation": None},
+    # refine: none keeps trackpy's centroids (the default psf_fit moves them: see test_tracking_refine.py)
+    "locate": {"channel": 1, "invert": True, "diameter": 11, "minmass": 20, "separation": None, "refine": "none"},
     "link": {"search_range_px": 5, "memory": 3, "min_length": 25, "drift": "mean", "drift_from": "filtered"},
     "trajectory_filter": {"per": "observation", "min_mass": 50, "max_size": 2.6, "max_ecc": 0.3},
 }

@@ -82,6 +82,13 @@ class ResolvedLocate:
     noise_size: float
     smoothing_size: float | None
 
+    @property
+    def margin_px(self) -> int:
+        """trackpy's own margin (trackpy.feature.locate): no feature centre is reported closer to the border."""
+        separation = self.separation if self.separation is not None else self.diameter + 1
+        smoothing = self.smoothing_size if self.smoothing_size is not None else self.diameter
+        return int(max(self.diameter // 2, separation // 2 - 1, smoothing // 2))
+
     def trackpy_kwargs(self) -> dict:
         kwargs = {"diameter": self.diameter, "minmass": self.minmass, "percentile": self.percentile,
                   "noise_size": self.noise_size}

@@ -27,6 +27,7 @@ FLATTEN = ("none", "gaussian", "rolling_ball")
 DRIFT_METHODS = ("none", "median", "mean", "registration")
 DRIFT_FROM = ("all", "filtered")
 FILTER_PER = ("trajectory", "observation")
+REFINE_METHODS = ("none", "psf_fit")
 # Keys that were replaced: an old config fails with the new key named, never silently.
 RENAMED = {
     "tracking.link.subtract_drift": (
@@ -68,6 +69,15 @@ class LocateParams:
     # "none", "gaussian" (blur) or "rolling_ball" (envelope on the background side; needs scikit-image)
     flatten: str = "none"
     flatten_size: float | None = None  # px, Gaussian sigma or ball radius; None: one particle diameter
+    # Sub-pixel refinement after trackpy's centroid (tracking/refine.py): "none", or "psf_fit" (each
+    # particle's measured spot fitted with its touching neighbours' spots subtracted)
+    refine: str = "psf_fit"
+    # px, radius of each particle's fitted window and of the measured spot profile; "auto": 0.75 of the
+    # mask diameter
+    refine_radius_px: float | str = AUTO
+    refine_sweeps: int = 8            # most Gauss-Newton sweeps over a frame (settled particles drop out)
+    refine_profile_frames: int = 3    # frames, from the first selected one, on which the spot profiles are measured
+    refine_max_shift_px: float = 2.0  # px, a refined position farther from trackpy's centroid is rejected
 
 
 @dataclass(frozen=True)
@@ -291,6 +301,17 @@ def check(params: TrackingParams) -> None:
     _require(loc.flatten in FLATTEN, "locate.flatten", f"one of {', '.join(FLATTEN)}", loc.flatten)
     _require(loc.flatten_size is None or (_is_number(loc.flatten_size) and loc.flatten_size >= 1),
              "locate.flatten_size", "null or a number >= 1 (px)", loc.flatten_size)
+    _require(isinstance(loc.refine, str) and loc.refine in REFINE_METHODS, "locate.refine",
+             f"one of {', '.join(REFINE_METHODS)}", loc.refine)
+    _require(loc.refine_radius_px == AUTO or (_is_number(loc.refine_radius_px) and loc.refine_radius_px >= 2),
+             "locate.refine_radius_px", "'auto' or a number >= 2 (px)", loc.refine_radius_px)
+    _require(_is_int(loc.refine_sweeps) and loc.refine_sweeps >= 1, "locate.refine_sweeps", "an integer >= 1",
+             loc.refine_sweeps)
+    _require(_is_int(loc.refine_profile_frames) and loc.refine_profile_frames >= 1, "locate.refine_profile_frames",
+             "an integer >= 1 (frames)", loc.refine_profile_frames)
+    _require(_is_number(loc.refine_max_shift_px) and 0 < loc.refine_max_shift_px <= 3, "locate.refine_max_shift_px",
+             "a number in (0, 3] (px; a fit farther from trackpy's centroid has found another object)",
+             loc.refine_max_shift_px)
 
     link = params.link
     _require(link.search_range_um == AUTO or (_is_number(link.search_range_um) and link.search_range_um > 0),

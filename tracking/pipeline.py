@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,11 +37,13 @@ from .locate import NoParticlesError, detect_polarity, filter_features, locate_s
 from .motion import add_velocities, finite_differences
 from .noise import velocity_noise_report
 from .params import AUTO, TrackingParams, as_params, to_dict
+from .refine import RefineError, RefineSkippedWarning, refine_features, resolve_radius
 from .register import check_available as check_registration
 from .register import link_in_stage_frame, register_video
 from .species import classify_species
 
-FEATURE_COLUMNS = ["frame", "t", "x", "y", "x_px", "y_px", "mass", "size", "ecc", "signal", "raw_mass", "ep"]
+FEATURE_COLUMNS = ["frame", "t", "x", "y", "x_px", "y_px", "mass", "size", "ecc", "signal", "raw_mass", "ep",
+                   "x_centroid_px", "y_centroid_px", "refined"]
 TRAJECTORY_COLUMNS = ["frame", "t", "particle", "x", "y", "x_px", "y_px", "vx", "vy",
                       "mass", "size", "ecc", "signal", "raw_mass", "ep", "species"]
 
@@ -165,6 +168,33 @@ def locate_video(video, params: TrackingParams, processes: int = 1):
     return features, resolved, chosen
 
 
+def refine_video(video, features: pd.DataFrame, params: TrackingParams, resolved) -> tuple[pd.DataFrame, dict | None]:
+    """Sub-pixel refinement of the features' x, y (px), trackpy's centroids kept as x_centroid, y_centroid.
+
+    With ``locate.refine: none`` the centroids are the positions and no
+    feature is marked ``refined``. Frames are read again (one at a time)
+    rather than kept from locating: decoding costs little beside the fit.
+    """
+    loc = params.locate
+    if loc.refine == "none":
+        return features.assign(x_centroid=features["x"], y_centroid=features["y"], refined=False), None
+    try:
+        refined, record = refine_features(
+            lambda index: prepare(video.read(index), resolved.invert), video.frame_numbers, features,
+            radius_px=resolve_radius(loc.refine_radius_px, resolved.diameter), sweeps=loc.refine_sweeps,
+            profile_frames=loc.refine_profile_frames, max_shift_px=loc.refine_max_shift_px,
+            species_params=params.species, origin_px=video.origin_px, border_px=resolved.margin_px)
+    except RefineError as error:
+        # A refinement, not a necessity: too few particles to measure their spot is no reason to fail a
+        # video trackpy can track. The centroids are kept, and qc.json and a warning say why.
+        message = (f"{video.source}: tracking.locate.refine: psf_fit skipped, trackpy's centroids kept: {error}; "
+                   f"raise tracking.locate.refine_profile_frames, or set tracking.locate.refine: none to silence this")
+        warnings.warn(message, RefineSkippedWarning, stacklevel=2)
+        return (features.assign(x_centroid=features["x"], y_centroid=features["y"], refined=False),
+                {"method": loc.refine, "skipped": str(error)})
+    return refined, record
+
+
 def _search_range_text(params: TrackingParams, search_range_px: float, pixel_size_um: float) -> str:
     key = "tracking.link.search_range_px" if params.link.search_range_px is not None else \
         "tracking.link.search_range_um"
@@ -246,6 +276,9 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
     checks = {"packing": check_packing(features, video.frame_shape, resolved, params.checks.max_packing_ratio,
                                        video.source)}
     timing["locate"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    features, refine_record = refine_video(video, features, params, resolved)
+    timing["refine"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     registered = None
@@ -270,7 +303,8 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
     timing["link"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    features = features.rename(columns={"x": "x_px", "y": "y_px"})
+    features = features.rename(columns={"x": "x_px", "y": "y_px", "x_centroid": "x_centroid_px",
+                                        "y_centroid": "y_centroid_px"})
     features["x"] = features["x_px"] * pixel_size_um
     features["y"] = features["y_px"] * pixel_size_um
     features["t"] = features["frame"] / frame_rate_hz
@@ -323,6 +357,7 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
         "trajectory_filter": filtered,
         "species": species_record,
         "velocity_noise": velocity_noise,
+        "refine": refine_record,
         "resolved": {"locate": dataclasses.asdict(resolved), "link": link_record},
         "parameters": to_dict(params),
         "units": {"pixel_size_um": pixel_size_um, "frame_rate_hz": frame_rate_hz},
