@@ -41,6 +41,7 @@ import pandas as pd
 import tifffile
 from scipy import ndimage
 
+from mpd.atomic import atomic_write_json
 from tracking import track_video
 from tracking.flatten import flatten_frames
 from tracking.register import register_frames
@@ -228,11 +229,7 @@ def main(argv=None) -> dict:
     report["note"] = "CPU times are the least of the repeats, on one thread; work sizes beside each case"
     report["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(),
                          "load_average": list(os.getloadavg())}
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_name(path.name + ".tmp")
-    tmp_path.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp_path, path)
+    atomic_write_json(report, args.out)
     print(json.dumps(report, indent=2))
     return report
 

@@ -39,6 +39,7 @@ import numpy as np
 import pims
 import trackpy
 
+from mpd.atomic import atomic_write_json
 from tracking import track_video
 from tracking._quiet import quiet_trackpy
 
@@ -183,11 +184,7 @@ def main(argv=None) -> dict:
         "repeats": args.repeats,
         "note": "best of the repeats; other processes on the machine (see load_average) add noise",
     }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(report, args.out)
     print(json.dumps(report, indent=2))
     return report
 

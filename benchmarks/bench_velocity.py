@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 import pandas as pd
 
+from mpd.atomic import atomic_write_json
 from tracking import track_video
 from tracking.accuracy import match_frames
 from tracking.motion import add_velocities, run_ids
@@ -200,11 +201,7 @@ def main(argv=None) -> dict:
                     "load_average": list(os.getloadavg())},
         "scheme_parameters": {k: (dataclasses.asdict(v) if v else "backward differences") for k, v in SCHEMES.items()},
     }
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_json(report, args.out)
     print(json.dumps(report, indent=2))
     return report
 

@@ -6,6 +6,7 @@ half-written outputs that a rerun or a user could mistake for results.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -100,3 +101,10 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
     """Write ``data`` to ``path`` all at once or not at all (see atomic_file)."""
     with atomic_file(path) as handle:
         handle.write(data)
+
+
+def atomic_write_json(document, path: str | os.PathLike) -> None:
+    """Write ``document`` as indented JSON (strict: no NaN) to ``path``, creating its folder, all at once."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes((json.dumps(document, indent=2, allow_nan=False) + "\n").encode(), path)
+

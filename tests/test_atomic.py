@@ -1,4 +1,5 @@
 """Outputs appear all at once or not at all."""
+import json
 import os
 import stat
 
@@ -55,3 +56,15 @@ def test_atomic_file_replaces_whole_or_not_at_all(tmp_path):
     os.umask(mask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]
+
+
+def test_json_is_written_whole_into_a_new_folder_and_nan_is_refused_without_touching_the_old_file(tmp_path):
+    from mpd.atomic import atomic_write_json
+
+    path = tmp_path / "results" / "bench.json"
+    atomic_write_json({"wall_s": 1.5}, path)
+    assert json.loads(path.read_text()) == {"wall_s": 1.5}
+    with pytest.raises(ValueError):
+        atomic_write_json({"wall_s": float("nan")}, path)
+    assert json.loads(path.read_text()) == {"wall_s": 1.5}
+    assert [p.name for p in path.parent.iterdir()] == ["bench.json"]

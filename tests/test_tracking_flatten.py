@@ -1,11 +1,10 @@
 """Illumination flattening before locating: a flat background, and fewer misses under vignetting."""
-import dataclasses
 import json
 import sys
 
 import numpy as np
-import pandas as pd
 import pytest
+from twin_support import half_cycle_twin_video
 
 from tracking import track_video
 from tracking.flatten import flatten_frames
@@ -71,19 +70,9 @@ def test_flatten_parameters_are_checked(monkeypatch):
 @pytest.fixture(scope="module")
 def vignetted_twin(tmp_path_factory):
     """The default twin, half a shear cycle (21 frames), filmed in bright field under strong vignetting."""
-    root = tmp_path_factory.mktemp("vignetted")
-    defaults = twin_params.SimulationParams()
-    params = dataclasses.replace(defaults, shear=dataclasses.replace(defaults.shear, cycles=0.5))
-    try:
-        twin_simulate.simulate(params, root / "truth")
-    except twin_lammps.LammpsUnavailableError as error:
-        pytest.skip(f"LAMMPS unavailable: {error}")
-    truth = pd.read_parquet(root / "truth" / "trajectories.parquet")
-    meta = json.loads((root / "truth" / "metadata.json").read_text())
     microscope = twin_params.MicroscopeParams(
         illumination=twin_params.IlluminationParams(vignetting=VIGNETTING, gradient=GRADIENT))
-    twin_render.render_video(truth, meta, microscope, root / "video")
-    return root
+    return half_cycle_twin_video(tmp_path_factory.mktemp("vignetted"), microscope)
 
 
 def track(root, flatten: str, tmp_path):

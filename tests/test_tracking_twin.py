@@ -1,14 +1,14 @@
 """Tracking the default digital twin (twin.simulate + twin.render) against its truth."""
-import dataclasses
 import json
 
-import pandas as pd
 import pytest
 
 twin_params = pytest.importorskip("twin.params")
 twin_render = pytest.importorskip("twin.render")
 twin_simulate = pytest.importorskip("twin.simulate")
 twin_lammps = pytest.importorskip("twin.lammps_env")
+
+from twin_support import half_cycle_twin_video
 
 from tracking import track_video
 from tracking.checks import ImplausibleResultError
@@ -17,16 +17,7 @@ from tracking.checks import ImplausibleResultError
 @pytest.fixture(scope="module")
 def twin_tracking(tmp_path_factory):
     """Default twin, shortened to half a shear cycle (21 frames), rendered with the default microscope."""
-    root = tmp_path_factory.mktemp("twin")
-    defaults = twin_params.SimulationParams()
-    params = dataclasses.replace(defaults, shear=dataclasses.replace(defaults.shear, cycles=0.5))
-    try:
-        twin_simulate.simulate(params, root / "truth")
-    except twin_lammps.LammpsUnavailableError as error:
-        pytest.skip(f"LAMMPS unavailable: {error}")
-    truth = pd.read_parquet(root / "truth" / "trajectories.parquet")
-    meta = json.loads((root / "truth" / "metadata.json").read_text())
-    twin_render.render_video(truth, meta, twin_params.MicroscopeParams(), root / "video")
+    root = half_cycle_twin_video(tmp_path_factory.mktemp("twin"))
     video = json.loads((root / "video" / "metadata.json").read_text())
     return track_video(video["frames_path"], root / "tracking", {"locate": {"invert": video["dark_particles"]}},
                        pixel_size_um=video["pixel_size_um"], frame_rate_hz=video["frame_rate_hz"], processes=2,
