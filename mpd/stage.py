@@ -79,6 +79,42 @@ def _model_and_dataset(model_path, geometry_dir, params: RolloutParams, device):
     return model, meta, root, data_meta, h, dt
 
 
+def _reference_frames(data_meta: dict, frames: np.ndarray, available=None) -> np.ndarray:
+    """The strain reference frame of each frame, by the dataset's rule (the geometry stage's); available: see
+    `mpd.geometry.reference.reference_frames` (None: `frames` itself)."""
+    reference = (data_meta.get("geometry") or {}).get("reference") or {"rule": "lag", "lag_frames": 1}
+    return reference_frames(frames, reference=reference.get("rule", "lag"), lag_frames=reference.get("lag_frames", 1),
+                            cycle_frames=reference.get("cycle_frames"),
+                            cycle_start_frame=reference.get("cycle_start_frame", 0), available=available)
+
+
+def _test_start(data_meta: dict, fallback: int) -> int:
+    """The default first frame of a rollout: the dataset's test block, else `fallback`."""
+    first = data_meta.get("splits", {}).get("test", {}).get("first_frame")
+    return int(first) if first is not None else int(fallback)
+
+
+def box_rollout_span(params, geometry_dir, last_truth_frame: int) -> tuple[int, int]:
+    """(start_frame, n_frames) of a twin's periodic-box rollout from the rollout settings.
+
+    start: `box_start_frame`, else the window rollout's `start_frame`, else the test block's first frame
+    (at least 1: the start velocities need the frame before); n_frames: `box_n_frames`, else to the
+    truth's last frame, which it may not pass.
+    """
+    params = _rollout_params(params)
+    start = params.box_start_frame
+    if start is None:
+        start = params.start_frame if params.start_frame is not None else _test_start(
+            read_metadata(geometry_dir), 1)
+    start = max(int(start), 1)
+    last = int(last_truth_frame)
+    n_frames = params.box_n_frames if params.box_n_frames is not None else last - start
+    if start + n_frames > last:
+        raise ValueError(f"model.rollout.box_n_frames: the truth ends at frame {last}, the box rollout would reach "
+                         f"frame {start + n_frames}")
+    return start, int(n_frames)
+
+
 def rollout_model(model_path, trajectories, geometry_dir, out_dir, params=None, *, device=None) -> Path:
     """Roll the trained model out against observed trajectories; write rollout.parquet, conservation.csv,
     rollout_status.json into out_dir.
@@ -99,17 +135,11 @@ def rollout_model(model_path, trajectories, geometry_dir, out_dir, params=None, 
     frames_info = dataset_frames(SnapshotPairDataset(root, "train"))
     geometry = dict(data_meta.get("geometry") or {})
     frames = np.unique(table["frame"].to_numpy(np.int64))
-    reference = geometry.get("reference") or {"rule": "lag", "lag_frames": 1}
-    refs = reference_frames(frames, reference=reference.get("rule", "lag"), lag_frames=reference.get("lag_frames", 1),
-                            cycle_frames=reference.get("cycle_frames"),
-                            cycle_start_frame=reference.get("cycle_start_frame", 0))
+    refs = _reference_frames(data_meta, frames)
     observed = observed_from_table(table, h, dt, reference_frame=dict(zip(frames.tolist(), refs.tolist())),
                                    boxes=frames_info.boxes, exterior=frames_info.exterior_rule(),
                                    velocity=geometry.get("velocity", "tracked"))
-    start = params.start_frame
-    if start is None:
-        test_first = data_meta.get("splits", {}).get("test", {}).get("first_frame")
-        start = int(test_first) if test_first is not None else int(frames[0])
+    start = params.start_frame if params.start_frame is not None else _test_start(data_meta, int(frames[0]))
     n_frames = params.n_frames if params.n_frames is not None else int(frames[-1]) - start
     if start not in observed.snapshots or n_frames < 1:
         raise ValueError(f"cannot roll out from frame {start} for {n_frames} frames: the data has frames "
@@ -161,11 +191,7 @@ def rollout_box(model_path, trajectories, boxes, geometry_dir, out_dir, params=N
         raise ValueError(f"the start-state trajectories have no row at the start frame {start}")
     frames = np.arange(start - 1, last + 1)
     model_boxes = {int(f): Box(r.lx / h, r.ly / h, r.xy / h) for f, r in box_table.iterrows() if f <= last}
-    geometry = dict(data_meta.get("geometry") or {})
-    reference = geometry.get("reference") or {"rule": "lag", "lag_frames": 1}
-    refs = reference_frames(frames, reference=reference.get("rule", "lag"), lag_frames=reference.get("lag_frames", 1),
-                            cycle_frames=reference.get("cycle_frames"),
-                            cycle_start_frame=reference.get("cycle_start_frame", 0), available=np.arange(0, last + 1))
+    refs = _reference_frames(data_meta, frames, available=np.arange(0, last + 1))
     observed = observed_from_table(first, h, dt, reference_frame=dict(zip(frames.tolist(), refs.tolist())),
                                    boxes=model_boxes)
     observed.snapshots.pop(start - 1, None)  # it gave the start velocities; the rollout starts at start

@@ -321,3 +321,16 @@ def test_periodic_box_rollout_runs_past_the_data_and_writes_wrapped_and_unwrappe
         rollout_box(root / "model.pt", traj, boxes[boxes["frame"] < 20], geometry, root / "bad",
                     RolloutParams(progress=False, device="cpu"), start_frame=8, n_frames=30)
     assert not (root / "bad").exists()
+
+
+def test_the_box_rollout_span_defaults_to_the_test_block_and_stops_at_the_truth(tmp_path):
+    from mpd.stage import box_rollout_span
+
+    dataset = tmp_path / "geometry" / "dataset"
+    dataset.mkdir(parents=True)
+    (dataset / "metadata.json").write_text(json.dumps({"splits": {"test": {"first_frame": 30}}}))
+    assert box_rollout_span({}, tmp_path / "geometry", 100) == (30, 70)
+    assert box_rollout_span({"rollout": {"start_frame": 12}}, tmp_path / "geometry", 100) == (12, 88)
+    assert box_rollout_span({"rollout": {"box_start_frame": 0, "box_n_frames": 5}}, tmp_path / "geometry", 100) == (1, 5)
+    with pytest.raises(ValueError, match="model.rollout.box_n_frames"):
+        box_rollout_span({"rollout": {"box_start_frame": 90, "box_n_frames": 20}}, tmp_path / "geometry", 100)
