@@ -176,8 +176,11 @@ def refine_video(video, features: pd.DataFrame, params: TrackingParams, resolved
     rather than kept from locating: decoding costs little beside the fit.
     """
     loc = params.locate
+    def centroids() -> pd.DataFrame:
+        return features.assign(x_centroid=features["x"], y_centroid=features["y"], refined=False)
+
     if loc.refine == "none":
-        return features.assign(x_centroid=features["x"], y_centroid=features["y"], refined=False), None
+        return centroids(), None
     try:
         refined, record = refine_features(
             lambda index: prepare(video.read(index), resolved.invert), video.frame_numbers, features,
@@ -190,8 +193,7 @@ def refine_video(video, features: pd.DataFrame, params: TrackingParams, resolved
         message = (f"{video.source}: tracking.locate.refine: psf_fit skipped, trackpy's centroids kept: {error}; "
                    f"raise tracking.locate.refine_profile_frames, or set tracking.locate.refine: none to silence this")
         warnings.warn(message, RefineSkippedWarning, stacklevel=2)
-        return (features.assign(x_centroid=features["x"], y_centroid=features["y"], refined=False),
-                {"method": loc.refine, "skipped": str(error)})
+        return centroids(), {"method": loc.refine, "skipped": str(error)}
     return refined, record
 
 
@@ -213,11 +215,12 @@ def remove_drift(kept: pd.DataFrame, every: pd.DataFrame, params: TrackingParams
     if link.drift == "none":
         return kept, None
     if link.drift == "registration":
-        drift = registered.rename(columns={"x_px": "x", "y_px": "y"}) * pixel_size_um
-        return subtract_drift(kept, drift), drift
-    source = kept if link.drift_from == "filtered" else every
-    drift = compute_drift(source, frame_numbers, ("x_px", "y_px"), method=link.drift, smoothing=link.drift_smoothing)
-    drift = drift.rename(columns={"x_px": "x", "y_px": "y"}) * pixel_size_um
+        drift_px = registered
+    else:
+        source = kept if link.drift_from == "filtered" else every
+        drift_px = compute_drift(source, frame_numbers, ("x_px", "y_px"), method=link.drift,
+                                 smoothing=link.drift_smoothing)
+    drift = drift_px.rename(columns={"x_px": "x", "y_px": "y"}) * pixel_size_um
     return subtract_drift(kept, drift), drift
 
 
