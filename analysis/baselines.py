@@ -18,8 +18,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis.inputs import check_trajectories, frame_interval
-from mpd.geometry.domain import Box
+from analysis.inputs import boxes_per_frame, check_trajectories, frame_interval
 from mpd.geometry.kinematics import affine_flow, flow_velocity, shear_box_flow
 
 __all__ = ["box_flows", "brownian_null", "measured_diffusion", "observed_flows"]
@@ -71,8 +70,6 @@ def measured_diffusion(traj: pd.DataFrame, flows: dict[int, np.ndarray], box=Non
     step = nxt[["x", "y"]].to_numpy()[ok] - x0
     frames = t["frame"].to_numpy()[ok]
     if box is not None:
-        from analysis.inputs import boxes_per_frame
-
         boxes = boxes_per_frame(box, frames)
         for f in np.unique(frames):
             rows = frames == f
@@ -157,11 +154,10 @@ def brownian_null(
         "species": np.asarray(species_of)[p_idx].astype(np.int64),
     })
     if box is not None:
-        table = box.drop_duplicates("frame").set_index("frame")
+        cells = boxes_per_frame(box.drop_duplicates("frame"), frames)
         out["xu"], out["yu"] = out["x"].to_numpy(), out["y"].to_numpy()
         wrapped = out[["xu", "yu"]].to_numpy().copy()
         for f, rows in out.groupby("frame").indices.items():
-            b = table.loc[f]
-            wrapped[rows] = Box(b["lx"], b["ly"], b["xy"]).wrap(wrapped[rows])
+            wrapped[rows] = cells[int(f)].wrap(wrapped[rows])
         out["x"], out["y"] = wrapped[:, 0], wrapped[:, 1]
     return out.sort_values(["frame", "particle"]).reset_index(drop=True)
