@@ -416,10 +416,12 @@ def rollout(
         snap = observed.snapshots[f]
         s_data = slots(snap.particle)
         mine = np.flatnonzero(is_predicted)
+        mine_x = x[torch.as_tensor(mine, device=device)].cpu().numpy()
         leaving = np.zeros(0, np.int64)
         if len(mine):
-            outside = observed.exterior(x[torch.as_tensor(mine, device=device)].cpu().numpy(), ids[mine])
+            outside = observed.exterior(mine_x, ids[mine])
             leaving = mine[outside]
+            mine, mine_x = mine[~outside], mine_x[~outside]
             is_predicted[leaving] = False
             segment[leaving] += 1
             seen = np.isin(s_data, leaving)
@@ -429,10 +431,9 @@ def rollout(
         # A data particle this close to a predicted one is the same particle under a new id (the tracker lost
         # it for a frame or more): the model's copy stands, the data's is left out.
         duplicate = np.zeros(len(s_data), bool)
-        mine = np.flatnonzero(is_predicted)
         others = ~is_predicted[s_data]
         if len(mine) and others.any():
-            tree = cKDTree(x[torch.as_tensor(mine, device=device)].cpu().numpy())
+            tree = cKDTree(mine_x)
             distance, _ = tree.query(snap.x[others], k=1)
             duplicate[np.flatnonzero(others)[distance < params.duplicate_distance]] = True
         # a particle handed back to the data in this frame stays the data's until the next one
