@@ -87,6 +87,10 @@ def _as_bool(a) -> np.ndarray:
 
 def concatenate_pairs(parts: Sequence[PairTensors], offsets: Sequence[int]) -> PairTensors:
     """Pairs of several snapshots stacked into one graph (particle indices shifted by each offset)."""
+    labelled = [len(pairs.species) > 0 for pairs in parts]
+    if any(labelled) and not all(labelled):
+        raise ValueError("concatenate_pairs: some snapshots carry particle species and some do not; "
+                         "give every snapshot its species (or none)")
     fields = []
     for name in PairTensors._fields:
         tensors = []

@@ -498,6 +498,7 @@ def rollout(
             compact_t[i], compact_t[j], shift,
             torch.as_tensor(compact[bi], device=device), torch.as_tensor(compact[bj], device=device),
             torch.as_tensor(bond_shift, **as_tensor), torch.as_tensor(r_ref, **as_tensor), shift_rate, kind,
+            torch.as_tensor(slot_species[active], dtype=torch.int64, device=device),
         )
         return torch.as_tensor(active, device=device), pairs
 
@@ -534,10 +535,10 @@ def rollout(
         """Append frame f to the outputs, after checking its energy."""
         state = State(x[active], v[active], S[active])
         with torch.no_grad():
-            mass = model.mass
-            kinetic = (0.5 * mass * (state.v * state.v).sum()).item()
+            mass = model.particle_mass(pairs, len(active))[:, None]
+            kinetic = (0.5 * mass * state.v * state.v).sum().item()
             energy = model.energy(state, pairs).item()
-            momentum = (mass * state.v.sum(0)).tolist()
+            momentum = (mass * state.v).sum(0).tolist()
         n = len(active)
         if step == 0:
             energy0.update(e=energy / max(n, 1), kinetic=kinetic / max(n, 1))

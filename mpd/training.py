@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "mpd-training-checkpoint"
 MODEL_FORMAT = "mpd-model"
 #: 2: bath, species, standardised entropy labels (a version 1 model cannot be loaded into this code)
-MODEL_VERSION = 2
+MODEL_VERSION = 3
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_rollout_metric", "lr", "wall_s"]
 
 
@@ -760,7 +760,7 @@ def load_model(path, device: str | torch.device | None = "cpu", dtype: str | tor
         raise ValueError(f"{path} is not an {MODEL_FORMAT} file")
     if saved.get("version") != MODEL_VERSION:
         raise ValueError(f"{path} is an {MODEL_FORMAT} file of version {saved.get('version')}; this code reads "
-                         f"version {MODEL_VERSION} (the bath, species and entropy labels changed the model): "
+                         f"version {MODEL_VERSION} (per-species masses changed the model): "
                          f"train it again (snakemake --forcerun train_model)")
     metadata = saved["metadata"]
     dtype = resolve_dtype(dtype or metadata.get("dtype", "float32"))

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import torch
 from test_model_dynamics import divergence, sampled_noise_covariance, stack_particles
-from test_model_support import dense_mobility, random_model, random_system
+from test_model_support import dense_mobility, particle_masses, random_model, random_system
 
 from mpd.model import State, euler_maruyama_step, make_pairs
 from mpd.model.bath import bath_entropy_rate
@@ -35,7 +35,7 @@ def test_without_noise_energy_plus_bath_energy_is_conserved_and_entropy_produced
         dE_dx, dE_dv, dE_dS = torch.autograd.grad(model.energy(State(x, v, S), pairs), (x, v, S))
         thermo = model.thermodynamics(state.x, state.S, pairs)
         bath = model.bath.terms(thermo.T, False, False)
-        dSb_dt = bath_entropy_rate(bath, thermo.T, state.v, torch.zeros_like(state.v), model.mass.detach())
+        dSb_dt = bath_entropy_rate(bath, thermo.T, state.v, torch.zeros_like(state.v), particle_masses(model, pairs, 16))
         rates = torch.cat([(dE_dx * state.v).reshape(-1), (dE_dv * f_v).reshape(-1), dE_dS * f_S,
                            (bath.T_b * dSb_dt)[None]])
         assert abs(rates.sum()) <= 1e-12 * rates.abs().sum(), (rates.sum(), rates.abs().sum())
@@ -64,20 +64,20 @@ def test_bath_breaks_momentum_conservation_by_exactly_its_friction_and_kicks():
     model = bath_model(4)
     state, pairs = random_system(4, n=16)
     flow = flow_field(state)
-    m = model.mass.detach()
+    m = particle_masses(model, pairs, 16)[:, None]
     f_v, _ = model.drift(state, pairs, thermal=True, flow=flow)
     no_bath = random_model(4)
     f_v_pairs, _ = no_bath.drift(state, pairs, thermal=True)
     thermo = model.thermodynamics(state.x, state.S, pairs)
     bath = model.bath.terms(thermo.T, True, False)
     # pairs: momentum conserved; bath: -m gamma sum (v - u), nothing else (k_B div M has no velocity part)
-    assert (m * f_v_pairs.sum(0)).abs().max() < 1e-12 * (m * f_v_pairs).abs().sum()
+    assert (m * f_v_pairs).sum(0).abs().max() < 1e-12 * (m * f_v_pairs).abs().sum()
     expected = -(m * bath.gamma[:, None] * (state.v - flow)).sum(0)
     torch.testing.assert_close((m * f_v).sum(0), expected, rtol=1e-10, atol=1e-12)
     # the noise: the pairs' kicks cancel, the bath's are sqrt(2 k_B gamma m T_b) dW per particle
     g = torch.Generator().manual_seed(0)
     dv, _ = model.noise(state, pairs, g)
-    assert (m * dv.sum(0)).abs().max() > 1e-3
+    assert (m * dv).sum(0).abs().max() > 1e-3
 
 
 def test_noise_covariance_with_a_bath_is_2_kB_M():
@@ -88,7 +88,8 @@ def test_noise_covariance_with_a_bath_is_2_kB_M():
     assert ((sample_cov - expected) / standard_error).abs().max() < 5
     # power: the bath's share of the velocity variance is far above the estimate's noise
     thermo = model.thermodynamics(state.x, state.S, pairs)
-    bath_vv = 2 * model.k_B.detach() * model.bath.gamma.detach() * model.bath.T_b.detach() / model.mass.detach()
+    bath_vv = (2 * model.k_B.detach() * model.bath.gamma.detach() * model.bath.T_b.detach()
+               / particle_masses(model, pairs, 5)[0])
     assert bath_vv / standard_error[0, 0] > 20
     assert thermo.T.min() > 0
 
@@ -101,7 +102,7 @@ def test_bath_noise_conserves_energy_with_the_reservoir_sample_by_sample():
     peculiar = state.v - flow
     thermo = model.thermodynamics(state.x, state.S, pairs)
     bath = model.bath.terms(thermo.T, False, False)
-    m, k_B = model.mass.detach(), model.k_B.detach()
+    m, k_B = particle_masses(model, pairs, 12), model.k_B.detach()
     n_pairs = pairs.i.shape[0]
     g = torch.Generator().manual_seed(1)
     dW = torch.randn(n_pairs, 2, 2, generator=g, dtype=torch.float64)
@@ -114,7 +115,7 @@ def test_bath_noise_conserves_energy_with_the_reservoir_sample_by_sample():
                                            torch.zeros_like(dW_b), torch.zeros_like(dU_b))
     G = torch.sqrt(bath.gamma * m * bath.T_b)
     T_b_dS_b = -math.sqrt(2) * torch.sqrt(k_B) * ((G[:, None] * peculiar * dW_b).sum() + (torch.sqrt(bath.kappa) * dU_b).sum())
-    power = torch.cat([(m * peculiar * (dv - dv0)).reshape(-1), thermo.T * (dS - dS0), T_b_dS_b[None]])
+    power = torch.cat([(m[:, None] * peculiar * (dv - dv0)).reshape(-1), thermo.T * (dS - dS0), T_b_dS_b[None]])
     assert abs(power.sum()) <= 1e-12 * power.abs().sum()
 
 
@@ -130,7 +131,7 @@ def test_bath_div_M_satisfies_the_ito_energy_balance_with_the_reservoir():
         dim = state.x.shape[1]
         thermo = model.thermodynamics(state.x, state.S, pairs)
         bath = model.bath.terms(thermo.T, True, False)
-        m = model.mass.detach()
+        m = particle_masses(model, pairs, 10)[:, None]
         T, T_prime, T_b = thermo.T, thermo.dT_dS, bath.T_b
         dE_dz = stack_particles(m * state.v, T)
         d2E_dz2 = stack_particles(m * torch.ones_like(state.v), T_prime)
@@ -145,7 +146,7 @@ def test_bath_alone_gives_equipartition_at_the_bath_temperature():
     """Isolated particles (no pairs) under the bath only: the Euler-Maruyama chain of v is an AR(1)
     process whose stationary variance per component is k_B T_b / m / (1 - gamma dt / 2) (exact for the
     discrete chain; k_B T_b / m in the dt -> 0 limit)."""
-    model = bath_model(5).double()
+    model = random_model(5, bath=True, n_species=1).double()  # no species: one mass
     with torch.no_grad():
         model.bath.log_gamma.raw.fill_(math.log(math.expm1(0.8)))  # gamma = 0.8 per unit time
     n = 20000
@@ -158,6 +159,6 @@ def test_bath_alone_gives_equipartition_at_the_bath_temperature():
     for _ in range(60):
         state = euler_maruyama_step(model, state, pairs, dt, interior, g)
     gamma = model.bath.gamma.item()
-    expected = (model.k_B * model.bath.T_b / model.mass).item() / (1 - gamma * dt / 2)
+    expected = (model.k_B * model.bath.T_b / model.mass[0]).item() / (1 - gamma * dt / 2)  # no species: all 0
     measured = state.v.var(0).mean().item()
     assert abs(measured / expected - 1) < 0.03, (measured, expected)

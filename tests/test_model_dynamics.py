@@ -12,7 +12,7 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from scipy.spatial import cKDTree
 from scipy.stats import multivariate_normal
-from test_model_support import dense_mobility, random_model, random_system
+from test_model_support import dense_mobility, particle_masses, random_model, random_system
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -39,8 +39,9 @@ def assert_sums_to_zero(per_particle: torch.Tensor, rtol: float = 1e-12):
 def divergence(model, state, pairs) -> torch.Tensor:
     """k_B-free div(M) per particle, stacked like dense_mobility, from the hand derivation (pairs and bath)."""
     thermo, terms = model._terms(state, pairs, with_derivatives=True, create_graph=False)
-    to_v_i, to_S_i, to_S_j = mobility_divergence(terms, model.mass.detach())
-    div_v = torch.zeros_like(state.v).index_add(0, pairs.i, to_v_i).index_add(0, pairs.j, -to_v_i)
+    to_p_i, to_S_i, to_S_j = mobility_divergence(terms)
+    m = particle_masses(model, pairs, state.x.shape[0])[:, None]
+    div_v = torch.zeros_like(state.v).index_add(0, pairs.i, to_p_i).index_add(0, pairs.j, -to_p_i) / m
     div_S = torch.zeros_like(state.S).index_add(0, pairs.i, to_S_i).index_add(0, pairs.j, to_S_j)
     if model.has_bath:
         bath = model.bath.terms(thermo.T, True, False)
@@ -57,7 +58,8 @@ def divergence(model, state, pairs) -> torch.Tensor:
 def test_each_part_of_the_dynamics_conserves_momentum(seed, periodic):
     model = random_model(seed)
     state, pairs = random_system(seed, n=16, periodic=periodic)
-    m = model.mass.detach()
+    m = particle_masses(model, pairs, 16)[:, None]
+    assert m.unique().numel() == 2  # two species, two masses: momentum is m_i v_i, not m sum v
     force = model.thermodynamics(state.x, state.S, pairs).force
     f_v_deterministic, _ = model.drift(state, pairs, thermal=False)
     f_v_full, _ = model.drift(state, pairs, thermal=True)
@@ -111,7 +113,7 @@ def test_drift_is_L_dE_plus_M_dS_plus_kB_div_M(seed, bath):
     model = random_model(seed, bath=bath)
     state, pairs = random_system(seed, n=10)
     M = dense_mobility(model, state, pairs)
-    m, k_B = model.mass.detach(), model.k_B.detach()
+    m, k_B = particle_masses(model, pairs, 10)[:, None], model.k_B.detach()
     force = model.thermodynamics(state.x, state.S, pairs).force
     dS_dz = stack_particles(torch.zeros_like(state.v), torch.ones_like(state.S))
     expected = M @ dS_dz + stack_particles(force / m, torch.zeros_like(state.S))
@@ -157,7 +159,7 @@ def test_div_M_satisfies_the_ito_energy_balance(seed):
     model = random_model(seed)
     state, pairs = random_system(seed, n=12)
     thermo = model.thermodynamics(state.x, state.S, pairs)
-    m = model.mass.detach()
+    m = particle_masses(model, pairs, 12)[:, None]
     dE_dz = stack_particles(m * state.v, thermo.T)
     d2E_dz2 = stack_particles(m * torch.ones_like(state.v), thermo.dT_dS)  # diagonal in (v, S)
     M = dense_mobility(model, state, pairs)
@@ -183,6 +185,7 @@ def tiled(state: State, pairs: PairTensors, copies: int) -> tuple[State, PairTen
         pairs.bond_r_ref.repeat(copies, 1),
         pairs.shift_rate.repeat(copies, 1),
         pairs.pair_kind.repeat(copies, 1),
+        pairs.species.repeat(copies),
     )
     return State(state.x.repeat(copies, 1), state.v.repeat(copies, 1), state.S.repeat(copies)), big_pairs
 
@@ -229,7 +232,7 @@ def test_noise_conserves_energy_and_momentum_sample_by_sample():
     model = random_model(3)
     state, pairs = random_system(3, n=16)
     thermo = model.thermodynamics(state.x, state.S, pairs)
-    m = model.mass.detach()
+    m = particle_masses(model, pairs, 16)[:, None]
     for seed in range(5):
         dv, dS = model.noise(state, pairs, torch.Generator().manual_seed(seed))
         power = torch.cat([(m * state.v * dv).reshape(-1), thermo.T * dS])
@@ -286,7 +289,7 @@ def test_nll_trains_every_part_including_the_teacher():
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
-    for part in ("kernel", "U_vol", "U_dev", "amplitudes", "teacher", "log_k_B", "log_mass", "bath"):
+    for part in ("kernel", "U_vol", "U_dev", "amplitudes", "teacher", "log_k_B", "log_mass", "species_log_mass", "bath"):
         assert any(p.grad.abs().sum() > 0 for name, p in model.named_parameters() if name.startswith(part)), part
 
 
@@ -317,7 +320,7 @@ def test_likelihood_runs_at_20000_particles_without_an_N_by_N_tensor():
     shift = -box * np.round((x[ij[:, 0]] - x[ij[:, 1]]) / box)
     bonds = (ij[:, 0], ij[:, 1], x[ij[:, 0]] - x[ij[:, 1]] + shift)  # reference = the current configuration
     pairs = make_pairs(ij[:, 0], ij[:, 1], shift, bonds=bonds, bond_shift=shift, dtype=torch.float32)
-    model = random_model(0).float()
+    model = random_model(0, n_species=1).float()
     v = torch.as_tensor(rng.normal(size=(n, 2)), dtype=torch.float32)
     S = torch.as_tensor(rng.normal(size=n), dtype=torch.float32)
     state = State(torch.as_tensor(x, dtype=torch.float32), v, S)

@@ -149,7 +149,7 @@ def test_strain_of_one_bond_and_collinear_clusters_is_finite_with_finite_gradien
     store no shear energy. (With a Tikhonov term of 1e-9 tr Y, below float32 resolution, the solve
     raised LinAlgError for most such clusters.)"""
     rng = np.random.default_rng(4)
-    model = random_model(4).to(dtype)
+    model = random_model(4, n_species=1).to(dtype)
     n_degenerate = 0
     for _ in range(40):
         n = int(rng.integers(2, 6))

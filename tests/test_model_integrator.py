@@ -1,7 +1,7 @@
 """One Euler-Maruyama step: who moves, what is conserved, reproducibility, dtypes."""
 import pytest
 import torch
-from test_model_support import random_model, random_system
+from test_model_support import particle_masses, random_model, random_system
 
 from mpd.model import EulerMaruyama, PairTensors, State, euler_maruyama_step
 
@@ -35,8 +35,9 @@ def test_step_conserves_total_momentum(noise):
     state, pairs = random_system(2, n=16)
     interior = torch.ones(16, dtype=torch.bool)
     new = euler_maruyama_step(model, state, pairs, 0.05, interior, torch.Generator().manual_seed(0), noise=noise)
-    change = (new.v - state.v).sum(0)
-    assert change.abs().max() <= 1e-13 * (new.v - state.v).abs().sum()
+    m = particle_masses(model, pairs, 16)[:, None]  # two species of different masses
+    change = (m * (new.v - state.v)).sum(0)
+    assert change.abs().max() <= 1e-13 * (m * (new.v - state.v)).abs().sum()
 
 
 def test_same_generator_seed_same_step_and_noise_off_is_deterministic():

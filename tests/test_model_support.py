@@ -33,8 +33,9 @@ def random_system(
     periodic: bool = True,
     strain: float = 0.05,
     dtype=torch.float64,
+    n_species: int = 2,
 ) -> tuple[State, PairTensors]:
-    """A random 2D state with its neighbour pairs and strain bonds.
+    """A random 2D state with its neighbour pairs and strain bonds, of random species 0 .. n_species - 1.
 
     The reference is uniform random; the current positions are the reference
     under a random small affine map plus jitter (wrapped into a periodic box), so
@@ -51,7 +52,9 @@ def random_system(
     bond_i, bond_j, ref_shift = brute_force_pairs(x_ref, h, period)
     bond_r_ref = x_ref[bond_i] - x_ref[bond_j] + ref_shift
     bond_shift = minimum_image_shift(x[bond_i] - x[bond_j], period)
-    pairs = make_pairs(i, j, shift, bonds=(bond_i, bond_j, bond_r_ref), bond_shift=bond_shift, dtype=dtype)
+    species = rng.integers(0, n_species, size=n) if n_species > 1 else None
+    pairs = make_pairs(i, j, shift, bonds=(bond_i, bond_j, bond_r_ref), bond_shift=bond_shift, species=species,
+                       n_species=n_species, dtype=dtype)
     state = State(
         x=torch.as_tensor(x, dtype=dtype),
         v=torch.as_tensor(rng.normal(size=(n, 2)), dtype=dtype),
@@ -62,8 +65,12 @@ def random_system(
 
 def random_model(seed: int, h: float = 1.0, **kwargs) -> MetriplecticModel:
     """A model with random weights (default init, then a random perturbation of every
-    parameter so that tests do not only see the initialisation), in float64."""
+    parameter so that tests do not only see the initialisation), in float64.
+
+    Two species by default (random_system's default), so every mass is per species and differs.
+    """
     torch.manual_seed(seed)
+    kwargs.setdefault("n_species", 2)
     kwargs.setdefault("kernel_hidden", (16, 16))
     kwargs.setdefault("energy_hidden", (16, 16))
     kwargs.setdefault("amplitude_hidden", (16, 16))
@@ -97,9 +104,14 @@ def dense_mobility(model: MetriplecticModel, state: State, pairs: PairTensors) -
     if model.has_bath:
         T = model.thermodynamics(state.x, state.S, pairs, with_dT_dS=False).T
         bath = model.bath.terms(T, False, False)
-        vv, SS = bath_marginal(bath, T, model.mass.detach())
+        vv, SS = bath_marginal(bath, T, particle_masses(model, pairs, n))
         for k in range(n):
             for a in range(dim):
                 M[k * (dim + 1) + a, k * (dim + 1) + a] += vv[k]
             M[k * (dim + 1) + dim, k * (dim + 1) + dim] += SS[k]
     return M
+
+
+def particle_masses(model: MetriplecticModel, pairs: PairTensors, n: int) -> torch.Tensor:
+    """Each particle's mass, (N,) (its species' mass), detached."""
+    return model.particle_mass(pairs, n, detach=True)

@@ -126,9 +126,9 @@ def bath_noise(terms: BathTerms, T: torch.Tensor, mass: torch.Tensor, k_B: torch
     return dv, dS
 
 
-def equilibrium_velocity_variance(bath: Bath, k_B: torch.Tensor, mass: torch.Tensor) -> float:
-    """k_B T_b / m: the bath's equipartition variance of each velocity component (model units)."""
-    return float(k_B * bath.T_b / mass)
+def equilibrium_velocity_variance(bath: Bath, k_B: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """k_B T_b / m: the bath's equipartition variance of each velocity component (model units), per mass given."""
+    return (k_B * bath.T_b / mass).detach()
 
 
 __all__ = [

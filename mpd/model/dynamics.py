@@ -3,10 +3,11 @@
 State per particle: position x_i, velocity v_i, entropy S_i. With the symbols of
 docs/physics.md (D dimensions, h cut-off, e_ij = r_ij/|r_ij|, v_ij = v_i - v_j):
 
-    E = sum_i m v_i^2/2 + U_i,   U_i = U_vol(S_i, V_i) + U_dev(S_i, I_i),   S = sum_i S_i
+    E = sum_i m_i v_i^2/2 + U_i,   U_i = U_vol(S_i, V_i) + U_dev(S_i, I_i),   S = sum_i S_i
     dz = [L dE/dz + M dS/dz + k_B div(M)] dt + dz~,   <dz~ dz~^T> = 2 k_B M dt
 
-L gives dx = v dt, m dv = -dU/dx dt. M = sum over pairs of G_ij G_ij^T, where
+L gives dx = v dt, m_i dv_i = -dU/dx_i dt (m_i: the mass of i's species, so each species
+has its own mobility). M = sum over pairs of G_ij G_ij^T, where
 G_ij maps the pair's Gaussian increments (dW_ij, dV_ij) to the pair's share of
 (dv_i, dS_i, dv_j, dS_j). M is never formed; every term is a sum over pairs of
 closed-form per-pair expressions (docs/model.md derives them):
@@ -14,8 +15,8 @@ closed-form per-pair expressions (docs/model.md derives them):
     Pi_ij   = <(X_ij e_ij)(X_ij e_ij)^T> per unit increment
             = A^2 [I/2 + (1/2 - 1/D) e e^T] + B^2 e e^T / D
     M block of pair ij in the order (v_i, S_i, v_j, S_j), with u = v_ij, q = u.Pi u:
-        M_vivi =  Pi/m^2        M_vivj = -Pi/m^2
-        M_viSi = -Pi u/(2 m T_i) M_viSj = -Pi u/(2 m T_j)   (v_j rows: opposite sign)
+        M_vivi =  Pi/m_i^2        M_vivj = -Pi/(m_i m_j)     M_vjvj = Pi/m_j^2
+        M_viSi = -Pi u/(2 m_i T_i) M_viSj = -Pi u/(2 m_i T_j)   (v_j rows: opposite sign, m_j)
         M_SiSi = (q/4 + C^2)/T_i^2,  M_SjSj = (q/4 + C^2)/T_j^2,  M_SiSj = (q/4 - C^2)/(T_i T_j)
 """
 from __future__ import annotations
@@ -77,6 +78,8 @@ class PairTerms(NamedTuple):
     dB_dTj: torch.Tensor
     dC_dTi: torch.Tensor
     dC_dTj: torch.Tensor
+    m_i: torch.Tensor  # (E,) masses of the two ends
+    m_j: torch.Tensor
 
 
 # ---------------------------------------------------------------------------
@@ -114,7 +117,7 @@ def _matvec(matrix: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
     return (matrix @ vector[:, :, None]).squeeze(-1)
 
 
-def pair_mobility(terms: PairTerms, mass: torch.Tensor) -> torch.Tensor:
+def pair_mobility(terms: PairTerms) -> torch.Tensor:
     """M of each pair, (E, 2D+2, 2D+2), in the order (v_i, S_i, v_j, S_j).
 
     For tests and diagnostics only: the dynamics never assembles it.
@@ -128,13 +131,14 @@ def pair_mobility(terms: PairTerms, mass: torch.Tensor) -> torch.Tensor:
     M = terms.e.new_zeros((n_pairs, 2 * dim + 2, 2 * dim + 2))
     vi, si = slice(0, dim), dim
     vj, sj = slice(dim + 1, 2 * dim + 1), 2 * dim + 1
-    M[:, vi, vi] = Pi / mass**2
-    M[:, vj, vj] = Pi / mass**2
-    M[:, vi, vj] = -Pi / mass**2
-    M[:, vj, vi] = -Pi / mass**2
-    for rows, sign in ((vi, -1.0), (vj, 1.0)):
-        M[:, rows, si] = sign * Pi_u / (2 * mass * terms.T_i[:, None])
-        M[:, rows, sj] = sign * Pi_u / (2 * mass * terms.T_j[:, None])
+    m_i, m_j = terms.m_i[:, None, None], terms.m_j[:, None, None]
+    M[:, vi, vi] = Pi / m_i**2
+    M[:, vj, vj] = Pi / m_j**2
+    M[:, vi, vj] = -Pi / (m_i * m_j)
+    M[:, vj, vi] = -Pi / (m_i * m_j)
+    for rows, sign, m in ((vi, -1.0, terms.m_i), (vj, 1.0, terms.m_j)):
+        M[:, rows, si] = sign * Pi_u / (2 * m * terms.T_i)[:, None]
+        M[:, rows, sj] = sign * Pi_u / (2 * m * terms.T_j)[:, None]
         M[:, si, rows] = M[:, rows, si]
         M[:, sj, rows] = M[:, rows, sj]
     M[:, si, si] = (q / 4 + C2) / terms.T_i**2
@@ -144,34 +148,35 @@ def pair_mobility(terms: PairTerms, mass: torch.Tensor) -> torch.Tensor:
     return M
 
 
-def entropy_gradient_flow(terms: PairTerms, mass: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def entropy_gradient_flow(terms: PairTerms) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """M dS/dz per pair: dS/dz is 1 on every S_k, so this is the sum of the S_i and S_j columns.
 
-    Returns (to v_i, to S_i, to S_j); v_j receives minus the v_i term.
-        v_i: -(1/T_i + 1/T_j) Pi u / (2m)   (pairwise friction)
+    Returns (to p_i, to S_i, to S_j): the velocity rows in momentum form, v_i
+    receives to_p_i / m_i and v_j receives -to_p_i / m_j (momentum conserved).
+        p_i: -(1/T_i + 1/T_j) Pi u / 2   (pairwise friction)
         S_i: (q/4 + C^2)/T_i^2 + (q/4 - C^2)/(T_i T_j)
     """
     Pi_u = _matvec(friction_tensor(terms.A, terms.B, terms.e), terms.u)
     q = (terms.u * Pi_u).sum(-1)
     C2 = terms.C * terms.C
     inv_Ti, inv_Tj = 1.0 / terms.T_i, 1.0 / terms.T_j
-    to_v_i = -((inv_Ti + inv_Tj) / (2 * mass))[:, None] * Pi_u
+    to_p_i = -((inv_Ti + inv_Tj) / 2)[:, None] * Pi_u
     cross = (q / 4 - C2) * inv_Ti * inv_Tj
     to_S_i = (q / 4 + C2) * inv_Ti**2 + cross
     to_S_j = (q / 4 + C2) * inv_Tj**2 + cross
-    return to_v_i, to_S_i, to_S_j
+    return to_p_i, to_S_i, to_S_j
 
 
-def mobility_divergence(terms: PairTerms, mass: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def mobility_divergence(terms: PairTerms) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """div(M) of one pair, (div)_a = sum_b dM_ab/dz_b over the pair's (v_i, S_i, v_j, S_j).
 
     Hand-derived (docs/model.md). M depends on v only through u = v_ij and on
     S_k only through T_k (dT_k/dS_k = T'_k), in the amplitudes and explicitly:
-        v_i: sum_{k=i,j} -(T'_k / 2m) [dPi/dT_k u / T_k - Pi u / T_k^2]
-        S_i: -tr(Pi)/(m T_i)
+        p_i: sum_{k=i,j} -(T'_k / 2) [dPi/dT_k u / T_k - Pi u / T_k^2]   (v_i: p_i / m_i)
+        S_i: -tr(Pi) (1/m_i + 1/m_j) / (2 T_i)
              + T'_i [(u.dPi/dT_i u/4 + 2 C dC/dT_i)/T_i^2 - 2 (q/4 + C^2)/T_i^3]
              + T'_j [(u.dPi/dT_j u/4 - 2 C dC/dT_j)/(T_i T_j) - (q/4 - C^2)/(T_i T_j^2)]
-    and S_j with i and j swapped; v_j receives minus the v_i term.
+    and S_j with i and j swapped; v_j receives -p_i / m_j (momentum form, as in entropy_gradient_flow).
     """
     T_i, T_j, u, C = terms.T_i, terms.T_j, terms.u, terms.C
     Pi = friction_tensor(terms.A, terms.B, terms.e)
@@ -184,28 +189,29 @@ def mobility_divergence(terms: PairTerms, mass: torch.Tensor) -> tuple[torch.Ten
     C2 = C * C
     Ti_prime, Tj_prime = terms.dT_dS_i, terms.dT_dS_j
 
-    to_v_i = -(1.0 / (2 * mass)) * (
+    to_p_i = -0.5 * (
         (Ti_prime / T_i)[:, None] * (dPi_dTi_u - Pi_u / T_i[:, None])
         + (Tj_prime / T_j)[:, None] * (dPi_dTj_u - Pi_u / T_j[:, None])
     )
+    half_inverse_mass = 0.5 * (1.0 / terms.m_i + 1.0 / terms.m_j)
     to_S_i = (
-        -trace_Pi / (mass * T_i)
+        -trace_Pi * half_inverse_mass / T_i
         + Ti_prime * ((dq_dTi / 4 + 2 * C * terms.dC_dTi) / T_i**2 - 2 * (q / 4 + C2) / T_i**3)
         + Tj_prime * ((dq_dTj / 4 - 2 * C * terms.dC_dTj) / (T_i * T_j) - (q / 4 - C2) / (T_i * T_j**2))
     )
     to_S_j = (
-        -trace_Pi / (mass * T_j)
+        -trace_Pi * half_inverse_mass / T_j
         + Tj_prime * ((dq_dTj / 4 + 2 * C * terms.dC_dTj) / T_j**2 - 2 * (q / 4 + C2) / T_j**3)
         + Ti_prime * ((dq_dTi / 4 - 2 * C * terms.dC_dTi) / (T_i * T_j) - (q / 4 - C2) / (T_i**2 * T_j))
     )
-    return to_v_i, to_S_i, to_S_j
+    return to_p_i, to_S_i, to_S_j
 
 
-def marginal_mobility(terms: PairTerms, mass: torch.Tensor, pairs: PairTensors, n_particles: int) -> torch.Tensor:
+def marginal_mobility(terms: PairTerms, pairs: PairTensors, n_particles: int) -> torch.Tensor:
     """M_ii, the (D+1) x (D+1) (v_i, S_i) block of M for every particle, (N, D+1, D+1).
 
     Each pair adds its (v_i, S_i) block to i and its (v_j, S_j) block to j:
-        [[Pi/m^2, -/+ Pi u/(2 m T)], [., (q/4 + C^2)/T^2]]   (- for i, + for j)
+        [[Pi/m^2, -/+ Pi u/(2 m T)], [., (q/4 + C^2)/T^2]]   (- for i, + for j; m, T of that end)
     """
     dim = terms.e.shape[-1]
     Pi = friction_tensor(terms.A, terms.B, terms.e)
@@ -213,10 +219,10 @@ def marginal_mobility(terms: PairTerms, mass: torch.Tensor, pairs: PairTensors, 
     q = (terms.u * Pi_u).sum(-1)
     C2 = terms.C * terms.C
     out = terms.e.new_zeros((n_particles, dim + 1, dim + 1))
-    for index, T, sign in ((pairs.i, terms.T_i, -1.0), (pairs.j, terms.T_j, 1.0)):
+    for index, T, m, sign in ((pairs.i, terms.T_i, terms.m_i, -1.0), (pairs.j, terms.T_j, terms.m_j, 1.0)):
         block = terms.e.new_zeros((terms.e.shape[0], dim + 1, dim + 1))
-        block[:, :dim, :dim] = Pi / mass**2
-        block[:, :dim, dim] = sign * Pi_u / (2 * mass * T[:, None])
+        block[:, :dim, :dim] = Pi / (m * m)[:, None, None]
+        block[:, :dim, dim] = sign * Pi_u / (2 * m * T)[:, None]
         block[:, dim, :dim] = block[:, :dim, dim]
         block[:, dim, dim] = (q / 4 + C2) / T**2
         out = out.index_add(0, index, block)
@@ -229,20 +235,20 @@ def assemble_drift(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(f_v, f_S) = L dE/dz + M dS/dz [+ k_B div M] summed over pairs and the bath (k_B None: no div M).
 
-    Every pair's velocity term is added to v_i and subtracted from v_j, so total
-    momentum is untouched by the pairwise dissipative and thermal parts; the
+    mass: each particle's mass, (N,). Every pair's momentum term is added to
+    particle i and subtracted from j, so total momentum is untouched by the pairwise dissipative and thermal parts; the
     conservative force is the gradient of a function of separations only, so it
     sums to zero as well. The bath (when given, with the velocities v and the
     background flow at each particle, zero when None) adds Stokes friction and
     heat exchange per particle (`mpd.model.bath`): it does not conserve momentum.
     """
-    to_v_i, to_S_i, to_S_j = entropy_gradient_flow(terms, mass)
+    to_p_i, to_S_i, to_S_j = entropy_gradient_flow(terms)
     if k_B is not None:
-        div_v_i, div_S_i, div_S_j = mobility_divergence(terms, mass)
-        to_v_i = to_v_i + k_B * div_v_i
+        div_p_i, div_S_i, div_S_j = mobility_divergence(terms)
+        to_p_i = to_p_i + k_B * div_p_i
         to_S_i = to_S_i + k_B * div_S_i
         to_S_j = to_S_j + k_B * div_S_j
-    f_v = (thermo.force / mass).index_add(0, pairs.i, to_v_i).index_add(0, pairs.j, -to_v_i)
+    f_v = thermo.force.index_add(0, pairs.i, to_p_i).index_add(0, pairs.j, -to_p_i) / mass[:, None]
     f_S = torch.zeros_like(thermo.T).index_add(0, pairs.i, to_S_i).index_add(0, pairs.j, to_S_j)
     if bath is not None:
         assert v is not None
@@ -366,7 +372,13 @@ class MetriplecticModel(nn.Module):
         self.teacher = EntropyTeacher(h, velocity_scale, teacher_hidden, use_velocities=teacher_velocities,
                                       n_species=n_species)
         self.log_k_B = PositiveScalar(k_B)  # k_B = softplus(raw)
+        # One mass per species: in the overdamped limit the mobility of a species is dt/m (its diffusion
+        # k_B T_b/(m gamma)), and a bidisperse monolayer's species diffuse at different rates. The mass
+        # scale (geometric mean over species) is calibrated from the data; the species' log ratios to it
+        # are learned from zero, scale-free (a softplus per species would move by the learning rate in
+        # absolute units, and the calibrated scale is of order 100).
         self.log_mass = PositiveScalar(mass)
+        self.species_log_mass = nn.Parameter(torch.zeros(self.n_species))
 
     # -- scalars --------------------------------------------------------------
     @property
@@ -375,7 +387,16 @@ class MetriplecticModel(nn.Module):
 
     @property
     def mass(self) -> torch.Tensor:
-        return self.log_mass()
+        """The mass of each species, (n_species,): the scale times exp(the species' centred log ratio)."""
+        ratio = self.species_log_mass - self.species_log_mass.mean()
+        return self.log_mass() * torch.exp(ratio)
+
+    def particle_mass(self, pairs: PairTensors, n_particles: int, detach: bool = False) -> torch.Tensor:
+        """m_i of every particle, (N,), from its species (pairs.species; empty: all of species 0)."""
+        mass = self.mass.detach() if detach else self.mass
+        if pairs.species.shape[0] == 0:
+            return mass[0].expand(n_particles)
+        return mass[pairs.species]
 
     # -- energy ----------------------------------------------------------------
     def volume(self, x: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
@@ -402,8 +423,9 @@ class MetriplecticModel(nn.Module):
         return self.internal_energy(S, V, I)
 
     def energy(self, state: State, pairs: PairTensors) -> torch.Tensor:
-        """E = sum_i m v_i^2/2 + U_i (scalar)."""
-        return 0.5 * self.mass * (state.v * state.v).sum() + self.potential(state.x, state.S, pairs).sum()
+        """E = sum_i m_i v_i^2/2 + U_i (scalar)."""
+        mass = self.particle_mass(pairs, state.x.shape[0])
+        return 0.5 * (mass[:, None] * state.v * state.v).sum() + self.potential(state.x, state.S, pairs).sum()
 
     def thermodynamics(
         self, x: torch.Tensor, S: torch.Tensor, pairs: PairTensors, with_dT_dS: bool = True, create_graph: bool = False
@@ -457,6 +479,7 @@ class MetriplecticModel(nn.Module):
         if not create_graph:
             amplitude, d_amp_dTi, d_amp_dTj = amplitude.detach(), d_amp_dTi.detach(), d_amp_dTj.detach()
         T_i, T_j = thermo.T[pairs.i], thermo.T[pairs.j]
+        mass = self.particle_mass(pairs, state.x.shape[0], detach=not create_graph)
         return PairTerms(
             e,
             u,
@@ -473,6 +496,8 @@ class MetriplecticModel(nn.Module):
             d_amp_dTj[:, 1],
             d_amp_dTi[:, 2],
             d_amp_dTj[:, 2],
+            mass[pairs.i],
+            mass[pairs.j],
         )
 
     def _terms(self, state: State, pairs: PairTensors, with_derivatives: bool, create_graph: bool):
@@ -488,7 +513,7 @@ class MetriplecticModel(nn.Module):
     def pair_mobility(self, state: State, pairs: PairTensors) -> torch.Tensor:
         """Per-pair blocks of M, (E, 2D+2, 2D+2), order (v_i, S_i, v_j, S_j) (tests, diagnostics)."""
         _, terms = self._terms(state, pairs, with_derivatives=False, create_graph=False)
-        return pair_mobility(terms, self.mass.detach())
+        return pair_mobility(terms)
 
     # -- dynamics ----------------------------------------------------------------
     def drift(
@@ -506,7 +531,8 @@ class MetriplecticModel(nn.Module):
         bath's friction (None: at rest); ignored without a bath.
         """
         thermo, terms = self._terms(state, pairs, with_derivatives=thermal, create_graph=create_graph)
-        mass, k_B = (self.mass, self.k_B) if create_graph else (self.mass.detach(), self.k_B.detach())
+        mass = self.particle_mass(pairs, state.x.shape[0], detach=not create_graph)
+        k_B = self.k_B if create_graph else self.k_B.detach()
         bath = self.bath_terms(thermo.T, thermal, create_graph)
         return assemble_drift(thermo, terms, pairs, mass, k_B if thermal else None, bath, state.v, flow)
 
@@ -543,7 +569,8 @@ class MetriplecticModel(nn.Module):
         heat_work = -0.5 * (kick * u).sum(-1)  # same for both ends: X_ji e_ji . v_ji = X_ij e_ij . v_ij
         heat_conduction = amplitude * C * dV
         n = state.x.shape[0]
-        dv = state.v.new_zeros(state.v.shape).index_add(0, pairs.i, kick).index_add(0, pairs.j, -kick) / self.mass
+        mass = self.particle_mass(pairs, n)
+        dv = state.v.new_zeros(state.v.shape).index_add(0, pairs.i, kick).index_add(0, pairs.j, -kick) / mass[:, None]
         T_dS = (
             state.S.new_zeros(n)
             .index_add(0, pairs.i, heat_work + heat_conduction)
@@ -553,7 +580,7 @@ class MetriplecticModel(nn.Module):
         bath = self.bath_terms(T, False, False)
         if bath is not None:
             assert dW_bath is not None and dU_bath is not None
-            dv_bath, dS_bath = bath_noise(bath, T, self.mass, self.k_B, dW_bath, dU_bath)
+            dv_bath, dS_bath = bath_noise(bath, T, mass, self.k_B, dW_bath, dU_bath)
             dv = dv + dv_bath
             dS = dS + dS_bath
         return dv, dS
@@ -581,14 +608,15 @@ class MetriplecticModel(nn.Module):
     ) -> torch.Tensor:
         """Sigma_ii = 2 k_B M_ii dt, (N, D+1, D+1), order (v_i, S_i) (pairs and bath)."""
         thermo, terms = self._terms(state, pairs, with_derivatives=False, create_graph=create_graph)
-        k_B, mass = (self.k_B, self.mass) if create_graph else (self.k_B.detach(), self.mass.detach())
+        k_B = self.k_B if create_graph else self.k_B.detach()
+        mass = self.particle_mass(pairs, state.x.shape[0], detach=not create_graph)
         M = self.marginal_mobility(thermo, terms, pairs, mass, create_graph)
         return 2 * k_B * dt * M
 
     def marginal_mobility(self, thermo: Thermodynamics, terms: PairTerms, pairs: PairTensors, mass: torch.Tensor,
                           create_graph: bool) -> torch.Tensor:
-        """M_ii of the pairs plus the bath's diagonal share, (N, D+1, D+1)."""
-        M = marginal_mobility(terms, mass, pairs, thermo.T.shape[0])
+        """M_ii of the pairs plus the bath's diagonal share, (N, D+1, D+1); mass: each particle's, (N,)."""
+        M = marginal_mobility(terms, pairs, thermo.T.shape[0])
         bath = self.bath_terms(thermo.T, False, create_graph)
         if bath is not None:
             vv, SS = bath_marginal(bath, thermo.T, mass)
@@ -645,7 +673,7 @@ class MetriplecticModel(nn.Module):
         teacher's closure (docs/training.md, entropy_resolution).
         """
         thermo, terms = self._terms(state_t, pairs, with_derivatives=True, create_graph=True)
-        mass, k_B = self.mass, self.k_B
+        mass, k_B = self.particle_mass(pairs, state_t.x.shape[0]), self.k_B
         bath = self.bath_terms(thermo.T, True, True)
         f_v, f_S = assemble_drift(thermo, terms, pairs, mass, k_B, bath, state_t.v, flow)
         mean = torch.cat([state_t.v + f_v * dt, (state_t.S + f_S * dt)[:, None]], dim=-1)

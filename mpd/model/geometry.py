@@ -38,6 +38,8 @@ class PairTensors(NamedTuple):
                               in an open window or a fixed cell)
     pair_kind   (E, K)        onehot(species_i) + onehot(species_j): the pair's species, symmetric in i
                               and j (K = the number of species; 2 everywhere when there is one)
+    species     (N,) int64    each particle's species label (the per-species mass); empty when every
+                              particle is of species 0
     """
 
     i: torch.Tensor
@@ -49,6 +51,7 @@ class PairTensors(NamedTuple):
     bond_r_ref: torch.Tensor
     shift_rate: torch.Tensor
     pair_kind: torch.Tensor
+    species: torch.Tensor
 
 
 def pair_kinds(species_i, species_j, n_species: int, dtype: torch.dtype = torch.float64,
@@ -102,10 +105,13 @@ def make_pairs(
     i_t, j_t = as_index(i), as_index(j)
     if species is None:  # every particle of species 0
         kind = pair_kinds(np.zeros(len(i_t), np.int64), np.zeros(len(i_t), np.int64), n_species, dtype, device)
+        labels_t = torch.zeros(0, dtype=torch.int64, device=device)
     else:
         labels = np.asarray(species.cpu().numpy() if isinstance(species, torch.Tensor) else species, np.int64)
+        labels = labels.reshape(-1)
         kind = pair_kinds(labels[i_t.cpu().numpy()], labels[j_t.cpu().numpy()], n_species, dtype, device)
-    return PairTensors(i_t, j_t, shift_t, bond_i, bond_j, bond_shift_t, bond_r_ref, shift_rate_t, kind)
+        labels_t = torch.as_tensor(labels, dtype=torch.int64, device=device)
+    return PairTensors(i_t, j_t, shift_t, bond_i, bond_j, bond_shift_t, bond_r_ref, shift_rate_t, kind, labels_t)
 
 
 def pair_separations(x: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
