@@ -14,7 +14,8 @@ when a rule's script fails with one of them:
 
 Set the environment variable ``MPD_DEBUG=1`` to get the tracebacks on the
 console as well, and Snakemake's own closing lines. Any other exception
-(a bug) keeps its full traceback on the console.
+(a bug) is reported the same way, its line saying that it is one; without a
+log file its traceback goes to the console.
 
 The error classes are recognised by their qualified names, so this module
 imports none of the packages: each rule's environment has only its own.
@@ -61,14 +62,21 @@ def one_line(error: BaseException) -> str:
 
 def report_failure(error: BaseException, *, rule: str, log_file: str | os.PathLike | None,
                    records: Path = RECORDS) -> None:
-    """Report a clear error of a rule's script: traceback to its log, one line to stderr and to the records."""
+    """Report a failure of a rule's script: traceback to its log, one line to stderr and to the records.
+
+    Any other error than a clear one is a bug: its line says so, and its traceback
+    also reaches the console when there is no log file to hold it.
+    """
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     line = one_line(error)
+    if not is_clear(error):
+        where = f"its traceback is in {log_file}" if log_file else "its traceback is above"
+        line = f"{line} (an unexpected error, a bug: {where}; please report it)"
     if log_file:
         with open(log_file, "a") as handle:
             handle.write(text)
             handle.write(line + "\n")
-    if debug():
+    if debug() or not log_file:
         sys.stderr.write(text)
     where = f"; traceback in {log_file}" if log_file else ""
     try:
@@ -82,9 +90,12 @@ def report_failure(error: BaseException, *, rule: str, log_file: str | os.PathLi
 
 
 def install(rule: str, log_file: str | os.PathLike | None) -> None:
-    """Make uncaught clear errors of this process end as one line (``report_failure``), exit status 1."""
+    """Make uncaught errors of this process end as one line, their traceback in the log file (``report_failure``).
+
+    Exit status 1. KeyboardInterrupt keeps Python's own report.
+    """
     def hook(kind, error, tb):
-        if not is_clear(error):
+        if not isinstance(error, Exception):
             sys.__excepthook__(kind, error, tb)
             return
         report_failure(error, rule=rule, log_file=log_file)
@@ -100,10 +111,9 @@ def clear_records(records: Path = RECORDS) -> None:
 
 
 def finish_with_clear_errors(records: Path = RECORDS, *, snakemake_log=None) -> None:
-    """The workflow's ``onerror``: print the recorded clear errors last and exit with status 1.
+    """The workflow's ``onerror``: print the recorded errors' lines last and exit with status 1.
 
-    Does nothing when no failed job recorded one (a bug keeps Snakemake's
-    full report) or with ``MPD_DEBUG`` set.
+    Does nothing when no failed job recorded one or with ``MPD_DEBUG`` set.
     """
     # Each record: where (rule, log file), then the message; the message is the last line printed.
     lines = sorted(path.read_text().strip() for path in records.glob("*.txt")) if records.is_dir() else []

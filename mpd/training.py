@@ -26,10 +26,12 @@ import hashlib
 import io
 import logging
 import math
+import pickle
 import random
 import sys
 import time
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +50,7 @@ from mpd.geometry.loader import SnapshotPairDataset, collate_snapshots
 from mpd.model import EulerMaruyama, MetriplecticModel, PairTensors, State
 from mpd.pairs import concatenate_pairs, snapshot_pairs
 from mpd.params import AUTO, ModelConfig, NetworkParams, RolloutParams, TrainingParams, config_hash
-from mpd.provenance import software_versions
+from mpd.provenance import software_versions, source_fingerprint
 from mpd.rollout import (
     ExteriorRule,
     ObservedFrames,
@@ -63,13 +65,23 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "mpd-training-checkpoint"
 MODEL_FORMAT = "mpd-model"
-#: 2: bath, species, standardised entropy labels (a version 1 model cannot be loaded into this code)
+#: 2: bath, species, standardised entropy labels; 3: one mass per species (older models cannot be loaded)
 MODEL_VERSION = 3
+#: What torch.load raises for a damaged, empty, truncated or foreign file (its archive reader, the
+#: restricted unpickler of weights_only=True, the file system).
+UNREADABLE = (RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeError, pickle.UnpicklingError,
+              zipfile.BadZipFile)
+#: The modules whose code a checkpoint depends on: a change to any of them starts training afresh.
+TRAINING_CODE = ("mpd.model", "mpd.training", "mpd.pairs", "mpd.params", "mpd.distributed", "mpd.geometry.loader")
 LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_rollout_metric", "lr", "wall_s"]
 
 
 class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the last checkpoint is kept."""
+
+
+class ModelFileError(TrainingError):
+    """A model file cannot be read (corrupt, truncated, empty, or not a model of this code)."""
 
 
 # ---------------------------------------------------------------------------
@@ -459,6 +471,50 @@ def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def checkpoint_identity(config: ModelConfig, dataset_fingerprint_: str) -> dict:
+    """What a checkpoint must share with this run to be resumed: configuration, dataset, code, model version."""
+    return {"training_hash": config.training_hash(), "dataset": dataset_fingerprint_,
+            "code": source_fingerprint(*TRAINING_CODE), "model_version": MODEL_VERSION}
+
+
+def set_aside(path: Path, reason: str) -> Path:
+    """Rename a checkpoint that cannot be resumed to `<name>.<reason>` (replacing an older one) and return it."""
+    target = path.with_name(f"{path.name}.{reason}")
+    path.replace(target)
+    return target
+
+
+def resumable_checkpoint(path: Path, identity: Mapping, epochs: int) -> dict | None:
+    """The checkpoint at `path` when this run can continue it, else None (training starts afresh).
+
+    A checkpoint that cannot be read is set aside as `.corrupt`, one of another configuration,
+    dataset, code or model version as `.foreign`, each with a warning; a finished one (all
+    `epochs` done) is not resumed: running training again (a deleted model, --forcerun) means
+    training again.
+    """
+    if not path.is_file():
+        return None
+    try:
+        checkpoint = load_checkpoint(path)
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError("not a training checkpoint")
+    except UNREADABLE as error:
+        moved = set_aside(path, "corrupt")
+        log.warning("%s cannot be read (%s); set aside as %s, training starts afresh", path, type(error).__name__,
+                    moved.name)
+        return None
+    differs = [key for key, value in identity.items() if checkpoint.get(key) != value]
+    if differs:
+        moved = set_aside(path, "foreign")
+        log.warning("%s was written with another %s; set aside as %s, training starts afresh", path,
+                    " and ".join(differs), moved.name)
+        return None
+    if int(checkpoint.get("epoch", 0)) >= epochs:
+        log.info("%s holds a finished training: training again from scratch", path)
+        return None
+    return checkpoint
+
+
 # ---------------------------------------------------------------------------
 # The training loop
 # ---------------------------------------------------------------------------
@@ -530,16 +586,15 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
         raise TrainingError(f"the dataset {train_set.root} has no training pairs")
     frames = dataset_frames(train_set)
     fingerprint = dataset_fingerprint(dataset_path)
-    training_hash = config.training_hash()
+    identity = checkpoint_identity(config, fingerprint)
     ctx = ddp.context()
 
     loader_generator = torch.Generator()
-    checkpoint = None
-    if resume and checkpoint_path.is_file():
-        checkpoint = load_checkpoint(checkpoint_path)
-        if checkpoint.get("training_hash") != training_hash or checkpoint.get("dataset") != fingerprint:
-            log.info("%s was written by another configuration or dataset: starting afresh", checkpoint_path)
-            checkpoint = None
+    checkpoint = resumable_checkpoint(checkpoint_path, identity, params.epochs) if resume and ctx.is_main else None
+    if ctx.active:  # every rank resumes or none does: rank 0 decides (and sets aside), the others follow
+        (resumed,) = ddp.broadcast_floats([float(checkpoint is not None)], device)
+        if resumed and checkpoint is None:
+            checkpoint = load_checkpoint(checkpoint_path)
     if checkpoint is not None:
         kwargs = dict(checkpoint["model_kwargs"])
         model = build_model(kwargs, dtype, device)
@@ -650,10 +705,13 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
                         "val_rollout_metric": metric, "lr": lr, "wall_s": time.perf_counter() - t0})
         if not ctx.is_main:
             continue
-        log.info("epoch %d: train %.5g val %.5g rollout %.4g lr %.3g", epoch + 1, train_loss, val_loss, metric, lr)
+        done = [row["wall_s"] for row in history[1:]][-(epoch + 1 - start_epoch):]
+        left_s = (last_epoch - epoch - 1) * sum(done) / max(len(done), 1)
+        log.info("epoch %d/%d: train %.5g val %.5g rollout %.4g lr %.3g (%.1f s; about %s left)", epoch + 1,
+                 last_epoch, train_loss, val_loss, metric, lr, history[-1]["wall_s"], _duration(left_s))
         atomic_torch_save({
-            "format": CHECKPOINT_FORMAT, "version": 1, "epoch": epoch + 1, "training_hash": training_hash,
-            "dataset": fingerprint, "config": config.to_dict(), "model_kwargs": kwargs,
+            "format": CHECKPOINT_FORMAT, "version": 1, "epoch": epoch + 1, **identity,
+            "config": config.to_dict(), "model_kwargs": kwargs,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
             "best_model": best_state, "best_metric": best_metric, "best_epoch": best_epoch,
             "selection_basis": basis, "log": history, "rng": random_states(loader_generator),
@@ -666,6 +724,16 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
     scales = {"length_um": frames.length_um, "time_s": frames.time_s}
     return TrainingResult(best, kwargs, history, best_epoch, best_metric, basis, scales, fingerprint,
                           checkpoint_path, str(device))
+
+
+def _duration(seconds: float) -> str:
+    """A duration for progress lines: 42 s, 3 min 5 s, 1 h 12 min."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 def _evaluate(model, val_set, val_items, windows, frames, params, device, dtype, ctx, initial: bool):
@@ -755,11 +823,18 @@ def save_model(model: MetriplecticModel, kwargs: Mapping, metadata: Mapping, pat
 
 def load_model(path, device: str | torch.device | None = "cpu", dtype: str | torch.dtype | None = None):
     """(model, metadata) from model.pt; dtype default: the training dtype."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if saved.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path} is not an {MODEL_FORMAT} file")
+    rerun = "train it again (snakemake --forcerun train_model)"
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ModelFileError(f"the model file {path} does not exist: {rerun}") from None
+    except UNREADABLE as error:  # torch's own message may advise weights_only=False: not for a file from elsewhere
+        raise ModelFileError(f"the model file {path} cannot be read ({type(error).__name__}): it is corrupt, "
+                             f"truncated or empty; {rerun}") from None
+    if not isinstance(saved, dict) or saved.get("format") != MODEL_FORMAT:
+        raise ModelFileError(f"{path} is not an {MODEL_FORMAT} file: {rerun}")
     if saved.get("version") != MODEL_VERSION:
-        raise ValueError(f"{path} is an {MODEL_FORMAT} file of version {saved.get('version')}; this code reads "
+        raise ModelFileError(f"{path} is an {MODEL_FORMAT} file of version {saved.get('version')}; this code reads "
                          f"version {MODEL_VERSION} (per-species masses changed the model): "
                          f"train it again (snakemake --forcerun train_model)")
     metadata = saved["metadata"]
@@ -787,6 +862,7 @@ def save_scripted_step(model: MetriplecticModel, path: Path) -> None:
 __all__ = [
     "LOG_COLUMNS",
     "DatasetFrames",
+    "ModelFileError",
     "TrainingError",
     "TrainingResult",
     "batch_pairs",

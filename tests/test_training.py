@@ -1,5 +1,6 @@
 """Training: exact resume from a checkpoint, learning on the digital twin, the stage's outputs, devices."""
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -8,12 +9,14 @@ import pytest
 import torch
 from test_training_support import H_UM, RATE, SMALL_NETWORK, lattice_trajectories
 
+import mpd.training
 from mpd.geometry.stage import compute_geometry
 from mpd.model import MetriplecticModel, State, euler_maruyama_step
 from mpd.pairs import snapshot_pairs
+from mpd.provenance import source_fingerprint
 from mpd.rollout import resolve_device
 from mpd.stage import rollout_model, train_model
-from mpd.training import LOG_COLUMNS, load_checkpoint, load_model, train
+from mpd.training import LOG_COLUMNS, ModelFileError, load_checkpoint, load_model, train
 
 WINDOW = (4.0, 36.0, 3.0, 28.0)  # µm
 
@@ -64,12 +67,52 @@ def test_resumed_training_equals_an_uninterrupted_run_bitwise(lattice_dataset, t
     assert not list((tmp_path / "resumed").glob("*.tmp"))  # written by rename, no leftovers
 
 
-def test_a_checkpoint_of_another_configuration_is_not_resumed(lattice_dataset, tmp_path):
+def test_a_checkpoint_of_another_configuration_is_set_aside_and_not_resumed(lattice_dataset, tmp_path, caplog):
     _, geometry = lattice_dataset
-    train(geometry, tmp_path, small_config(epochs=1))
-    other = train(geometry, tmp_path, small_config(epochs=1, learning_rate=3e-3))
-    assert [row["epoch"] for row in other.log] == [0, 1]  # started afresh (epoch 0 is the initial model)
-    assert load_checkpoint(tmp_path / "checkpoint.pt")["config"]["training"]["learning_rate"] == 3e-3
+    train(geometry, tmp_path, small_config(epochs=2), stop_after_epoch=1)  # an interrupted run
+    with caplog.at_level(logging.WARNING, logger="mpd.training"):
+        other = train(geometry, tmp_path, small_config(epochs=2, learning_rate=1e-3))
+    assert [row["epoch"] for row in other.log] == [0, 1, 2]  # started afresh (epoch 0 is the initial model)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["config"]["training"]["learning_rate"] == 1e-3
+    assert load_checkpoint(tmp_path / "checkpoint.pt.foreign")["config"]["training"]["learning_rate"] != 1e-3
+    assert "another training_hash" in caplog.text and "checkpoint.pt.foreign" in caplog.text
+
+
+def test_a_code_change_starts_training_afresh(lattice_dataset, tmp_path, monkeypatch, caplog):
+    _, geometry = lattice_dataset
+    train(geometry, tmp_path, small_config(epochs=2), stop_after_epoch=1)
+    monkeypatch.setattr(mpd.training, "source_fingerprint", lambda *modules: "edited-code-0000")
+    with caplog.at_level(logging.WARNING, logger="mpd.training"):
+        again = train(geometry, tmp_path, small_config(epochs=2))
+    assert [row["epoch"] for row in again.log] == [0, 1, 2]
+    assert "another code" in caplog.text
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["code"] == "edited-code-0000"
+
+
+def test_source_fingerprint_follows_the_files(tmp_path, monkeypatch):
+    package = tmp_path / "fingerprinted"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "physics.py").write_text("G = 1.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    before = source_fingerprint("fingerprinted")
+    assert source_fingerprint("fingerprinted") == before
+    (package / "physics.py").write_text("G = 2.0\n")
+    assert source_fingerprint("fingerprinted") != before
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "truncated"])
+def test_a_corrupt_checkpoint_is_set_aside_and_training_starts_afresh(lattice_dataset, tmp_path, caplog, damage):
+    _, geometry = lattice_dataset
+    train(geometry, tmp_path, small_config(epochs=2), stop_after_epoch=1)
+    path = tmp_path / "checkpoint.pt"
+    data = path.read_bytes()
+    path.write_bytes({"garbage": b"not a checkpoint" * 10, "empty": b"", "truncated": data[: len(data) // 2]}[damage])
+    with caplog.at_level(logging.WARNING, logger="mpd.training"):
+        result = train(geometry, tmp_path, small_config(epochs=2))
+    assert [row["epoch"] for row in result.log] == [0, 1, 2]
+    assert (tmp_path / "checkpoint.pt.corrupt").is_file() and "cannot be read" in caplog.text
+    assert load_checkpoint(path)["epoch"] == 2
 
 
 def test_stage_writes_the_model_its_scripted_step_the_log_and_resumes_instantly(lattice_dataset, tmp_path):
@@ -104,9 +147,13 @@ def test_stage_writes_the_model_its_scripted_step_the_log_and_resumes_instantly(
     for s, e in zip(scripted, eager):
         torch.testing.assert_close(s, e)
 
-    before = (out / "training_log.csv").read_bytes()
-    train_model(geometry, out, config)  # same config and data: resumes at the end, trains nothing
-    assert (out / "training_log.csv").read_bytes() == before
+    # running the stage again (a deleted model, --forcerun) trains again from scratch, not from the
+    # finished checkpoint, and with the same seed to the same model
+    before = pd.read_csv(out / "training_log.csv")
+    train_model(geometry, out, config)
+    after = pd.read_csv(out / "training_log.csv")
+    assert after["epoch"].tolist() == [0, 1, 2] and not (out / "checkpoint.pt.foreign").exists()
+    pd.testing.assert_frame_equal(after.drop(columns="wall_s"), before.drop(columns="wall_s"))
 
     rolled = rollout_model(out / "model.pt", traj, geometry, out, config)
     status = json.loads((rolled / "rollout_status.json").read_text())
@@ -191,5 +238,30 @@ def test_a_model_file_of_another_version_is_refused_by_name(tmp_path):
     path = tmp_path / "model.pt"
     torch.save({"format": "mpd-model", "version": 1, "model_kwargs": {"h": 1.0}, "state_dict": model.state_dict(),
                 "metadata": {}}, path)
-    with pytest.raises(ValueError, match=r"model\.pt is an mpd-model file of version 1.*forcerun train_model"):
+    with pytest.raises(ModelFileError, match=r"model\.pt is an mpd-model file of version 1.*forcerun train_model"):
         load_model(path)
+
+
+class NotAModel:
+    pass
+
+
+@pytest.mark.parametrize("damage", ["garbage", "empty", "truncated", "pickle", "missing"])
+def test_a_damaged_model_file_gives_one_message_naming_it_and_no_unsafe_advice(lattice_dataset, tmp_path, damage):
+    _, geometry = lattice_dataset
+    out = train_model(geometry, tmp_path / "model", small_config(epochs=1, dtype="float32"))
+    path = out / "model.pt"
+    data = path.read_bytes()
+    if damage == "pickle":  # a pickle of an arbitrary object: torch's refusal recommends weights_only=False
+        torch.save({"format": "mpd-model", "object": NotAModel()}, path)
+    elif damage == "missing":
+        path.unlink()
+    else:
+        path.write_bytes({"garbage": b"\x00not a model" * 9, "empty": b"", "truncated": data[: len(data) // 3]}[damage])
+    with pytest.raises(ModelFileError) as raised:
+        load_model(path)
+    message = str(raised.value)
+    assert str(path) in message and "forcerun train_model" in message
+    assert "weights_only" not in message and "\n" not in message
+    with pytest.raises(ModelFileError):  # the rollout stage reads it the same way
+        rollout_model(path, lattice_dataset[0], geometry, tmp_path / "rollout", small_config(epochs=1))

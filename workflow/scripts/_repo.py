@@ -13,12 +13,24 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 
-def setup_logging(snakemake) -> logging.Logger:
-    """Log to the rule's log file (when it has one) and to stderr.
+def start_rule(snakemake, threads: int | None = None) -> logging.Logger:
+    """Start a rule's script: thread limits, logging and one-line errors; returns the rule's logger.
 
-    A clear error of the packages (mpd.errors) ends the script as one line on
-    the console, its traceback in the log file.
+    Computation keeps to the rule's `threads` (or `threads`, e.g. 1 for a rule
+    that parallelises with processes) for torch, BLAS, OpenMP and OpenCV alike
+    (`mpd.threads`). Logs go to the rule's log file (when it has one) and to
+    stderr; a clear error of the packages (mpd.errors) ends the script as one
+    line on the console, its traceback in the log file, and any other error
+    (a bug) leaves its traceback in the log file too.
     """
+    from mpd.threads import limit_threads
+
+    limit_threads(int(snakemake.threads if threads is None else threads))
+    return setup_logging(snakemake)
+
+
+def setup_logging(snakemake) -> logging.Logger:
+    """Log to the rule's log file (when it has one) and to stderr (`start_rule`)."""
     from mpd import errors
 
     errors.install(snakemake.rule, snakemake.log[0] if snakemake.log else None)

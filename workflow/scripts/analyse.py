@@ -4,7 +4,7 @@ import _repo
 
 from analysis.stage import analyse_experiment
 
-log = _repo.setup_logging(snakemake)  # noqa: F821 (injected by Snakemake)
+log = _repo.start_rule(snakemake)  # noqa: F821 (injected by Snakemake)
 inputs = snakemake.input  # noqa: F821
 metrics = analyse_experiment(
     inputs.trajectories, inputs.video, Path(snakemake.output.metrics).parent,  # noqa: F821

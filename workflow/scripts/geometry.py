@@ -9,7 +9,7 @@ from mpd.geometry.masks import window_from_video_metadata
 from mpd.geometry.params import GeometryParams
 from mpd.geometry.stage import compute_geometry
 
-log = _repo.setup_logging(snakemake)  # noqa: F821 (injected by Snakemake)
+log = _repo.start_rule(snakemake)  # noqa: F821 (injected by Snakemake)
 params = GeometryParams.from_config(snakemake.params.geometry)  # noqa: F821
 video = json.loads(Path(snakemake.input.video).read_text())  # noqa: F821
 trajectories = pd.read_parquet(snakemake.input.trajectories)  # noqa: F821

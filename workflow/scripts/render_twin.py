@@ -7,7 +7,7 @@ import pandas as pd
 from twin.params import MicroscopeParams, from_dict
 from twin.render import render_video
 
-log = _repo.setup_logging(snakemake)  # noqa: F821 (injected by Snakemake)
+log = _repo.start_rule(snakemake)  # noqa: F821 (injected by Snakemake)
 params = from_dict(MicroscopeParams, snakemake.params.microscope, "microscope")  # noqa: F821
 truth = pd.read_parquet(snakemake.input.trajectories)  # noqa: F821
 truth_meta = json.loads(Path(snakemake.input.metadata).read_text())  # noqa: F821

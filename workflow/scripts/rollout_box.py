@@ -9,8 +9,7 @@ from analysis.inputs import truth_box_table
 from mpd.params import ModelConfig
 from mpd.stage import box_rollout_span, rollout_box
 
-log = _repo.setup_logging(snakemake)  # noqa: F821 (injected by Snakemake)
-torch.set_num_threads(snakemake.threads)  # noqa: F821
+log = _repo.start_rule(snakemake)  # noqa: F821 (injected by Snakemake)
 inputs = snakemake.input  # noqa: F821
 params = ModelConfig.from_config(snakemake.params.model).rollout  # noqa: F821
 truth = pd.read_parquet(inputs.truth)

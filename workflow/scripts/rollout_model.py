@@ -5,8 +5,7 @@ import torch
 
 from mpd.stage import rollout_model
 
-log = _repo.setup_logging(snakemake)  # noqa: F821 (injected by Snakemake)
-torch.set_num_threads(snakemake.threads)  # noqa: F821
+log = _repo.start_rule(snakemake)  # noqa: F821 (injected by Snakemake)
 out = rollout_model(snakemake.input.model, snakemake.input.trajectories,  # noqa: F821
                     Path(snakemake.input.geometry).parent, Path(snakemake.output.rollout).parent,  # noqa: F821
                     snakemake.params.model)  # noqa: F821

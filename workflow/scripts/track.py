@@ -6,7 +6,7 @@ import _repo
 from tracking.params import from_config
 from tracking.pipeline import track_video
 
-log = _repo.setup_logging(snakemake)  # noqa: F821 (injected by Snakemake)
+log = _repo.start_rule(snakemake)  # noqa: F821 (injected by Snakemake)
 video = json.loads(Path(snakemake.input.metadata).read_text())  # noqa: F821
 section = dict(snakemake.params.tracking)  # noqa: F821
 # A rendered video knows whether its particles are dark; the config still wins when it says.

@@ -5,8 +5,7 @@ import torch
 
 from mpd.stage import train_model
 
-log = _repo.setup_logging(snakemake)  # noqa: F821 (injected by Snakemake)
-torch.set_num_threads(snakemake.threads)  # noqa: F821
+log = _repo.start_rule(snakemake)  # noqa: F821 (injected by Snakemake)
 out = train_model(Path(snakemake.input.dataset).parent, Path(snakemake.output.model).parent,  # noqa: F821
                   snakemake.params.model, resume=True)  # noqa: F821
 log.info("trained %s", out)
