@@ -3,7 +3,6 @@ from pathlib import Path
 
 import _repo
 import pandas as pd
-import torch
 
 from analysis.inputs import truth_box_table
 from mpd.params import ModelConfig

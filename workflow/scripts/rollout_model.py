@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import _repo
-import torch
 
 from mpd.stage import rollout_model
 
