@@ -7,6 +7,7 @@ key and says how to fix it, and no output is touched.
 from __future__ import annotations
 
 import glob
+import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -85,6 +86,7 @@ def validate_config(config: Mapping[str, Any], *, check_paths: bool = True, work
 
     if not isinstance(config, Mapping):
         raise ConfigError("the configuration must be a mapping with an 'experiments' key")
+    _check_finite(config)
     error = best_match(config_validator().iter_errors(dict(config)))
     if error is not None:
         raise ConfigError(
@@ -98,6 +100,19 @@ def validate_config(config: Mapping[str, Any], *, check_paths: bool = True, work
             if "video" in experiment:
                 video_input_files(experiment["video"]["path"], workdir, key=f"experiments.{name}.video.path")
     return dict(config)
+
+
+def _check_finite(node: Any, path: tuple = ()) -> None:
+    """Every number in the configuration must be finite: YAML's .nan and .inf pass a schema's ranges."""
+    if isinstance(node, Mapping):
+        for key, value in node.items():
+            _check_finite(value, (*path, key))
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            _check_finite(value, (*path, index))
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"invalid configuration: {_dotted(path)} is {node}; every number must be finite. "
+                          f"Fix the key in config.yaml (or your --configfile).")
 
 
 def _check_nested_params(config: Mapping[str, Any]) -> None:

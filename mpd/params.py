@@ -91,7 +91,7 @@ class TrainingParams(_FromConfig):
     selection_starts: int = 2         # validation snapshots the selection rollouts start from
     selection_steps: int = 4          # frames per selection rollout
     progress: bool = True             # tqdm progress bar (also off when stderr is not a terminal)
-    num_threads: int | None = None    # torch CPU threads; None: torch's default
+    num_threads: int | None = None    # torch CPU threads, at most the process's; None: all it was given
     measurement_noise_um: float = 0.0  # µm, rms localisation error per coordinate of the tracked positions (docs/training.md)
     entropy_resolution: float = 0.01  # resolution of the standardised entropy labels in the likelihood (docs/training.md)
 

@@ -571,7 +571,11 @@ def train(
     dtype = resolve_dtype(params.dtype)
     threads = torch.get_num_threads()
     if params.num_threads:
-        torch.set_num_threads(params.num_threads)
+        # never more than the process was given (a workflow rule's `threads`, mpd.threads)
+        if params.num_threads > threads:
+            log.warning("training.num_threads = %d, but this process may use %d threads: using %d",
+                        params.num_threads, threads, threads)
+        torch.set_num_threads(min(params.num_threads, threads))
     try:
         return _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resume, stop_after_epoch)
     finally:

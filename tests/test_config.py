@@ -118,6 +118,26 @@ def test_unreadable_video_is_named(tmp_path):
 
 @pytest.mark.skipif(not BULK_WATER.is_dir(), reason="the shared bulk_water sample (../shared/data/bulk_water) "
                                                     "is not beside the checkout")
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_numbers_are_rejected_naming_the_key(value):
+    """YAML's .nan and .inf are floats that pass every range of the schema: refused by name."""
+    config = {"experiments": {"real": {"video": {"path": "x.tif", "pixel_size_um": value, "frame_rate_hz": 10}}}}
+    with pytest.raises(ConfigError, match=r"experiments\.real\.video\.pixel_size_um is -?(nan|inf).*finite"):
+        validate_config(config, check_paths=False)
+    config = copy.deepcopy(default_config())
+    config["experiments"]["twin_demo"]["synthetic"]["simulation"]["shear"] = {"amplitude": value}
+    with pytest.raises(ConfigError, match=r"twin_demo\.synthetic\.simulation\.shear\.amplitude is"):
+        validate_config(config, check_paths=False)
+
+
+def test_yaml_nan_reaches_the_check_as_a_float(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("experiments:\n  real:\n    video: {path: x.tif, pixel_size_um: .nan, frame_rate_hz: 10}\n")
+    with pytest.raises(ConfigError, match="pixel_size_um is nan"):
+        load_config(path, check_paths=False)
+
+
+@pytest.mark.skipif(not BULK_WATER.is_dir(), reason="needs ../shared/data/bulk_water (real microscopy)")
 def test_real_glob_is_accepted():
     config = {"experiments": {"bw": {"video": {"path": str(BULK_WATER / "*.png"), "pixel_size_um": 1 / 2.85,
                                                 "frame_rate_hz": 24}}}}

@@ -127,6 +127,31 @@ def test_video_without_particles(tmp_path):
     assert_one_clear_error(flat, tmp_path, "flat.tif", "no particle")
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nan_pixels_are_reported_as_such(tmp_path, bad):
+    frames = spot_frames(n_frames=4).astype(np.float32)
+    frames[2, 10:12, 30:33] = bad
+    path = tmp_path / "float.tif"
+    write_tiff(path, frames)
+    message = assert_one_clear_error(path, tmp_path, "float.tif", "frame 2", "6 NaN or infinite pixel(s)")
+    assert "no particle" not in message and "invert" not in message
+
+
+def test_frames_without_features_are_counted_and_warned_in_qc(tmp_path, caplog):
+    frames = spot_frames(n_frames=6)
+    frames[3] = 20  # a blank frame in the middle: the shutter missed it
+    write_tiff(tmp_path / "gap.tif", frames)
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        result = run(tmp_path / "gap.tif", tmp_path / "out", params={"link": {"memory": 1}})
+    empty = result.qc["frames_without_features"]
+    assert empty == {"count": 1, "frames": [3]}
+    assert any("1 frame(s) without any feature" in w for w in result.qc["warnings"])
+    assert "without any feature" in caplog.text
+    assert result.qc["features_per_frame"]["min"] == 0
+
+
 def test_no_particle_with_explicit_parameters(tmp_path):
     path = tmp_path / "dim.tif"
     write_tiff(path, spot_frames())

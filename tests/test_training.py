@@ -265,3 +265,18 @@ def test_a_damaged_model_file_gives_one_message_naming_it_and_no_unsafe_advice(l
     assert "weights_only" not in message and "\n" not in message
     with pytest.raises(ModelFileError):  # the rollout stage reads it the same way
         rollout_model(path, lattice_dataset[0], geometry, tmp_path / "rollout", small_config(epochs=1))
+
+
+def test_a_frame_without_features_is_skipped_by_geometry_and_training(tmp_path):
+    """A blank frame (tracking found nothing there, qc.json warns): no snapshot pair crosses it, and
+    training runs on the others."""
+    from mpd.geometry.loader import SnapshotPairDataset
+
+    traj = lattice_trajectories(n_frames=16, drift_um_s=(4.0, 1.0), window=WINDOW, seed=5)
+    traj = traj[traj["frame"] != 6]
+    geometry = compute_geometry(traj, tmp_path / "geometry", h_um=H_UM, frame_rate_hz=RATE, window=WINDOW)
+    train_set = SnapshotPairDataset(geometry, "train")
+    frames = [int(train_set[k]["frame"]) for k in range(len(train_set))]
+    assert 5 not in frames and 6 not in frames and {4, 7} <= set(frames)
+    result = train(geometry, tmp_path / "model", small_config(epochs=1))
+    assert np.isfinite(result.log[-1]["train_loss"]) and np.isfinite(result.log[-1]["val_loss"])

@@ -254,6 +254,12 @@ class Video:
             raise TrackingInputError(f"{self._where(index)} cannot be decoded ({type(error).__name__}: {error}); "
                                      f"the file is corrupt or truncated — copy or export it again") from None
         image = to_grey(image, self._where(index), self.channel)
+        if np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+            bad = int((~np.isfinite(image)).sum())
+            raise TrackingInputError(
+                f"{self._where(index)} has {bad} NaN or infinite pixel(s) of {image.size}: the locator cannot "
+                f"weigh them; replace them in the file (e.g. with the background level) or crop them away "
+                f"with tracking.roi")
         if image.shape != self.full_shape:
             raise TrackingInputError(f"{self._where(index)} is {image.shape[1]}x{image.shape[0]} px but the first "
                                      f"frame is {self.full_shape[1]}x{self.full_shape[0]} px; all frames must "

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
@@ -38,6 +39,8 @@ from .motion import add_velocities, finite_differences
 from .noise import velocity_noise_report
 from .params import AUTO, TrackingParams, as_params, to_dict
 from .refine import RefineError, RefineSkippedWarning, refine_features, resolve_radius
+
+log = logging.getLogger(__name__)
 from .register import check_available as check_registration
 from .register import link_in_stage_frame, register_video
 from .species import classify_species
@@ -348,13 +351,24 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
                                            mask_diameter_px=resolved.diameter, truth=truth)
     timing["velocity_noise"] = time.perf_counter() - mark
 
+    summary = qc.summary(features, trajectories, frame_numbers)
+    report_warnings = []
+    empty = summary["frames_without_features"]
+    if empty["count"]:
+        shown = ", ".join(map(str, empty["frames"][:10])) + (" ..." if empty["count"] > 10 else "")
+        message = (f"{video.source}: {empty['count']} frame(s) without any feature ({shown}): every trajectory "
+                   f"breaks there; check those frames (blank, overexposed, out of focus) or leave them out with "
+                   f"tracking.frame_range")
+        log.warning(message)
+        report_warnings.append(message)
     report = {
         "source": video.source,
         "reader": type(video.reader).__name__,
         "frame_numbers": {"first": int(frame_numbers[0]), "last": int(frame_numbers[-1]), "step": frame_step},
         "frame_shape_px": list(video.frame_shape),
         "roi_origin_px": list(video.origin_px),
-        **qc.summary(features, trajectories, frame_numbers),
+        **summary,
+        "warnings": report_warnings,
         "auto": chosen,
         "checks": checks,
         "trajectory_filter": filtered,

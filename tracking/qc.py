@@ -10,7 +10,8 @@ directly with PIL:
 * ``subpixel_bias.png``: histograms of the fractional part of x_px and y_px;
   a flat histogram means no pixel locking (a dip in the middle: diameter too small);
 * ``trajectories.png``: every trajectory over the first frame;
-* ``features_per_frame.png``: features found, and kept in trajectories, per frame.
+* ``features_per_frame.png``: features found, and kept in trajectories, per frame; frames without any
+  feature are marked.
 """
 from __future__ import annotations
 
@@ -36,9 +37,13 @@ def summary(features: pd.DataFrame, trajectories: pd.DataFrame, frame_numbers) -
     per_frame = features.groupby("frame").size().reindex(frame_numbers, fill_value=0)
     lengths = trajectories.groupby("particle").size() if len(trajectories) else pd.Series(dtype=int)
     tracked_frames = trajectories["frame"].nunique() if len(trajectories) else 0
+    empty = [int(f) for f in per_frame.index[per_frame.to_numpy() == 0]]
     return {
         "frames_analysed": len(frame_numbers),
         "features": len(features),
+        # frames where nothing was found (a blank or overexposed frame, a focus jump): every trajectory
+        # breaks there, and the geometry stage has no snapshot pair across them
+        "frames_without_features": {"count": len(empty), "frames": empty},
         "features_per_frame": {
             "mean": float(per_frame.mean()), "median": float(per_frame.median()),
             "min": int(per_frame.min()), "max": int(per_frame.max()),
@@ -142,6 +147,11 @@ def write_figures(qc_dir: Path, first_image: np.ndarray, origin_px: tuple[int, i
     in_traj = (trajectories.groupby("frame").size().reindex(frames, fill_value=0).to_numpy()
                if len(trajectories) else np.zeros(len(frames)))
     ax.plot(frames, in_traj, label="in trajectories")
+    counts = features.groupby("frame").size().reindex(frames, fill_value=0).to_numpy()
+    if (counts == 0).any():
+        empty = frames[counts == 0]
+        ax.plot(empty, np.zeros(len(empty)), "v", color="crimson", clip_on=False,
+                label=f"{len(empty)} frame(s) without features")
     ax.set_xlabel("frame")
     ax.set_ylabel("count")
     ax.set_ylim(bottom=0)
