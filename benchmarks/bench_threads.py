@@ -24,7 +24,6 @@ import json
 import multiprocessing as mp
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -33,8 +32,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mpd.atomic import atomic_write_json  # noqa: E402
-from mpd.provenance import software_versions  # noqa: E402
+from mpd.atomic import atomic_write_json
+from mpd.provenance import software_versions
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "threads.json"
 TARGET_RATIO = 1.5
