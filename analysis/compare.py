@@ -142,13 +142,29 @@ def write_into(folder, metrics: dict, measurements: dict[str, Measurements], *, 
     return root
 
 
-def map_frame_of(reference: Measurements) -> int | None:
+def common_frames(measurements: dict[str, Measurements]) -> np.ndarray:
+    """Frames with a D2min value in every dataset (a rollout covers only part of the recording)."""
+    frames = None
+    for m in measurements.values():
+        pf = m.per_frame
+        have = pf.loc[pf["mean_d2min_per_neighbour"].notna(), "frame"] if "mean_d2min_per_neighbour" in pf \
+            else pf["frame"]
+        these = set(have.astype(int).tolist())
+        frames = these if frames is None else frames & these
+    return np.array(sorted(frames or []), dtype=np.int64)
+
+
+def map_frame_of(reference: Measurements, frames=None) -> int | None:
     """Frame shown in the D2min and defect maps: the reference's frame with the largest mean D2min.
 
     (The mean rather than the rearranging fraction, which is zero in every frame of a
-    sample that does not rearrange.) Falls back to the middle frame.
+    sample that does not rearrange.) Falls back to the middle frame. `frames`: choose
+    among these only (`common_frames`: a frame every dataset has, so no panel is empty);
+    all of the reference's when None or empty.
     """
     pf = reference.per_frame
+    if frames is not None and len(frames) and pf["frame"].isin(frames).any():
+        pf = pf[pf["frame"].isin(frames)].reset_index(drop=True)
     column = "mean_d2min_per_neighbour"
     if column in pf and pf[column].notna().any():
         return int(pf.loc[pf[column].idxmax(), "frame"])

@@ -5,6 +5,8 @@ pyplot, so no display or global state is needed on a cluster node.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +14,7 @@ from matplotlib.figure import Figure
 
 from analysis.measure import Measurements
 
-__all__ = ["FIGURES", "all_figures", "colours", "fidelity_figure"]
+__all__ = ["FIGURES", "all_figures", "colours", "fidelity_figure", "figure_note", "training_figure"]
 
 FIGURES = ("rdf", "msd", "vacf", "d2min_distribution", "nn_distance", "d2min_map", "defect_map", "cycle")
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -30,7 +32,26 @@ def colours(names, reference: str) -> dict[str, str]:
     return out
 
 
+_NOTE: contextvars.ContextVar[str | None] = contextvars.ContextVar("figure_note", default=None)
+
+
+@contextlib.contextmanager
+def figure_note(note: str | None):
+    """Every figure saved inside the block carries `note` under it (the rollout's status and verdict)."""
+    token = _NOTE.set(note)
+    try:
+        yield
+    finally:
+        _NOTE.reset(token)
+
+
 def _save(fig: Figure, path: Path) -> None:
+    note = _NOTE.get()
+    if note:
+        # a rollout that diverged or missed its targets says so on the figure itself
+        alarming = any(word in note for word in ("DIVERGED", "missed", "not analysed"))
+        fig.text(0.0, -0.02, note, fontsize=7, ha="left", va="top", wrap=True,
+                 color="crimson" if alarming else "dimgray")
     fig.savefig(path, dpi=120, bbox_inches="tight")
 
 
@@ -157,6 +178,30 @@ def fidelity_figure(report: dict, path: Path, title: str = "") -> None:
     ax.set_ylabel("error / target  (< 1: met)")
     ax.set_title(title or "fidelity against truth (hatched: target missed)", fontsize=9)
     ax.legend(frameon=False, fontsize=8)
+    _save(fig, path)
+
+
+def training_figure(log, path: Path) -> None:
+    """Training curves from training_log.csv (a DataFrame): the likelihood per epoch (train, validation)
+    and, when trained with it, the cage objective (docs/training.md)."""
+    has_cage = "val_cage" in log and log["val_cage"].notna().any()
+    fig = Figure(figsize=(9.0 if has_cage else 5.0, 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, 2 if has_cage else 1))
+    epochs = log["epoch"].to_numpy()
+    for column, colour in (("train_loss", _PALETTE[0]), ("val_loss", "black")):
+        if column in log:
+            axes[0].plot(epochs, log[column], color=colour, label=column.replace("_", " "))
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("negative log-likelihood per particle")
+    axes[0].legend(frameon=False, fontsize=8)
+    if has_cage:
+        for column, colour in (("train_cage", _PALETTE[0]), ("val_cage", "black")):
+            ok = log[column].notna() & (log[column] > 0)
+            axes[1].plot(epochs[ok], log.loc[ok, column], color=colour, label=column.replace("_", " "))
+        axes[1].set_yscale("log")
+        axes[1].set_xlabel("epoch")
+        axes[1].set_ylabel("cage objective: mean (log model / data)^2")
+        axes[1].legend(frameon=False, fontsize=8)
     _save(fig, path)
 
 

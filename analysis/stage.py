@@ -18,13 +18,14 @@ figures) and in ``fidelity.periodic_box``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from analysis.baselines import box_flows, brownian_null, measured_diffusion, observed_flows
-from analysis.compare import errors, map_frame_of, metrics_document, write_into
+from analysis.compare import common_frames, errors, map_frame_of, metrics_document, write_into
 from analysis.fidelity import fidelity_report
 from analysis.inputs import (
     AnalysisInputError,
@@ -40,6 +41,9 @@ from mpd.atomic import atomic_output_dir
 
 __all__ = ["analyse_experiment"]
 
+
+
+log = logging.getLogger(__name__)
 
 def analyse_experiment(
     trajectories,
@@ -58,6 +62,7 @@ def analyse_experiment(
     dataset_metadata=None,
     null_seed: int = 0,
     movie_fps: float = 10.0,
+    training_log=None,
 ) -> dict:
     """Analyse one experiment and write ``out_dir`` (normally ``results/{exp}/analysis/``) atomically.
 
@@ -89,6 +94,7 @@ def analyse_experiment(
         model's diffusion coefficients.
     null_seed : seed of the null model's Brownian steps.
     movie_fps : frames per second of figures/movie.mp4 (experiment | rollout, coloured by D2min).
+    training_log : the model's training_log.csv (path or DataFrame): figures/training.png.
 
     Returns the metrics dict written to metrics.json (docs/analysis.md).
     """
@@ -111,8 +117,17 @@ def analyse_experiment(
                 raise AnalysisInputError("truth outside a rendered field of view needs truth_metadata and strain")
             data["truth"] = truth_df
             boxes["truth"] = truth_box_table(truth_metadata, strain_df)
+    statuses = {"window": _status(rollout_status, rollout), "periodic_box": _status(rollout_box_status, rollout_box)}
+    statuses = {k: v for k, v in statuses.items() if v is not None}
     if rollout is not None:
         data["rollout"] = read_table(rollout, "rollout trajectories")
+        if data["rollout"]["frame"].nunique() < 2:
+            # nothing to compare: say so once, and analyse the rest (the outputs replace any earlier ones)
+            statuses["window"]["analysed"] = False
+            log.warning("the rollout %s has %d frame(s) (%s): it is not analysed", rollout,
+                        data["rollout"]["frame"].nunique(), statuses["window"].get("message", "no status"))
+            del data["rollout"]
+            rollout = None
 
     dataset_meta = read_json(dataset_metadata) if dataset_metadata is not None else None
     if rollout is not None and settings.edge_margin_um is None and dataset_meta is not None:
@@ -163,6 +178,11 @@ def analyse_experiment(
                               completed={"rollout": _completed(rollout_status)}),
         }
     box = None
+    if rollout_box is not None and read_table(rollout_box, "periodic-box rollout")["frame"].nunique() < 2:
+        statuses["periodic_box"]["analysed"] = False
+        log.warning("the periodic-box rollout %s has fewer than two frames (%s): it is not analysed", rollout_box,
+                    statuses["periodic_box"].get("message", "no status"))
+        rollout_box = None
     if rollout_box is not None:
         if truth is None or truth_metadata is None or strain_df is None:
             raise AnalysisInputError("a periodic-box rollout is compared with the truth: give truth, "
@@ -176,13 +196,19 @@ def analyse_experiment(
                               completed={"rollout": _completed(rollout_box_status)})}
     if fidelity:
         extra["fidelity"] = fidelity
+    if statuses:
+        extra["rollout_status"] = statuses
+    note = rollout_note(statuses, fidelity)
     doc = metrics_document(measurements, settings, references, window=window, extra=extra)
     for name, by_candidate in rollout_errors.items():  # over the rollout's frames, not the whole recording
         doc["errors"][name].update(by_candidate)
     if rollout is not None:
         doc["rollout_frames"] = [int(frames[0]), int(frames[-1])]
-    with atomic_output_dir(Path(out_dir)) as tmp:  # everything appears at once, or nothing changes
-        write_into(tmp, doc, measurements, reference="experiment", map_frame=map_frame_of(measurements["experiment"]),
+    from analysis.figures import figure_note
+
+    with atomic_output_dir(Path(out_dir)) as tmp, figure_note(note):  # everything appears at once, or nothing
+        write_into(tmp, doc, measurements, reference="experiment",
+                   map_frame=map_frame_of(measurements["experiment"], common_frames(measurements)),
                    window=window, figures=figures)
         if box is not None:
             write_into(tmp / "box", box["doc"], box["measurements"], reference="truth", map_frame=box["map_frame"],
@@ -196,6 +222,10 @@ def analyse_experiment(
                                measurements["rollout"].d2min, tmp / "figures" / "movie.mp4",
                                a=settings.length_scale_um, threshold_fraction=settings.threshold_fraction,
                                window=tuple(window), fps=movie_fps)
+        if figures and training_log is not None:
+            from analysis.figures import training_figure
+
+            training_figure(read_table(training_log, "training log"), tmp / "figures" / "training.png")
         if figures and fidelity:
             from analysis.figures import fidelity_figure
 
@@ -204,6 +234,36 @@ def analyse_experiment(
                                 title=f"{name.replace('_', ' ')}: errors against {report['reference']} "
                                       "(hatched: target missed)")
     return doc
+
+
+def _status(status, rollout) -> dict | None:
+    """The rollout's status document (a copy), {"status": "completed"} for a rollout given without one, or None."""
+    if status is not None:
+        return {**read_json(status), "analysed": True}
+    return {"status": "completed", "message": "no status file given", "analysed": True} if rollout is not None \
+        else None
+
+
+def rollout_note(statuses: dict, fidelity: dict) -> str | None:
+    """One line per rollout for the figures: its status and frames, and its fidelity verdict."""
+    lines = []
+    for domain, status in statuses.items():
+        where = domain.replace("_", " ")
+        if status.get("status") == "completed":
+            text = f"{where} rollout: completed"
+        else:
+            text = f"{where} rollout: DIVERGED ({status.get('message', status.get('status'))})"
+        if not status.get("analysed", True):
+            text += "; fewer than two frames: not analysed"
+        report = fidelity.get(domain)
+        if report:
+            missed = [m for m in report.get("missed", {}).get("rollout", [])] if isinstance(
+                report.get("missed"), dict) else []
+            n_rows = len(report.get("rows", []))
+            text += (f"; fidelity against {report['reference']}: {n_rows - len(missed)} of {n_rows} targets met"
+                     + (f", missed: {', '.join(missed)}" if missed else ""))
+        lines.append(text)
+    return "\n".join(lines) if lines else None
 
 
 def _completed(status) -> bool:

@@ -94,6 +94,9 @@ class TrainingParams(_FromConfig):
     num_threads: int | None = None    # torch CPU threads, at most the process's; None: all it was given
     measurement_noise_um: float = 0.0  # µm, rms localisation error per coordinate of the tracked positions (docs/training.md)
     entropy_resolution: float = 0.01  # resolution of the standardised entropy labels in the likelihood (docs/training.md)
+    cage_weight: float = 5.0          # weight of the cage objective (mpd.cage, docs/training.md); 0: likelihood only
+    cage_steps: int = 8               # frames of each cage rollout
+    cage_every: int = 4               # optimiser steps per cage rollout (a window of the training split each time)
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,8 @@ class ModelConfig(_FromConfig):
 
 _NESTED = {"network": NetworkParams, "training": TrainingParams, "rollout": RolloutParams}
 _TUPLES = ("kernel_hidden", "energy_hidden", "amplitude_hidden", "teacher_hidden", "bath_hidden")
-_POSITIVE_INTS = ("epochs", "batch_size", "step_epochs", "selection_starts", "selection_steps", "substeps")
+_POSITIVE_INTS = ("epochs", "batch_size", "step_epochs", "selection_starts", "selection_steps", "substeps",
+                  "cage_steps", "cage_every")
 _OPTIONAL_POSITIVE_INTS = ("max_val_pairs", "num_threads", "n_frames", "box_n_frames")
 _CHOICES = {"schedule": SCHEDULES, "selection_metric": SELECTION_METRICS, "dtype": DTYPES, "device": DEVICES}
 
@@ -204,7 +208,8 @@ def _problem(name: str, value) -> str | None:
         return None if value is None or (_is_int(value) and value >= 0) else "must be an integer >= 0 or null"
     if name == "grad_clip":
         return None if value is None or (_is_number(value) and value > 0) else "must be a positive number or null"
-    if name in ("weight_decay", "skin", "measurement_noise_um", "entropy_resolution", "duplicate_distance"):
+    if name in ("weight_decay", "skin", "measurement_noise_um", "entropy_resolution", "duplicate_distance",
+                "cage_weight"):
         return None if _is_number(value) and value >= 0 else "must be a number >= 0"
     if name == "step_factor":
         return None if _is_number(value) and 0 < value <= 1 else "must be in (0, 1]"

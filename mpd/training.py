@@ -43,6 +43,7 @@ from torch.utils.data import DataLoader
 
 from mpd import distributed as ddp
 from mpd.atomic import atomic_file, atomic_write_bytes
+from mpd.cage import CageObjective
 from mpd.geometry.dataset import dataset_dir as find_dataset_dir
 from mpd.geometry.domain import Box
 from mpd.geometry.kinematics import FLOW_COLUMNS
@@ -73,7 +74,7 @@ UNREADABLE = (RuntimeError, OSError, EOFError, ValueError, KeyError, AttributeEr
               zipfile.BadZipFile)
 #: The modules whose code a checkpoint depends on: a change to any of them starts training afresh.
 TRAINING_CODE = ("mpd.model", "mpd.training", "mpd.pairs", "mpd.params", "mpd.distributed", "mpd.geometry.loader")
-LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_rollout_metric", "lr", "wall_s"]
+LOG_COLUMNS = ["epoch", "train_loss", "val_loss", "val_rollout_metric", "train_cage", "val_cage", "lr", "wall_s"]
 
 
 class TrainingError(RuntimeError):
@@ -591,6 +592,17 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
     frames = dataset_frames(train_set)
     fingerprint = dataset_fingerprint(dataset_path)
     identity = checkpoint_identity(config, fingerprint)
+    cage_train = cage_val = None
+    if params.cage_weight > 0:
+        def reference_box(f):
+            ref = frames.reference_frame.get(f, -1)
+            return frames.box(ref) if ref >= 0 else frames.box(f)
+
+        cage_train = CageObjective(train_set, reference_box, params.cage_steps, dtype, device, params.seed)
+        cage_val = CageObjective(val_set, reference_box, params.cage_steps, dtype, device, params.seed)
+        if not cage_train.available:
+            log.info("cage objective off: no run of %d consecutive frames in the training split", params.cage_steps)
+            cage_train = None
     ctx = ddp.context()
 
     loader_generator = torch.Generator()
@@ -646,7 +658,8 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
     val_items = spaced_items(len(val_set), params.max_val_pairs)
     windows = selection_windows(val_set, params.selection_steps, params.selection_starts)
     basis = ("val_rollout_metric" if params.selection_metric == "rollout" and windows
-             else "val_loss" if val_items else "train_loss")
+             else ("val_objective" if cage_train is not None and cage_val.available else "val_loss") if val_items
+             else "train_loss")
     show = params.progress and sys.stderr.isatty() and ctx.is_main
     noise_variance = observation_variances(params, frames.length_um)
     last_epoch = params.epochs if stop_after_epoch is None else min(params.epochs, stop_after_epoch)
@@ -654,9 +667,11 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
         t0 = time.perf_counter()
         model.eval()
         val_loss, metric = _evaluate(model, val_set, val_items, windows, frames, params, device, dtype, ctx, True)
+        val_cage = _evaluate_cage(model, cage_val if cage_train is not None else None, ctx, device)
         history.append({
             "epoch": 0, "train_loss": math.nan, "val_loss": val_loss, "val_rollout_metric": metric,
-            "lr": optimizer.param_groups[0]["lr"], "wall_s": time.perf_counter() - t0,
+            "train_cage": math.nan, "val_cage": val_cage, "lr": optimizer.param_groups[0]["lr"],
+            "wall_s": time.perf_counter() - t0,
         })
 
     from tqdm.auto import tqdm
@@ -666,12 +681,25 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
         lr = optimizer.param_groups[0]["lr"]
         model.train()
         total, weight = 0.0, 0
+        cage_values: list[float] = []
+
+        def cage_term(step: int, epoch: int = epoch, cage_values: list = cage_values) -> torch.Tensor | None:
+            """params.cage_weight x the cage loss of this step's window, on the steps it is due (else None)."""
+            if cage_train is None or step % params.cage_every:
+                return None
+            term = cage_train.term(model, epoch, step)
+            if term is None or not torch.isfinite(term):
+                return None  # no usable window, or a cage rollout that left the data: the likelihood alone
+            cage_values.append(float(term.detach()))
+            return params.cage_weight * term
+
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{params.epochs}", disable=not show, leave=False)
         for step, batch in enumerate(bar):
             if ctx.active:
                 stepped = _distributed_step(model, optimizer, train_set, batch, frames, params, device, dtype, ctx,
                                             f"at epoch {epoch + 1}, batch {step + 1}; the checkpoint of epoch "
-                                            f"{epoch} is kept in {checkpoint_path}")
+                                            f"{epoch} is kept in {checkpoint_path}",
+                                            extra=(lambda step=step: cage_term(step)) if ctx.is_main else None)
                 if stepped is not None:
                     value, n_interior = stepped
                     total += value * n_interior
@@ -688,7 +716,8 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
                 raise TrainingError(
                     f"non-finite training loss at epoch {epoch + 1}, batch {step + 1}; the checkpoint of "
                     f"epoch {epoch} is kept in {checkpoint_path} (try a smaller learning_rate or float64)")
-            loss.backward()
+            extra = cage_term(step)
+            (loss if extra is None else loss + extra).backward()
             if params.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
             optimizer.step()
@@ -701,18 +730,24 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
         model.eval()
         train_loss = total / weight if weight else math.nan
         val_loss, metric = _evaluate(model, val_set, val_items, windows, frames, params, device, dtype, ctx, False)
-        score = {"val_rollout_metric": metric, "val_loss": val_loss, "train_loss": train_loss}[basis]
+        val_cage = _evaluate_cage(model, cage_val if cage_train is not None else None, ctx, device)
+        train_cage = float(np.mean(cage_values)) if cage_values else math.nan
+        objective = val_loss + params.cage_weight * val_cage if math.isfinite(val_cage) else val_loss
+        score = {"val_rollout_metric": metric, "val_loss": val_loss, "val_objective": objective,
+                 "train_loss": train_loss}[basis]
         if best_state is None or score < best_metric:
             best_metric, best_epoch = score, epoch + 1
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                        "val_rollout_metric": metric, "lr": lr, "wall_s": time.perf_counter() - t0})
+                        "val_rollout_metric": metric, "train_cage": train_cage, "val_cage": val_cage, "lr": lr,
+                        "wall_s": time.perf_counter() - t0})
         if not ctx.is_main:
             continue
         done = [row["wall_s"] for row in history[1:]][-(epoch + 1 - start_epoch):]
         left_s = (last_epoch - epoch - 1) * sum(done) / max(len(done), 1)
-        log.info("epoch %d/%d: train %.5g val %.5g rollout %.4g lr %.3g (%.1f s; about %s left)", epoch + 1,
-                 last_epoch, train_loss, val_loss, metric, lr, history[-1]["wall_s"], _duration(left_s))
+        log.info("epoch %d/%d: train %.5g val %.5g rollout %.4g cage %.3g/%.3g lr %.3g (%.1f s; about %s left)",
+                 epoch + 1, last_epoch, train_loss, val_loss, metric, train_cage, val_cage, lr,
+                 history[-1]["wall_s"], _duration(left_s))
         atomic_torch_save({
             "format": CHECKPOINT_FORMAT, "version": 1, "epoch": epoch + 1, **identity,
             "config": config.to_dict(), "model_kwargs": kwargs,
@@ -753,9 +788,20 @@ def _evaluate(model, val_set, val_items, windows, frames, params, device, dtype,
     return val_loss, metric
 
 
-def _distributed_step(model, optimizer, train_set, indices, frames, params, device, dtype, ctx, where):
+def _evaluate_cage(model, cage: CageObjective | None, ctx, device) -> float:
+    """The validation split's cage loss (rank 0 computes, every rank gets it); nan without one."""
+    value = cage.evaluate(model) if cage is not None and cage.available and ctx.is_main else math.nan
+    if ctx.active:
+        (value,) = ddp.broadcast_floats([value], device)
+    return value
+
+
+def _distributed_step(model, optimizer, train_set, indices, frames, params, device, dtype, ctx, where, extra=None):
     """One optimiser step on this rank's shard of a global batch (item indices); (loss, n_interior) of the
     global batch, or None when it has no interior particle (every rank skips it).
+
+    extra: on one rank, a callable giving a further loss term (the cage objective) or None; its gradient
+    joins the sum over the ranks once.
 
     The shard's NLL summed over its interior particles, divided by the global
     batch's count, is backpropagated and the gradients summed over the ranks:
@@ -792,6 +838,9 @@ def _distributed_step(model, optimizer, train_set, indices, frames, params, devi
         (loss_sum / n_total).backward()
     else:  # the label statistics' backward collective, with a zero gradient: this rank adds nothing
         (labels.sum() * 0.0).backward()
+    term = extra() if extra is not None else None
+    if term is not None:
+        term.backward()
     ddp.all_reduce_gradients(list(model.parameters()))
     if params.grad_clip is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)

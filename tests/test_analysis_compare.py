@@ -145,7 +145,90 @@ def test_every_figure_has_a_report_caption():
     from pathlib import Path
 
     report = Path(__file__).resolve().parents[1] / "workflow" / "report"
-    for name in list(FIGURES) + ["fidelity_window", "fidelity_periodic_box", "movie", "box_figure"]:
+    qc = ["qc_" + name for name in ("annotated_frame", "mass_size", "subpixel_bias", "trajectories",
+                                     "features_per_frame")]
+    for name in list(FIGURES) + ["fidelity_window", "fidelity_periodic_box", "movie", "box_figure", "training"] + qc:
         caption = report / f"{name}.rst"
         assert caption.is_file(), caption
         assert len(caption.read_text().split()) > 40  # a real explanation, not a title
+    # the tracking stage writes exactly the QC figures the workflow puts in the report
+    from tracking import qc as tracking_qc
+
+    smk = (report.parent / "rules" / "common.smk").read_text()
+    for name in qc:
+        assert f'"{name[3:]}"' in smk and f"{name[3:]}.png" in Path(tracking_qc.__file__).read_text()
+
+
+def test_training_curves_figure(tmp_path):
+    from analysis.figures import training_figure
+
+    log = pd.DataFrame({"epoch": [0, 1, 2], "train_loss": [np.nan, -1.0, -2.0], "val_loss": [0.5, -0.8, -1.9],
+                        "train_cage": [np.nan, 0.3, 0.1], "val_cage": [1.0, 0.2, 0.05]})
+    training_figure(log, tmp_path / "training.png")
+    training_figure(log.drop(columns=["train_cage", "val_cage"]), tmp_path / "plain.png")
+    assert (tmp_path / "training.png").stat().st_size > 1000 and (tmp_path / "plain.png").is_file()
+
+
+def _stage_inputs(tmp_path):
+    truth, strain = sheared_sample(box_origin=(0.0, 0.0))
+    video = {"pixel_size_um": 0.5, "width_px": 101, "height_px": 101, "frame_rate_hz": 20.0,
+             "fov_origin_um": [10.0, 12.0]}
+    truth_meta = {"lx_um": 104.0, "ly_um": 104.0, "xlo_um": 0.0, "ylo_um": 0.0}
+    camera = truth.assign(x=truth["x"] - 10.0, y=truth["y"] - 12.0)
+    experiment = in_window(camera, (0, 50, 0, 50)).drop(columns=["species", "diameter"])
+    return truth, strain, video, truth_meta, experiment
+
+
+def test_a_rollout_status_and_verdict_reach_metrics_and_figures_and_maps_show_a_shared_frame(tmp_path):
+    truth, strain, video, truth_meta, experiment = _stage_inputs(tmp_path)
+    last = int(experiment["frame"].max())
+    rollout = experiment[experiment["frame"] >= last - 5]  # the rollout covers the last frames only
+    status = {"status": "diverged", "message": "rollout diverged at frame 99: energy per particle left",
+              "diverged_at_frame": 99}
+    out = tmp_path / "analysis"
+    doc = analyse_experiment(experiment, video, out, truth=truth, truth_metadata=truth_meta, strain=strain,
+                             rollout=rollout, rollout_status=status, settings={"max_lag_frames": 4})
+    assert doc["rollout_status"]["window"]["status"] == "diverged"
+    assert doc["rollout_status"]["window"]["diverged_at_frame"] == 99
+    written = json.loads((out / "metrics.json").read_text())
+    assert written["rollout_status"]["window"]["analysed"] is True
+    # a diverged rollout meets no target, and says so
+    assert not any(r["met"]["rollout"] for r in written["fidelity"]["window"]["rows"])
+    from analysis.stage import rollout_note
+
+    note = rollout_note(written["rollout_status"], written["fidelity"])
+    assert "DIVERGED" in note and "0 of 10 targets met" in note and "missed: rdf" in note
+
+
+def _measure(table):
+    from analysis.measure import Settings, measure, resolve_settings
+
+    settings = resolve_settings(Settings(max_lag_frames=4), table, window=(0, 50, 0, 50))
+    return measure(table, settings, name="x", window=(0, 50, 0, 50))
+
+
+def test_a_rollout_of_one_frame_is_reported_not_analysed_and_stale_tables_go(tmp_path):
+    truth, strain, video, truth_meta, experiment = _stage_inputs(tmp_path)
+    out = tmp_path / "analysis"
+    stale = out / "tables" / "rollout"
+    stale.mkdir(parents=True)
+    (stale / "rdf.csv").write_text("r,g\n1,1\n")
+    rollout = experiment[experiment["frame"] == experiment["frame"].min()]  # diverged at its first step
+    status = {"status": "diverged", "message": "rollout diverged at frame 1", "diverged_at_frame": 1}
+    doc = analyse_experiment(experiment, video, out, truth=truth, truth_metadata=truth_meta, strain=strain,
+                             rollout=rollout, rollout_status=status, settings={"max_lag_frames": 4},
+                             figures=False)
+    assert doc["rollout_status"]["window"] == {**status, "analysed": False}
+    assert not stale.exists() and (out / "tables" / "experiment" / "rdf.csv").is_file()
+    assert "rollout" not in doc["summary"]
+
+
+def test_map_frame_is_chosen_among_the_frames_every_dataset_has(tmp_path):
+    from analysis.compare import common_frames, map_frame_of
+
+    experiment = _stage_inputs(tmp_path)[4]
+    last = int(experiment["frame"].max())
+    whole, tail = _measure(experiment), _measure(experiment[experiment["frame"] >= last - 5])
+    frames = common_frames({"experiment": whole, "rollout": tail})
+    assert len(frames) and frames.min() >= last - 5
+    assert map_frame_of(whole, frames) in set(frames.tolist())

@@ -98,7 +98,11 @@ def test_every_stage_ran_on_the_twin(finished_run):
         assert {"targets", "rows", "met", "missed", "beats_null_everywhere"} <= set(report)
     figures = {p.name for p in (exp / "analysis" / "figures").iterdir()}
     assert {"rdf.png", "nn_distance.png", "fidelity_window.png", "fidelity_periodic_box.png", "movie.mp4",
-            "movie.html"} <= figures and len([f for f in figures if f.endswith(".png")]) == 10
+            "movie.html", "training.png"} <= figures and len([f for f in figures if f.endswith(".png")]) == 11
+    # what the rollouts did is in metrics.json, and the QC figures are there for the report
+    assert set(metrics["rollout_status"]) == {"window", "periodic_box"}
+    assert all(s["status"] in ("completed", "diverged") for s in metrics["rollout_status"].values())
+    assert {p.name for p in (exp / "tracking" / "qc").iterdir()} >= {"features_per_frame.png", "annotated_frame.png"}
     box = json.loads((exp / "analysis" / "box" / "metrics.json").read_text())
     assert box["domain"] == "periodic box" and set(box["datasets"]) == {"truth", "rollout", "null"}
 

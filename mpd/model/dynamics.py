@@ -538,7 +538,7 @@ class MetriplecticModel(nn.Module):
 
     def noise_from_increments(
         self, state: State, pairs: PairTensors, dW: torch.Tensor, dV: torch.Tensor, T: torch.Tensor | None = None,
-        dW_bath: torch.Tensor | None = None, dU_bath: torch.Tensor | None = None,
+        dW_bath: torch.Tensor | None = None, dU_bath: torch.Tensor | None = None, create_graph: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(dv~, dS~) for given pair increments dW (E, D, D), dV (E,), exactly as physics.md:
 
@@ -548,10 +548,11 @@ class MetriplecticModel(nn.Module):
 
         plus, with a bath, its per-particle increments dW_bath (N, D) and dU_bath (N,)
         (`mpd.model.bath.bath_noise`). With unit-variance increments the result has
-        covariance 2 k_B M (per unit time).
+        covariance 2 k_B M (per unit time). create_graph: keep the graph through T and the bath's
+        coefficients (differentiable rollouts, `mpd.cage`).
         """
         if T is None:
-            T = self.thermodynamics(state.x, state.S, pairs, with_dT_dS=False).T
+            T = self.thermodynamics(state.x, state.S, pairs, with_dT_dS=False, create_graph=create_graph).T
         r_ij = pair_separations(state.x, pairs)
         distance = torch.linalg.vector_norm(r_ij, dim=-1)
         e = r_ij / distance[:, None]
@@ -577,7 +578,7 @@ class MetriplecticModel(nn.Module):
             .index_add(0, pairs.j, heat_work - heat_conduction)
         )
         dS = T_dS / T
-        bath = self.bath_terms(T, False, False)
+        bath = self.bath_terms(T, False, create_graph)
         if bath is not None:
             assert dW_bath is not None and dU_bath is not None
             dv_bath, dS_bath = bath_noise(bath, T, mass, self.k_B, dW_bath, dU_bath)

@@ -8,6 +8,7 @@ rule analyse_video:
         rollout=rules.rollout_model.output.rollout,
         rollout_status=rules.rollout_model.output.status,
         dataset=rules.geometry.output.dataset,
+        training_log=rules.train_model.output.log,
     output:
         metrics="results/{experiment}/analysis/metrics.json",
         figures=[
@@ -17,7 +18,7 @@ rule analyse_video:
                 category="{experiment}",
                 subcategory="analysis",
             )
-            for name in ANALYSIS_FIGURES + ["fidelity_window"]
+            for name in ANALYSIS_FIGURES + ["fidelity_window", "training"]
         ],
         movie=report(
             "results/{experiment}/analysis/figures/movie.html",
@@ -51,6 +52,7 @@ use rule analyse_video as analyse_twin with:
         rollout=rules.rollout_model.output.rollout,
         rollout_status=rules.rollout_model.output.status,
         dataset=rules.geometry.output.dataset,
+        training_log=rules.train_model.output.log,
         rollout_box=rules.rollout_box_twin.output.rollout,
         rollout_box_status=rules.rollout_box_twin.output.status,
         truth="results/{experiment}/truth/trajectories.parquet",
@@ -65,7 +67,7 @@ use rule analyse_video as analyse_twin with:
                 category="{experiment}",
                 subcategory="analysis",
             )
-            for name in ANALYSIS_FIGURES + ["fidelity_window", "fidelity_periodic_box"]
+            for name in ANALYSIS_FIGURES + ["fidelity_window", "fidelity_periodic_box", "training"]
         ],
         box_figures=[
             report(

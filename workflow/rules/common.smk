@@ -80,3 +80,10 @@ def shear_period_s(experiment):
 
 
 ANALYSIS_FIGURES = ["rdf", "msd", "vacf", "d2min_distribution", "nn_distance", "d2min_map", "defect_map", "cycle"]
+# tracking.qc.write_figures writes these into results/{exp}/tracking/qc/
+QC_FIGURES = ["annotated_frame", "mass_size", "subpixel_bias", "trajectories", "features_per_frame"]
+
+
+def qc_report_figures():
+    # (one line: Snakemake's parser takes a line that starts with `report` for its directive)
+    return [report(f"results/{{experiment}}/tracking/qc/{name}.png", caption=f"../report/qc_{name}.rst", category="{experiment}", subcategory="tracking QC") for name in QC_FIGURES]  # noqa: E501

@@ -10,6 +10,7 @@ rule track_video:
         features="results/{experiment}/tracking/features.parquet",
         trajectories="results/{experiment}/tracking/trajectories.parquet",
         qc="results/{experiment}/tracking/qc.json",
+        qc_figures=qc_report_figures(),
     params:
         tracking=lambda wildcards: experiment_section(wildcards.experiment, "tracking"),
     wildcard_constraints:
@@ -37,6 +38,7 @@ use rule track_video as track_twin with:
         features="results/{experiment}/tracking/features.parquet",
         trajectories="results/{experiment}/tracking/trajectories.parquet",
         qc="results/{experiment}/tracking/qc.json",
+        qc_figures=qc_report_figures(),
         accuracy="results/{experiment}/tracking/accuracy.json",
     wildcard_constraints:
         experiment=experiment_pattern(SYNTHETIC),

@@ -12,5 +12,6 @@ metrics = analyse_experiment(
     rollout=inputs.rollout, settings=snakemake.params.analysis,  # noqa: F821
     rollout_status=inputs.rollout_status, dataset_metadata=inputs.dataset,
     rollout_box=inputs.get("rollout_box"), rollout_box_status=inputs.get("rollout_box_status"),
+    training_log=inputs.get("training_log"),
 )
 log.info("analysed: %s", sorted(metrics))
