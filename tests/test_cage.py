@@ -22,10 +22,9 @@ from mpd.geometry.domain import Box
 from mpd.geometry.loader import SnapshotPairDataset
 from mpd.geometry.stage import compute_geometry
 from mpd.model import MetriplecticModel
-from mpd.params import RolloutParams
+from mpd.params import NetworkParams, RolloutParams
 from mpd.rollout import rollout
 from mpd.training import build_model, dataset_frames, model_kwargs, observed_from_dataset, set_positive_scalar
-from mpd.params import NetworkParams
 
 WINDOW = (4.0, 36.0, 3.0, 28.0)  # µm
 STEPS = 5
