@@ -171,7 +171,7 @@ def _wrap(x: torch.Tensor, box: Box | None) -> torch.Tensor:
 
 
 def rollout_displacements(model: MetriplecticModel, window: CageWindow, generator: torch.Generator,
-                          noise: bool = True, states: list | None = None) -> torch.Tensor:
+                          noise: bool = True, states: list | None = None, create_graph: bool = True) -> torch.Tensor:
     """(K+1, N, D) cumulative displacements of the model's particles, with the graph (prescribed: the data's).
 
     Entropies start from the teacher (detached), and the prescribed particles' are the teacher's at
@@ -197,17 +197,22 @@ def rollout_displacements(model: MetriplecticModel, window: CageWindow, generato
             states.append(State(x, v, S))
         flow = _affine(window.flows[k], x.detach())
         state = State(x, v, S)
-        f_v, f_S = model.drift(state, pairs, thermal=noise, create_graph=True, flow=flow)
+        f_v, f_S = model.drift(state, pairs, thermal=noise, create_graph=create_graph, flow=flow)
         if noise:
             n, n_pairs, dim = x.shape[0], pairs.i.shape[0], x.shape[1]
             dW = torch.randn([n_pairs, dim, dim], generator=generator, dtype=dtype, device=device)
             dV = torch.randn([n_pairs], generator=generator, dtype=dtype, device=device)
             dW_bath = torch.randn([n, dim], generator=generator, dtype=dtype, device=device) if model.has_bath else None
             dU_bath = torch.randn([n], generator=generator, dtype=dtype, device=device) if model.has_bath else None
-            dv, dS = model.noise_from_increments(state, pairs, dW, dV, None, dW_bath, dU_bath, create_graph=True)
+            dv, dS = model.noise_from_increments(state, pairs, dW, dV, None, dW_bath, dU_bath,
+                                                 create_graph=create_graph)
+            if not create_graph:
+                dv, dS = dv.detach(), dS.detach()
         else:
             dv, dS = torch.zeros_like(v), torch.zeros_like(S)
         v_new = v + f_v + dv
+        if not create_graph:
+            v_new = v_new.detach()
         data_step = _minimum_image(window.x[k + 1] - window.x[k], window.boxes[k + 1])
         displacement = displacement + torch.where(predicted, v_new, data_step)
         out.append(displacement)
@@ -318,6 +323,65 @@ class CageObjective:
             return float(cage_loss(model, windows, generator).detach())
 
 
+def relaxed_cage_ratio(model: MetriplecticModel, window: CageWindow, lag: int, settle: int,
+                       generator: torch.Generator) -> float:
+    """Model over data of the core's relative (neighbour-pair) non-affine mean square displacement over
+    `lag` frames, averaged over the start frames from `settle` on: after the model's particles have
+    settled into their own local structure (a rollout from data loosens its cages within 10-30 frames,
+    which a short window never sees). No graph."""
+    with torch.enable_grad():
+        model_d = rollout_displacements(model, window, generator, create_graph=False).detach()
+    data_d = data_displacements(window)
+    n_frames = window.x.shape[0]
+    starts = range(settle, n_frames - lag)
+    if not len(starts):
+        raise ValueError(f"a window of {n_frames - 1} steps is too short for settle={settle} and lag={lag}")
+
+    def relative(d: torch.Tensor) -> float:
+        total = 0.0
+        for t0 in starts:
+            shifted = CageWindow(window.frame, window.x[t0:t0 + lag + 1], window.v[t0:t0 + lag + 1],
+                                 window.predicted, window.tracked, window.present[t0:t0 + lag + 1], window.core,
+                                 window.species, window.x_ref[t0:t0 + lag], window.has_ref[t0:t0 + lag],
+                                 window.flows[t0:t0 + lag], window.boxes[t0:t0 + lag + 1], window.box_ref[t0:t0 + lag])
+            rel, _ = cage_statistics(d[t0:t0 + lag + 1] - d[t0], shifted)
+            total += float(rel[-1])
+        return total / len(starts)
+
+    return relative(model_d) / relative(data_d)
+
+
+def calibrate_temperature(model: MetriplecticModel, windows: Sequence[CageWindow], lag: int, settle: int,
+                          seed: int = 0, iterations: int = 4, exponent: float = 1.0) -> dict:
+    """Scale k_B (every noise of the model, in the fluctuation-dissipation ratio) so that relaxed rollouts'
+    relative cage fluctuations over `lag` frames match the data's (`relaxed_cage_ratio`); returns a record.
+
+    Fixed-point iterations on log k_B with common random numbers: k_B <- k_B ratio^(-1/exponent), the
+    cage's mean square fluctuation growing about linearly with the noise's temperature.
+    """
+    from mpd.model.networks import PositiveScalar
+
+    assert isinstance(model.log_k_B, PositiveScalar)
+    history = []
+    k_B0 = float(model.k_B.detach())
+    for _ in range(iterations):
+        ratios = [relaxed_cage_ratio(model, w, lag, settle, torch.Generator(device=w.x.device).manual_seed(seed + i))
+                  for i, w in enumerate(windows)]
+        ratio = float(np.exp(np.mean(np.log(ratios))))
+        history.append({"k_B": float(model.k_B.detach()), "ratio": ratio})
+        if abs(math.log(ratio)) < 0.01:
+            break
+        _set_positive(model.log_k_B, float(model.k_B.detach()) * ratio ** (-1.0 / exponent))
+    return {"k_B_trained": k_B0, "k_B": float(model.k_B.detach()), "scale": float(model.k_B.detach()) / k_B0,
+            "lag_frames": lag, "settle_frames": settle, "windows": len(windows), "iterations": history}
+
+
+def _set_positive(scalar, value: float) -> None:
+    with torch.no_grad():
+        raw = torch.tensor(float(value), dtype=torch.float64)
+        scalar.raw.copy_(raw + torch.log(-torch.expm1(-raw)))
+
+
 def log_ratio(model: MetriplecticModel, window: CageWindow, generator: torch.Generator) -> dict:
     """Diagnostics: log(model/data) of both statistics at the last lag, without graph."""
     with torch.enable_grad():
@@ -327,5 +391,17 @@ def log_ratio(model: MetriplecticModel, window: CageWindow, generator: torch.Gen
             "single": float(math.log(float(model_single[-1]) / float(data_single[-1])))}
 
 
-__all__ = ["CORE_DISTANCE", "CageObjective", "CageWindow", "cage_loss", "cage_statistics", "data_displacements", "load_window", "log_ratio",
-           "rollout_displacements", "window_starts"]
+__all__ = [
+    "CORE_DISTANCE",
+    "CageObjective",
+    "CageWindow",
+    "cage_loss",
+    "cage_statistics",
+    "calibrate_temperature",
+    "data_displacements",
+    "load_window",
+    "log_ratio",
+    "relaxed_cage_ratio",
+    "rollout_displacements",
+    "window_starts",
+]

@@ -97,6 +97,10 @@ class TrainingParams(_FromConfig):
     cage_weight: float = 5.0          # weight of the cage objective (mpd.cage, docs/training.md); 0: likelihood only
     cage_steps: int = 8               # frames of each cage rollout
     cage_every: int = 4               # optimiser steps per cage rollout (a window of the training split each time)
+    calibrate_temperature: bool = True  # after training, scale k_B so relaxed rollouts' cages match the data's
+    calibration_frames: int = 60      # frames of each calibration rollout (at most the training split's longest run)
+    calibration_settle: int = 20      # frames a calibration rollout runs before it is measured
+    calibration_lag: int = 10         # frames of the measured relative displacements
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,7 @@ class ModelConfig(_FromConfig):
 _NESTED = {"network": NetworkParams, "training": TrainingParams, "rollout": RolloutParams}
 _TUPLES = ("kernel_hidden", "energy_hidden", "amplitude_hidden", "teacher_hidden", "bath_hidden")
 _POSITIVE_INTS = ("epochs", "batch_size", "step_epochs", "selection_starts", "selection_steps", "substeps",
-                  "cage_steps", "cage_every")
+                  "cage_steps", "cage_every", "calibration_frames", "calibration_lag")
 _OPTIONAL_POSITIVE_INTS = ("max_val_pairs", "num_threads", "n_frames", "box_n_frames")
 _CHOICES = {"schedule": SCHEDULES, "selection_metric": SELECTION_METRICS, "dtype": DTYPES, "device": DEVICES}
 
@@ -196,13 +200,13 @@ def _problem(name: str, value) -> str | None:
         return None if ok else "must be a non-empty list of positive integers"
     if name in ("k_B_init", "mass_init", "teacher_velocity_scale"):
         return None if value == AUTO or (_is_number(value) and value > 0) else "must be a positive number or 'auto'"
-    if name in ("solid", "progress", "noise", "bath", "teacher_velocities"):
+    if name in ("solid", "progress", "noise", "bath", "teacher_velocities", "calibrate_temperature"):
         return None if isinstance(value, bool) else "must be true or false"
     if name in _POSITIVE_INTS:
         return None if _is_int(value) and value >= 1 else "must be an integer >= 1"
     if name in _OPTIONAL_POSITIVE_INTS:
         return None if value is None or (_is_int(value) and value >= 1) else "must be an integer >= 1 or null"
-    if name == "seed":
+    if name in ("seed", "calibration_settle"):
         return None if _is_int(value) and value >= 0 else "must be an integer >= 0"
     if name in ("start_frame", "box_start_frame"):
         return None if value is None or (_is_int(value) and value >= 0) else "must be an integer >= 0 or null"

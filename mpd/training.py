@@ -535,6 +535,7 @@ class TrainingResult:
     dataset_fingerprint: str
     checkpoint_path: Path
     device: str
+    temperature_calibration: dict | None = None
 
 
 def train(
@@ -760,9 +761,47 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
     best = build_model(kwargs, dtype, device)
     best.load_state_dict(best_state if best_state is not None else model.state_dict())
     best.eval()
+    calibration = None
+    if params.calibrate_temperature and ctx.is_main and (stop_after_epoch is None or last_epoch == params.epochs):
+        calibration = calibrate_model_temperature(best, train_set, frames, params, dtype, device)
     scales = {"length_um": frames.length_um, "time_s": frames.time_s}
     return TrainingResult(best, kwargs, history, best_epoch, best_metric, basis, scales, fingerprint,
-                          checkpoint_path, str(device))
+                          checkpoint_path, str(device), calibration)
+
+
+def calibrate_model_temperature(model: MetriplecticModel, train_set: SnapshotPairDataset, frames: DatasetFrames,
+                                params: TrainingParams, dtype: torch.dtype, device: torch.device) -> dict:
+    """`mpd.cage.calibrate_temperature` on up to two windows of the training split (in place); its record.
+
+    The windows are the longest runs of consecutive frames up to calibration_frames; without one long
+    enough to settle and measure, k_B is left as trained and the record says why.
+    """
+    from mpd.cage import calibrate_temperature, load_window, window_starts
+
+    need = params.calibration_settle + params.calibration_lag + 1
+    length = params.calibration_frames
+    starts = window_starts(train_set, length)
+    while not starts and length > need:
+        length -= 1
+        starts = window_starts(train_set, length)
+    if length < need or not starts:
+        log.info("temperature not calibrated: the training split has no run of %d consecutive frames", need)
+        return {"calibrated": False, "reason": f"no run of {need} consecutive training frames"}
+
+    def reference_box(f):
+        ref = frames.reference_frame.get(f, -1)
+        return frames.box(ref) if ref >= 0 else frames.box(f)
+
+    picks = sorted({starts[len(starts) // 2], starts[-1]})
+    windows = [w for w in (load_window(train_set, s, length, reference_box, dtype, device) for s in picks)
+               if w is not None]
+    if not windows:
+        return {"calibrated": False, "reason": "no calibration window with enough interior particles"}
+    record = calibrate_temperature(model, windows, params.calibration_lag, params.calibration_settle,
+                                   seed=params.seed)
+    log.info("temperature calibrated: k_B x %.3f (relaxed cage ratio %.3f -> %.3f)", record["scale"],
+             record["iterations"][0]["ratio"], record["iterations"][-1]["ratio"])
+    return {"calibrated": True, "frames": length, **record}
 
 
 def _duration(seconds: float) -> str:
@@ -864,6 +903,7 @@ def model_metadata(result: TrainingResult, config: ModelConfig, dataset_path, dt
         "dataset": {"path": str(dataset_path), "fingerprint": result.dataset_fingerprint},
         "best_epoch": result.best_epoch, "best_metric": result.best_metric, "selection_basis": result.selection_basis,
         "epochs_run": max(len(result.log) - 1, 0), "dtype": dtype, "device": result.device,
+        "temperature_calibration": result.temperature_calibration,
         "versions": software_versions("torch", "numpy", "pandas"),
     }
 
