@@ -352,27 +352,44 @@ def relaxed_cage_ratio(model: MetriplecticModel, window: CageWindow, lag: int, s
 
 
 def calibrate_temperature(model: MetriplecticModel, windows: Sequence[CageWindow], lag: int, settle: int,
-                          seed: int = 0, iterations: int = 4, exponent: float = 1.0) -> dict:
-    """Scale k_B (every noise of the model, in the fluctuation-dissipation ratio) so that relaxed rollouts'
+                          seed: int = 0, iterations: int = 6, tolerance: float = 0.01) -> dict:
+    """Scale k_B (every noise of the model, at its fluctuation-dissipation ratio) so that settled rollouts'
     relative cage fluctuations over `lag` frames match the data's (`relaxed_cage_ratio`); returns a record.
 
-    Fixed-point iterations on log k_B with common random numbers: k_B <- k_B ratio^(-1/exponent), the
-    cage's mean square fluctuation growing about linearly with the noise's temperature.
+    The ratio is measured with common random numbers; the first step assumes it proportional to k_B,
+    later ones interpolate log k_B linearly in log ratio between the closest points on either side of 1
+    (a bracketed secant: the estimate is noisy, and the response need not be linear).
     """
-    from mpd.model.networks import PositiveScalar
-
-    assert isinstance(model.log_k_B, PositiveScalar)
-    history = []
     k_B0 = float(model.k_B.detach())
-    for _ in range(iterations):
+    history: list[dict] = []
+
+    def measure(k_B: float) -> float:
+        _set_positive(model.log_k_B, k_B)
         ratios = [relaxed_cage_ratio(model, w, lag, settle, torch.Generator(device=w.x.device).manual_seed(seed + i))
                   for i, w in enumerate(windows)]
         ratio = float(np.exp(np.mean(np.log(ratios))))
-        history.append({"k_B": float(model.k_B.detach()), "ratio": ratio})
-        if abs(math.log(ratio)) < 0.01:
+        history.append({"k_B": k_B, "ratio": ratio})
+        return ratio
+
+    k_B = k_B0
+    ratio = measure(k_B)
+    for _ in range(iterations - 1):
+        if abs(math.log(ratio)) < tolerance:
             break
-        _set_positive(model.log_k_B, float(model.k_B.detach()) * ratio ** (-1.0 / exponent))
-    return {"k_B_trained": k_B0, "k_B": float(model.k_B.detach()), "scale": float(model.k_B.detach()) / k_B0,
+        above = [h for h in history if h["ratio"] > 1]
+        below = [h for h in history if h["ratio"] <= 1]
+        if above and below:
+            a = min(above, key=lambda h: h["ratio"])
+            b = max(below, key=lambda h: h["ratio"])
+            la, lb = math.log(a["k_B"]), math.log(b["k_B"])
+            ra, rb = math.log(a["ratio"]), math.log(b["ratio"])
+            k_B = math.exp(la + (lb - la) * ra / (ra - rb))
+        else:
+            k_B = k_B / ratio
+        ratio = measure(k_B)
+    best = min(history, key=lambda h: abs(math.log(h["ratio"])))
+    _set_positive(model.log_k_B, best["k_B"])
+    return {"k_B_trained": k_B0, "k_B": best["k_B"], "scale": best["k_B"] / k_B0, "ratio": best["ratio"],
             "lag_frames": lag, "settle_frames": settle, "windows": len(windows), "iterations": history}
 
 

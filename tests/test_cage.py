@@ -177,3 +177,23 @@ def test_the_objective_draws_the_same_windows_and_noise_for_the_same_step(window
     c = objective.term(model, epoch=3, step=4)
     assert float(a) == float(b) and float(a) != float(c)
     assert np.isfinite(objective.evaluate(model))
+
+
+def test_temperature_calibration_brings_a_too_hot_model_to_the_data(window_dataset):
+    """A model whose noise is far too hot for the data: after calibration its settled rollouts' relative
+    displacements match the data's within 5 %, and k_B went down (by fixed-point iterations)."""
+    from mpd.cage import calibrate_temperature, relaxed_cage_ratio
+
+    model = small_model(window_dataset)
+    set_positive_scalar(model.log_mass, 1e3)  # noise-dominated motion, like the random-walking lattice
+    set_positive_scalar(model.log_k_B, 0.5)
+    frames = dataset_frames(window_dataset)
+    starts = window_starts(window_dataset, 12)
+    window = load_window(window_dataset, starts[-1], 12, lambda f: frames.box(f), torch.float64, torch.device("cpu"))
+    before = relaxed_cage_ratio(model, window, 3, 4, torch.Generator().manual_seed(0))
+    assert before > 2
+    record = calibrate_temperature(model, [window], lag=3, settle=4, iterations=6)
+    after = relaxed_cage_ratio(model, window, 3, 4, torch.Generator().manual_seed(0))
+    assert abs(after - 1) < 0.05, record
+    assert record["scale"] < 0.5 and record["k_B"] == pytest.approx(float(model.k_B))
+    assert record["iterations"][0]["ratio"] == pytest.approx(before)
