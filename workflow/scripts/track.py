@@ -6,7 +6,8 @@ import _repo
 from tracking.params import from_config
 from tracking.pipeline import track_video
 
-log = _repo.start_rule(snakemake)  # noqa: F821 (injected by Snakemake)
+# the rule's threads are trackpy's worker processes, one thread of computation each
+log = _repo.start_rule(snakemake, threads=1)  # noqa: F821 (injected by Snakemake)
 video = json.loads(Path(snakemake.input.metadata).read_text())  # noqa: F821
 section = dict(snakemake.params.tracking)  # noqa: F821
 # A rendered video knows whether its particles are dark; the config still wins when it says.
