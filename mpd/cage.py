@@ -364,7 +364,7 @@ def calibrate_temperature(model: MetriplecticModel, windows: Sequence[CageWindow
     history: list[dict] = []
 
     def measure(k_B: float) -> float:
-        _set_positive(model.log_k_B, k_B)
+        model.log_k_B.assign(k_B)
         ratios = [relaxed_cage_ratio(model, w, lag, settle, torch.Generator(device=w.x.device).manual_seed(seed + i))
                   for i, w in enumerate(windows)]
         ratio = float(np.exp(np.mean(np.log(ratios))))
@@ -388,15 +388,9 @@ def calibrate_temperature(model: MetriplecticModel, windows: Sequence[CageWindow
             k_B = k_B / ratio
         ratio = measure(k_B)
     best = min(history, key=lambda h: abs(math.log(h["ratio"])))
-    _set_positive(model.log_k_B, best["k_B"])
+    model.log_k_B.assign(best["k_B"])
     return {"k_B_trained": k_B0, "k_B": best["k_B"], "scale": best["k_B"] / k_B0, "ratio": best["ratio"],
             "lag_frames": lag, "settle_frames": settle, "windows": len(windows), "iterations": history}
-
-
-def _set_positive(scalar, value: float) -> None:
-    with torch.no_grad():
-        raw = torch.tensor(float(value), dtype=torch.float64)
-        scalar.raw.copy_(raw + torch.log(-torch.expm1(-raw)))
 
 
 def log_ratio(model: MetriplecticModel, window: CageWindow, generator: torch.Generator) -> dict:

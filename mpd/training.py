@@ -313,9 +313,7 @@ def observation_variances(params: TrainingParams, length_um: float) -> tuple[flo
 
 def set_positive_scalar(scalar: torch.nn.Module, value: float) -> None:
     """Set a PositiveScalar (softplus(raw)) to `value`."""
-    with torch.no_grad():
-        raw = torch.tensor(float(value), dtype=torch.float64)
-        scalar.raw.copy_(raw + torch.log(-torch.expm1(-raw)))  # inverse softplus
+    scalar.assign(value)
 
 
 def make_optimizer(model: torch.nn.Module, params: TrainingParams):

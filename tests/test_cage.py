@@ -30,24 +30,25 @@ WINDOW = (4.0, 36.0, 3.0, 28.0)  # µm
 STEPS = 5
 
 
-@pytest.fixture(scope="module")
-def window_dataset(tmp_path_factory):
-    """A drifting lattice seen through a window (particles enter and leave): 24 frames, all in one split."""
-    root = tmp_path_factory.mktemp("cage")
-    traj = lattice_trajectories(n_frames=24, drift_um_s=(4.0, 1.0), window=WINDOW, seed=3)
+def window_geometry(tmp_path_factory, name: str, **lattice) -> SnapshotPairDataset:
+    """A lattice seen through WINDOW (particles enter and leave), all frames in one split."""
+    root = tmp_path_factory.mktemp(name)
+    traj = lattice_trajectories(window=WINDOW, seed=3, **lattice)
     geometry = compute_geometry(traj, root / "geometry", h_um=H_UM, frame_rate_hz=RATE, window=WINDOW,
                                 split_fractions=(1.0, 0.0, 0.0))
     return SnapshotPairDataset(geometry, "train", dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def window_dataset(tmp_path_factory):
+    """A drifting lattice: 24 frames."""
+    return window_geometry(tmp_path_factory, "cage", n_frames=24, drift_um_s=(4.0, 1.0))
 
 
 @pytest.fixture(scope="module")
 def still_dataset(tmp_path_factory):
     """The lattice random-walking in place: no particle crosses into the exterior band within a window."""
-    root = tmp_path_factory.mktemp("cage_still")
-    traj = lattice_trajectories(n_frames=12, step_um=0.02, window=WINDOW, seed=3)
-    geometry = compute_geometry(traj, root / "geometry", h_um=H_UM, frame_rate_hz=RATE, window=WINDOW,
-                                split_fractions=(1.0, 0.0, 0.0))
-    return SnapshotPairDataset(geometry, "train", dtype=torch.float64)
+    return window_geometry(tmp_path_factory, "cage_still", n_frames=12, step_um=0.02)
 
 
 @pytest.fixture(scope="module")

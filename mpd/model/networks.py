@@ -34,6 +34,12 @@ class PositiveScalar(nn.Module):
     def forward(self) -> torch.Tensor:
         return F.softplus(self.raw)
 
+    def assign(self, value: float) -> None:
+        """Set the scalar to `value` (> 0): raw = the inverse softplus of it."""
+        with torch.no_grad():
+            v = torch.tensor(float(value), dtype=torch.float64)
+            self.raw.copy_(v + torch.log(-torch.expm1(-v)))
+
 
 class NoiseAmplitudes(nn.Module):
     """Per-end factors (a, b, c) of the pair noise amplitudes.
