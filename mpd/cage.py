@@ -245,19 +245,28 @@ def data_displacements(window: CageWindow) -> torch.Tensor:
 def cage_statistics(displacement: torch.Tensor, window: CageWindow) -> tuple[torch.Tensor, torch.Tensor]:
     """(relative, single) non-affine mean square displacements at lags 1..K, (K,) each (module docstring).
 
-    Pairs: neighbours within h at the first frame, both in the window's core; particles: the core (predicted,
-    tracked, away from the prescribed ones, whose motion is not the model's). The affine part uses the data's positions and flow, for the model and the data alike.
+    Pairs: neighbours within h at the first frame, both in the window's core; particles: the core
+    (predicted, tracked, away from the prescribed ones, whose motion is not the model's). The affine part
+    follows the data, for the model and the data alike: per step, the flow at the data's unwrapped
+    positions (u0 + G x) for a particle and G r_ij at the pair's separation (a minimum image at the start,
+    then followed continuously) for a pair, so that in a periodic, sheared box neither a pair across an
+    edge nor a particle that crosses one sees a jump of the flow.
     """
     n_steps = window.x.shape[0] - 1
-    affine = torch.cumsum(torch.stack([_affine(window.flows[k], window.x[k]) for k in range(n_steps)]), dim=0)
-    affine = torch.cat([torch.zeros_like(affine[:1]), affine])
-    nonaffine = (displacement - affine)[1:]  # (K, N, D)
+    data = data_displacements(window)
+    unwrapped = window.x[0] + data  # continuous data positions
     keep = window.core
-    single = nonaffine[:, keep] - nonaffine[:, keep].mean(dim=1, keepdim=True)
+    affine = torch.cumsum(torch.stack([_affine(window.flows[k], unwrapped[k]) for k in range(n_steps)]), dim=0)
+    single = (displacement[1:] - affine)[:, keep]
+    single = single - single.mean(dim=1, keepdim=True)
     pairs = snapshot_pairs(window.x[0], 1.0, window.boxes[0])
     both = keep[pairs.i] & keep[pairs.j]
     i, j = pairs.i[both], pairs.j[both]
-    relative = nonaffine[:, i] - nonaffine[:, j]
+    r0 = window.x[0][i] - window.x[0][j] + pairs.shift[both].to(window.x.dtype)  # minimum image at the start
+    separation = r0[None] + (data[:, i] - data[:, j])  # (K+1, E, D), followed continuously
+    pair_affine = torch.cumsum(torch.stack([separation[k] @ window.flows[k][2:].reshape(2, 2).T
+                                            for k in range(n_steps)]), dim=0)
+    relative = (displacement[1:, i] - displacement[1:, j]) - pair_affine
     return (relative**2).sum(-1).mean(-1), (single**2).sum(-1).mean(-1)
 
 
@@ -351,8 +360,15 @@ def relaxed_cage_ratio(model: MetriplecticModel, window: CageWindow, lag: int, s
     return relative(model_d) / relative(data_d)
 
 
+#: Calibration keeps k_B within these factors of the trained value, and gives up (keeping it as trained)
+#: where the cage responds to k_B with an exponent below MIN_RESPONSE: there the relative motion is the
+#: drive's (shear-induced), not the noise's, and no temperature would match it.
+CALIBRATION_BOUNDS = (0.5, 2.0)
+MIN_RESPONSE = 0.2
+
+
 def calibrate_temperature(model: MetriplecticModel, windows: Sequence[CageWindow], lag: int, settle: int,
-                          seed: int = 0, iterations: int = 6, tolerance: float = 0.01) -> dict:
+                          seed: int = 0, iterations: int = 6, tolerance: float = 0.02) -> dict:
     """Scale k_B (every noise of the model, at its fluctuation-dissipation ratio) so that settled rollouts'
     relative cage fluctuations over `lag` frames match the data's (`relaxed_cage_ratio`); returns a record.
 
@@ -371,11 +387,22 @@ def calibrate_temperature(model: MetriplecticModel, windows: Sequence[CageWindow
         history.append({"k_B": k_B, "ratio": ratio})
         return ratio
 
+    low, high = (k_B0 * f for f in CALIBRATION_BOUNDS)
     k_B = k_B0
     ratio = measure(k_B)
-    for _ in range(iterations - 1):
+    for step in range(iterations - 1):
         if abs(math.log(ratio)) < tolerance:
             break
+        if step == 1:  # two points: is the cage the noise's at all?
+            a, b = history[0], history[1]
+            response = math.log(a["ratio"] / b["ratio"]) / math.log(a["k_B"] / b["k_B"])
+            if response < MIN_RESPONSE:
+                model.log_k_B.assign(k_B0)
+                return {"k_B_trained": k_B0, "k_B": k_B0, "scale": 1.0, "ratio": history[0]["ratio"],
+                        "lag_frames": lag, "settle_frames": settle, "windows": len(windows),
+                        "iterations": history, "calibrated": False,
+                        "reason": f"the cage responds to k_B with exponent {response:.2f} < {MIN_RESPONSE}: "
+                                  "its relative motion is the drive's, not the noise's"}
         above = [h for h in history if h["ratio"] > 1]
         below = [h for h in history if h["ratio"] <= 1]
         if above and below:
@@ -386,11 +413,13 @@ def calibrate_temperature(model: MetriplecticModel, windows: Sequence[CageWindow
             k_B = math.exp(la + (lb - la) * ra / (ra - rb))
         else:
             k_B = k_B / ratio
+        k_B = min(max(k_B, low), high)
         ratio = measure(k_B)
     best = min(history, key=lambda h: abs(math.log(h["ratio"])))
     model.log_k_B.assign(best["k_B"])
     return {"k_B_trained": k_B0, "k_B": best["k_B"], "scale": best["k_B"] / k_B0, "ratio": best["ratio"],
-            "lag_frames": lag, "settle_frames": settle, "windows": len(windows), "iterations": history}
+            "lag_frames": lag, "settle_frames": settle, "windows": len(windows), "iterations": history,
+            "calibrated": True}
 
 
 def log_ratio(model: MetriplecticModel, window: CageWindow, generator: torch.Generator) -> dict:

@@ -797,9 +797,12 @@ def calibrate_model_temperature(model: MetriplecticModel, train_set: SnapshotPai
         return {"calibrated": False, "reason": "no calibration window with enough interior particles"}
     record = calibrate_temperature(model, windows, params.calibration_lag, params.calibration_settle,
                                    seed=params.seed)
-    log.info("temperature calibrated: k_B x %.3f (relaxed cage ratio %.3f -> %.3f)", record["scale"],
-             record["iterations"][0]["ratio"], record["iterations"][-1]["ratio"])
-    return {"calibrated": True, "frames": length, **record}
+    if record["calibrated"]:
+        log.info("temperature calibrated: k_B x %.3f (settled relative cage, model / data: %.3f -> %.3f)",
+                 record["scale"], record["iterations"][0]["ratio"], record["ratio"])
+    else:
+        log.info("temperature not calibrated: %s", record["reason"])
+    return {"frames": length, **record}
 
 
 def _duration(seconds: float) -> str:
