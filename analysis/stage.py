@@ -175,25 +175,26 @@ def analyse_experiment(
             "reference": reference_name, "frames": [int(frames[0]), int(frames[-1])],
             "region": "field of view less the exterior band" if dataset_meta else "field of view",
             **fidelity_report(ref_now, {"rollout": measurements["rollout"], "null": measurements["null"]},
-                              completed={"rollout": _completed(rollout_status)}),
+                              completed={"rollout": statuses["window"]["status"] == "completed"}),
         }
     box = None
-    if rollout_box is not None and read_table(rollout_box, "periodic-box rollout")["frame"].nunique() < 2:
+    box_rolled = read_table(rollout_box, "periodic-box rollout") if rollout_box is not None else None
+    if box_rolled is not None and box_rolled["frame"].nunique() < 2:
         statuses["periodic_box"]["analysed"] = False
         log.warning("the periodic-box rollout %s has fewer than two frames (%s): it is not analysed", rollout_box,
                     statuses["periodic_box"].get("message", "no status"))
-        rollout_box = None
-    if rollout_box is not None:
+        box_rolled = None
+    if box_rolled is not None:
         if truth is None or truth_metadata is None or strain_df is None:
             raise AnalysisInputError("a periodic-box rollout is compared with the truth: give truth, "
                                      "truth_metadata and strain")
         box = _box_comparison(read_table(truth, "truth trajectories"), read_json(truth_metadata), strain_df,
-                              read_table(rollout_box, "periodic-box rollout"), settings, train_frames, null_seed)
+                              box_rolled, settings, train_frames, null_seed)
         fidelity["periodic_box"] = {
             "reference": "truth", "frames": box["doc"]["frames"], "region": "periodic box",
             **fidelity_report(box["measurements"]["truth"],
                               {"rollout": box["measurements"]["rollout"], "null": box["measurements"]["null"]},
-                              completed={"rollout": _completed(rollout_box_status)})}
+                              completed={"rollout": statuses["periodic_box"]["status"] == "completed"})}
     if fidelity:
         extra["fidelity"] = fidelity
     if statuses:
@@ -257,20 +258,12 @@ def rollout_note(statuses: dict, fidelity: dict) -> str | None:
             text += "; fewer than two frames: not analysed"
         report = fidelity.get(domain)
         if report:
-            missed = [m for m in report.get("missed", {}).get("rollout", [])] if isinstance(
-                report.get("missed"), dict) else []
-            n_rows = len(report.get("rows", []))
+            missed = report["missed"]["rollout"]
+            n_rows = len(report["rows"])
             text += (f"; fidelity against {report['reference']}: {n_rows - len(missed)} of {n_rows} targets met"
                      + (f", missed: {', '.join(missed)}" if missed else ""))
         lines.append(text)
     return "\n".join(lines) if lines else None
-
-
-def _completed(status) -> bool:
-    """Whether a rollout status (path, dict or None) says it completed; None counts as completed."""
-    if status is None:
-        return True
-    return read_json(status).get("status") == "completed"
 
 
 def _training_frames(dataset_meta: dict | None, experiment: pd.DataFrame) -> np.ndarray:

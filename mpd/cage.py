@@ -24,6 +24,7 @@ training split only.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,13 +40,11 @@ from mpd.pairs import snapshot_pairs
 
 @dataclass
 class CageWindow:
-    """K+1 consecutive frames of the particles present in all of them, in model units."""
+    """K+1 consecutive frames of the particles of the first, in model units."""
 
-    frame: int                  # first frame
-    x: torch.Tensor             # (K+1, N, D) data positions
+    x: torch.Tensor             # (K+1, N, D) data positions (a particle the data lose is held at its last)
     v: torch.Tensor             # (K+1, N, D) data velocities (backward differences, as the dataset stores them)
     predicted: torch.Tensor     # (N,) bool: integrated by the model (interior at the first frame)
-    tracked: torch.Tensor       # (N,) bool: in the data at every frame of the window
     present: torch.Tensor       # (K+1, N) bool: in the data at each frame (a prescribed particle takes part
                                 # only then, as in a rollout: one held still while the flow goes on
                                 # would be rammed by its neighbours)
@@ -79,10 +78,13 @@ def load_window(dataset: SnapshotPairDataset, start: int, steps: int, reference_
     predicted particles are tracked throughout.
 
     Every particle of the first frame takes part, so that each keeps its neighbours: one that the data
-    lose later is held at its last position if prescribed, and left out of the statistics (`tracked`).
+    lose later is held at its last position if prescribed, and left out of the statistics (not in `core`).
     """
     items = [dataset[k] for k in range(start, start + steps)]
     first = items[0]
+    periodic = "box" in first
+    boxes = ([Box(*first["box"].tolist())] + [Box(*item["box1"].tolist()) for item in items]) if periodic \
+        else [None] * (steps + 1)
     ids = first["particle"].numpy()
     n = len(ids)
     positions = [first["x0"].double().numpy()]
@@ -104,13 +106,12 @@ def load_window(dataset: SnapshotPairDataset, start: int, steps: int, reference_
         now = velocities[-1].copy()
         now[found] = item["v1"].double().numpy()[rows[found]]
         velocities.append(now)
-    tracked = np.logical_and.reduce(present)
     predicted = first["interior"].numpy().astype(bool)
-    core = predicted & tracked
+    core = predicted & np.logical_and.reduce(present)  # tracked throughout
     if (~predicted).any() and core.any():
         from scipy.spatial import cKDTree
 
-        box = Box(*first["box"].tolist()) if "box" in first else None
+        box = boxes[0]
         prescribed = positions[0][~predicted]
         points = positions[0][core]
         if box is not None:  # wrapped coordinates; the tree's periodic box is rectangular, so search images
@@ -120,16 +121,12 @@ def load_window(dataset: SnapshotPairDataset, start: int, steps: int, reference_
         core[np.flatnonzero(core)[distance <= CORE_DISTANCE]] = False
     if int(core.sum()) < 3:
         return None
-    flows = torch.stack([_flow_coefficients(dataset, start + k) for k in range(steps)])
-    periodic = "box" in first
-    boxes = ([Box(*first["box"].tolist())] + [Box(*item["box1"].tolist()) for item in items]) if periodic \
-        else [None] * (steps + 1)
-    frame = int(first["frame"])
+    flows = torch.as_tensor(np.stack([dataset.flow_coefficients(start + k) for k in range(steps)]))
     frames_of_steps = [int(item["frame"]) for item in items]
     as_t = {"dtype": dtype, "device": device}
     return CageWindow(
-        frame, torch.as_tensor(np.stack(positions)).to(**as_t), torch.as_tensor(np.stack(velocities)).to(**as_t),
-        torch.as_tensor(predicted, device=device), torch.as_tensor(tracked, device=device),
+        torch.as_tensor(np.stack(positions)).to(**as_t), torch.as_tensor(np.stack(velocities)).to(**as_t),
+        torch.as_tensor(predicted, device=device),
         torch.as_tensor(np.stack(present), device=device), torch.as_tensor(core, device=device),
         first["species"].to(device), torch.as_tensor(np.stack(x_ref)).to(**as_t),
         torch.as_tensor(np.stack(has_ref), device=device), flows.to(**as_t), boxes,
@@ -140,14 +137,6 @@ def _take(values: np.ndarray, rows: np.ndarray, found: np.ndarray) -> np.ndarray
     out = np.zeros(len(rows), values.dtype)
     out[found] = values[rows[found]]
     return out
-
-
-def _flow_coefficients(dataset: SnapshotPairDataset, k: int) -> torch.Tensor:
-    from mpd.geometry.kinematics import FLOW_COLUMNS
-
-    c = dataset.index.iloc[k][list(FLOW_COLUMNS)].to_numpy(np.float64)
-    h, dt = dataset.scales.length_um, dataset.scales.time_s
-    return torch.as_tensor(np.concatenate([c[:2] * dt / h, c[2:] * dt]))
 
 
 def _affine(flow: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -171,12 +160,12 @@ def _wrap(x: torch.Tensor, box: Box | None) -> torch.Tensor:
 
 
 def rollout_displacements(model: MetriplecticModel, window: CageWindow, generator: torch.Generator,
-                          noise: bool = True, states: list | None = None, create_graph: bool = True) -> torch.Tensor:
+                          noise: bool = True, create_graph: bool = True) -> torch.Tensor:
     """(K+1, N, D) cumulative displacements of the model's particles, with the graph (prescribed: the data's).
 
     Entropies start from the teacher (detached), and the prescribed particles' are the teacher's at
     every frame, as in `mpd.rollout`; pairs are searched at every step on the detached positions (the
-    separations themselves carry the graph). `states`, when given, receives the State each step starts from.
+    separations themselves carry the graph).
     """
     n_steps = window.x.shape[0] - 1
     predicted = window.predicted[:, None]
@@ -193,8 +182,6 @@ def rollout_displacements(model: MetriplecticModel, window: CageWindow, generato
         if k > 0:  # prescribed particles take the teacher's entropy of the frame, as in a rollout
             with torch.no_grad():
                 S = torch.where(window.predicted, S, model.teacher_entropy(x.detach(), v.detach(), pairs))
-        if states is not None:
-            states.append(State(x, v, S))
         flow = _affine(window.flows[k], x.detach())
         state = State(x, v, S)
         f_v, f_S = model.drift(state, pairs, thermal=noise, create_graph=create_graph, flow=flow)
@@ -242,7 +229,8 @@ def data_displacements(window: CageWindow) -> torch.Tensor:
     return torch.cat([torch.zeros_like(window.x[:1]), torch.cumsum(torch.stack(steps), dim=0)])
 
 
-def cage_statistics(displacement: torch.Tensor, window: CageWindow) -> tuple[torch.Tensor, torch.Tensor]:
+def cage_statistics(displacement: torch.Tensor, window: CageWindow,
+                    data: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(relative, single) non-affine mean square displacements at lags 1..K, (K,) each (module docstring).
 
     Pairs: neighbours within h at the first frame, both in the window's core; particles: the core
@@ -250,10 +238,11 @@ def cage_statistics(displacement: torch.Tensor, window: CageWindow) -> tuple[tor
     follows the data, for the model and the data alike: per step, the flow at the data's unwrapped
     positions (u0 + G x) for a particle and G r_ij at the pair's separation (a minimum image at the start,
     then followed continuously) for a pair, so that in a periodic, sheared box neither a pair across an
-    edge nor a particle that crosses one sees a jump of the flow.
+    edge nor a particle that crosses one sees a jump of the flow. `data`: the window's
+    `data_displacements`, when the caller has them.
     """
     n_steps = window.x.shape[0] - 1
-    data = data_displacements(window)
+    data = data_displacements(window) if data is None else data
     unwrapped = window.x[0] + data  # continuous data positions
     keep = window.core
     affine = torch.cumsum(torch.stack([_affine(window.flows[k], unwrapped[k]) for k in range(n_steps)]), dim=0)
@@ -274,9 +263,10 @@ def cage_loss(model: MetriplecticModel, windows: Sequence[CageWindow], generator
     """Mean over windows and lags of (log model/data)^2 of the relative and single non-affine MSDs."""
     terms = []
     for window in windows:
-        model_rel, model_single = cage_statistics(rollout_displacements(model, window, generator), window)
+        data = data_displacements(window)
+        model_rel, model_single = cage_statistics(rollout_displacements(model, window, generator), window, data)
         with torch.no_grad():
-            data_rel, data_single = cage_statistics(data_displacements(window), window)
+            data_rel, data_single = cage_statistics(data, window, data)
         tiny = torch.finfo(model_rel.dtype).tiny
         for m, d in ((model_rel, data_rel), (model_single, data_single)):
             ok = (d > 0) & torch.isfinite(m)
@@ -346,18 +336,17 @@ def relaxed_cage_ratio(model: MetriplecticModel, window: CageWindow, lag: int, s
     if not len(starts):
         raise ValueError(f"a window of {n_frames - 1} steps is too short for settle={settle} and lag={lag}")
 
-    def relative(d: torch.Tensor) -> float:
-        total = 0.0
-        for t0 in starts:
-            shifted = CageWindow(window.frame, window.x[t0:t0 + lag + 1], window.v[t0:t0 + lag + 1],
-                                 window.predicted, window.tracked, window.present[t0:t0 + lag + 1], window.core,
-                                 window.species, window.x_ref[t0:t0 + lag], window.has_ref[t0:t0 + lag],
-                                 window.flows[t0:t0 + lag], window.boxes[t0:t0 + lag + 1], window.box_ref[t0:t0 + lag])
-            rel, _ = cage_statistics(d[t0:t0 + lag + 1] - d[t0], shifted)
-            total += float(rel[-1])
-        return total / len(starts)
-
-    return relative(model_d) / relative(data_d)
+    totals = {"model": 0.0, "data": 0.0}
+    for t0 in starts:
+        frames, steps = slice(t0, t0 + lag + 1), slice(t0, t0 + lag)
+        shifted = dataclasses.replace(
+            window, x=window.x[frames], v=window.v[frames], present=window.present[frames], x_ref=window.x_ref[steps],
+            has_ref=window.has_ref[steps], flows=window.flows[steps], boxes=window.boxes[frames],
+            box_ref=window.box_ref[steps])
+        data = data_d[frames] - data_d[t0]
+        for name, d in (("model", model_d[frames] - model_d[t0]), ("data", data)):
+            totals[name] += float(cage_statistics(d, shifted, data)[0][-1])
+    return totals["model"] / totals["data"]
 
 
 #: Calibration keeps k_B within these factors of the trained value, and gives up (keeping it as trained)
@@ -422,15 +411,6 @@ def calibrate_temperature(model: MetriplecticModel, windows: Sequence[CageWindow
             "calibrated": True}
 
 
-def log_ratio(model: MetriplecticModel, window: CageWindow, generator: torch.Generator) -> dict:
-    """Diagnostics: log(model/data) of both statistics at the last lag, without graph."""
-    with torch.enable_grad():
-        model_rel, model_single = cage_statistics(rollout_displacements(model, window, generator), window)
-    data_rel, data_single = cage_statistics(data_displacements(window), window)
-    return {"relative": float(math.log(float(model_rel[-1]) / float(data_rel[-1]))),
-            "single": float(math.log(float(model_single[-1]) / float(data_single[-1])))}
-
-
 __all__ = [
     "CORE_DISTANCE",
     "CageObjective",
@@ -440,7 +420,6 @@ __all__ = [
     "calibrate_temperature",
     "data_displacements",
     "load_window",
-    "log_ratio",
     "relaxed_cage_ratio",
     "rollout_displacements",
     "window_starts",

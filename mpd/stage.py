@@ -149,7 +149,7 @@ def rollout_model(model_path, trajectories, geometry_dir, out_dir, params=None, 
     physical = _physical_table(result.frames, table, h, dt, frames_info.boxes,
                                exact_velocities=geometry.get("velocity", "tracked") == "tracked")
     status = dict(result.status, model=str(model_path), h_um=h, dt_s=dt, units=ROLLOUT_UNITS,
-                  conservation_units="model units (mass, energy, entropy); momentum = m * sum v, v in h per frame")
+                  conservation_units="model units (mass, energy, entropy); momentum = sum m_i v_i, v in h per frame")
     return _write_rollout(out_dir, "", physical, result, status, dt)
 
 

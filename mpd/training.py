@@ -46,7 +46,6 @@ from mpd.atomic import atomic_file, atomic_write_bytes
 from mpd.cage import CageObjective
 from mpd.geometry.dataset import dataset_dir as find_dataset_dir
 from mpd.geometry.domain import Box
-from mpd.geometry.kinematics import FLOW_COLUMNS
 from mpd.geometry.loader import SnapshotPairDataset, collate_snapshots
 from mpd.model import EulerMaruyama, MetriplecticModel, PairTensors, State
 from mpd.pairs import concatenate_pairs, snapshot_pairs
@@ -113,6 +112,11 @@ class DatasetFrames:
         if frame not in self.boxes:
             raise KeyError(f"the dataset records no box for frame {frame}")
         return self.boxes[frame]
+
+    def reference_box(self, frame: int) -> Box | None:
+        """The box of frame's strain reference (that of the frame itself where it has none)."""
+        ref = self.reference_frame.get(frame, -1)
+        return self.box(ref if ref >= 0 else frame)
 
     def exterior_rule(self) -> ExteriorRule | None:
         if not self.geometry or (self.boxes is not None and not self.geometry.get("boundary_particles")
@@ -369,7 +373,7 @@ def observed_from_dataset(
         item = dataset[k]
         f = int(item["frame"])
         species.update(zip(item["particle"].tolist(), item["species"].tolist()))
-        flows[f] = dataset_flow(dataset, k)
+        flows[f] = dataset.flow_coefficients(k)
         particle = item["particle"].numpy()
         snapshots[f] = Snapshot(particle, item["x0"].double().numpy(), item["v0"].double().numpy())
         if f + 1 not in snapshots:
@@ -380,13 +384,6 @@ def observed_from_dataset(
     observed = ObservedFrames(snapshots, dict(frames.reference_frame), references, frames.boxes,
                               frames.exterior_rule(), flows, species)
     return observed, interior
-
-
-def dataset_flow(dataset: SnapshotPairDataset, k: int) -> np.ndarray:
-    """The background flow's 6 coefficients of item k in model units (h per frame and 1/frame)."""
-    c = dataset.index.iloc[k][list(FLOW_COLUMNS)].to_numpy(np.float64)
-    h, dt = dataset.scales.length_um, dataset.scales.time_s
-    return np.concatenate([c[:2] * dt / h, c[2:] * dt])
 
 
 def selection_windows(dataset: SnapshotPairDataset, steps: int, starts: int) -> list[list[int]]:
@@ -593,15 +590,11 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
     identity = checkpoint_identity(config, fingerprint)
     cage_train = cage_val = None
     if params.cage_weight > 0:
-        def reference_box(f):
-            ref = frames.reference_frame.get(f, -1)
-            return frames.box(ref) if ref >= 0 else frames.box(f)
-
-        cage_train = CageObjective(train_set, reference_box, params.cage_steps, dtype, device, params.seed)
-        cage_val = CageObjective(val_set, reference_box, params.cage_steps, dtype, device, params.seed)
+        cage_train = CageObjective(train_set, frames.reference_box, params.cage_steps, dtype, device, params.seed)
+        cage_val = CageObjective(val_set, frames.reference_box, params.cage_steps, dtype, device, params.seed)
         if not cage_train.available:
             log.info("cage objective off: no run of %d consecutive frames in the training split", params.cage_steps)
-            cage_train = None
+            cage_train = cage_val = None
     ctx = ddp.context()
 
     loader_generator = torch.Generator()
@@ -657,7 +650,7 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
     val_items = spaced_items(len(val_set), params.max_val_pairs)
     windows = selection_windows(val_set, params.selection_steps, params.selection_starts)
     basis = ("val_rollout_metric" if params.selection_metric == "rollout" and windows
-             else ("val_objective" if cage_train is not None and cage_val.available else "val_loss") if val_items
+             else ("val_objective" if cage_val is not None and cage_val.available else "val_loss") if val_items
              else "train_loss")
     show = params.progress and sys.stderr.isatty() and ctx.is_main
     noise_variance = observation_variances(params, frames.length_um)
@@ -666,7 +659,7 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
         t0 = time.perf_counter()
         model.eval()
         val_loss, metric = _evaluate(model, val_set, val_items, windows, frames, params, device, dtype, ctx, True)
-        val_cage = _evaluate_cage(model, cage_val if cage_train is not None else None, ctx, device)
+        val_cage = _evaluate_cage(model, cage_val, ctx, device)
         history.append({
             "epoch": 0, "train_loss": math.nan, "val_loss": val_loss, "val_rollout_metric": metric,
             "train_cage": math.nan, "val_cage": val_cage, "lr": optimizer.param_groups[0]["lr"],
@@ -729,7 +722,7 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
         model.eval()
         train_loss = total / weight if weight else math.nan
         val_loss, metric = _evaluate(model, val_set, val_items, windows, frames, params, device, dtype, ctx, False)
-        val_cage = _evaluate_cage(model, cage_val if cage_train is not None else None, ctx, device)
+        val_cage = _evaluate_cage(model, cage_val, ctx, device)
         train_cage = float(np.mean(cage_values)) if cage_values else math.nan
         objective = val_loss + params.cage_weight * val_cage if math.isfinite(val_cage) else val_loss
         score = {"val_rollout_metric": metric, "val_loss": val_loss, "val_objective": objective,
@@ -785,13 +778,8 @@ def calibrate_model_temperature(model: MetriplecticModel, train_set: SnapshotPai
     if length < need or not starts:
         log.info("temperature not calibrated: the training split has no run of %d consecutive frames", need)
         return {"calibrated": False, "reason": f"no run of {need} consecutive training frames"}
-
-    def reference_box(f):
-        ref = frames.reference_frame.get(f, -1)
-        return frames.box(ref) if ref >= 0 else frames.box(f)
-
     picks = sorted({starts[len(starts) // 2], starts[-1]})
-    windows = [w for w in (load_window(train_set, s, length, reference_box, dtype, device) for s in picks)
+    windows = [w for w in (load_window(train_set, s, length, frames.reference_box, dtype, device) for s in picks)
                if w is not None]
     if not windows:
         return {"calibrated": False, "reason": "no calibration window with enough interior particles"}

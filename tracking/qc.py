@@ -143,11 +143,11 @@ def write_figures(qc_dir: Path, first_image: np.ndarray, origin_px: tuple[int, i
     fig = Figure(figsize=(6, 3), dpi=80)
     ax = fig.add_axes((0.12, 0.17, 0.85, 0.78))
     frames = np.asarray(frame_numbers)
-    ax.plot(frames, features.groupby("frame").size().reindex(frames, fill_value=0).to_numpy(), label="features")
+    counts = features.groupby("frame").size().reindex(frames, fill_value=0).to_numpy()
+    ax.plot(frames, counts, label="features")
     in_traj = (trajectories.groupby("frame").size().reindex(frames, fill_value=0).to_numpy()
                if len(trajectories) else np.zeros(len(frames)))
     ax.plot(frames, in_traj, label="in trajectories")
-    counts = features.groupby("frame").size().reindex(frames, fill_value=0).to_numpy()
     if (counts == 0).any():
         empty = frames[counts == 0]
         ax.plot(empty, np.zeros(len(empty)), "v", color="crimson", clip_on=False,

@@ -73,6 +73,13 @@ class SnapshotPairDataset(Dataset):
         self._file = self.root / self.metadata["splits"][split]["file"]
         self._reader = None
 
+    def flow_coefficients(self, k: int) -> np.ndarray:
+        """The background flow's 6 coefficients (u0x, u0y, Gxx, Gxy, Gyx, Gyy) of item k, in model units
+        (h per frame and 1/frame), whatever `nondimensional` says."""
+        c = self.index.iloc[k][list(FLOW_COLUMNS)].to_numpy(np.float64)
+        h, dt = self.scales.length_um, self.scales.time_s
+        return np.concatenate([c[:2] * dt / h, c[2:] * dt])
+
     def __len__(self) -> int:
         return len(self.index)
 
