@@ -61,11 +61,12 @@ def one_line(error: BaseException) -> str:
 
 
 def report_failure(error: BaseException, *, rule: str, log_file: str | os.PathLike | None,
-                   records: Path = RECORDS) -> None:
+                   records: Path = RECORDS, kept: str = "") -> None:
     """Report a failure of a rule's script: traceback to its log, one line to stderr and to the records.
 
     Any other error than a clear one is a bug: its line says so, and its traceback
-    also reaches the console when there is no log file to hold it.
+    also reaches the console when there is no log file to hold it. ``kept`` names
+    where the rule's previous results are kept (mpd.previous), if anywhere.
     """
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     line = one_line(error)
@@ -75,10 +76,14 @@ def report_failure(error: BaseException, *, rule: str, log_file: str | os.PathLi
     if log_file:
         with open(log_file, "a") as handle:
             handle.write(text)
+            if kept:
+                handle.write(f"The previous results of rule {rule} are kept in {kept}\n")
             handle.write(line + "\n")
     if debug() or not log_file:
         sys.stderr.write(text)
     where = f"; traceback in {log_file}" if log_file else ""
+    if kept:
+        where += f"; its previous results are kept in {kept}"
     try:
         records.mkdir(parents=True, exist_ok=True)
         name = hashlib.sha1(f"{rule} {log_file}".encode()).hexdigest()[:16]
@@ -89,16 +94,22 @@ def report_failure(error: BaseException, *, rule: str, log_file: str | os.PathLi
     sys.stderr.flush()
 
 
-def install(rule: str, log_file: str | os.PathLike | None) -> None:
+def install(rule: str, log_file: str | os.PathLike | None, outputs=()) -> None:
     """Make uncaught errors of this process end as one line, their traceback in the log file (``report_failure``).
 
-    Exit status 1. KeyboardInterrupt keeps Python's own report.
+    Exit status 1. KeyboardInterrupt keeps Python's own report. The report names
+    where the previous versions of the rule's ``outputs`` are kept (mpd.previous).
     """
+    outputs = [str(output) for output in outputs]
+
     def hook(kind, error, tb):
         if not isinstance(error, Exception):
             sys.__excepthook__(kind, error, tb)
             return
-        report_failure(error, rule=rule, log_file=log_file)
+        from mpd import previous  # standard library only, like this module
+
+        kept = previous.describe(previous.kept_previous(outputs)) if outputs else ""
+        report_failure(error, rule=rule, log_file=log_file, kept=kept)
 
     sys.excepthook = hook
 

@@ -76,6 +76,9 @@ def test_every_rule_script_starts_with_start_rule():
         text = path.read_text()
         assert "_repo.start_rule(snakemake" in text, f"{path.name} does not call _repo.start_rule"
         assert "set_num_threads" not in text, f"{path.name} sets torch's threads itself"
+        # The last statement: outputs are kept (mpd.previous) only once every one of them is written.
+        last = [line for line in text.strip().splitlines() if line.strip()][-1]
+        assert last.startswith("_repo.finish_rule(snakemake)"), f"{path.name} does not end with _repo.finish_rule"
 
 
 def test_a_bug_in_a_rule_leaves_its_traceback_in_the_log_and_one_line_on_the_console(tmp_path):

@@ -121,6 +121,49 @@ def test_rerun_has_nothing_to_do(finished_run):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+def test_a_damaged_model_keeps_the_previous_results_until_a_good_model_replaces_them(finished_run, tmp_path):
+    """Issue 12: a rerun that fails (here on a damaged model file) loses nothing earlier."""
+    import shutil
+
+    workdir = tmp_path / "run"
+    shutil.copytree(finished_run, workdir, symlinks=True)
+    model_dir = workdir / "results" / "tiny" / "model"
+    kept_dir = workdir / "results" / ".previous" / "tiny" / "model"
+    good_rollout = pd.read_parquet(model_dir / "rollout.parquet")
+    # every finished rule kept its outputs
+    for name in ("model.pt", "rollout.parquet", "rollout_status.json", "rollout_box.parquet"):
+        assert (kept_dir / name).read_bytes() == (model_dir / name).read_bytes(), name
+    assert (workdir / "results" / ".previous" / "tiny" / "analysis" / "metrics.json").exists()
+
+    (model_dir / "model.pt").write_bytes(b"not a model")
+    result = snakemake(workdir, "results/tiny/analysis/metrics.json")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("ModelFileError: ") and "model.pt" in lines[-1] and "weights_only" not in lines[-1]
+    # whichever rollout ran first failed (Snakemake then stops): its message says where its previous results are
+    expected = {"rollout_model": ("rollout.parquet", "conservation.csv", "rollout_status.json"),
+                "rollout_box_twin": ("rollout_box.parquet", "conservation_box.csv", "rollout_box_status.json")}
+    failed = [(rule, names) for rule, names in expected.items()
+              if any(line.startswith(f"Error in rule {rule}; ") and line.endswith(
+                  f"its previous results are kept in results/.previous/tiny/model/ ({', '.join(names)}):")
+                  for line in lines)]
+    assert failed, result.stderr[-3000:]
+    for _, names in failed:
+        # Snakemake removed the outputs of the failed job; their previous versions are still readable
+        assert not (model_dir / names[0]).exists()
+        assert (kept_dir / names[0]).exists()
+    pd.testing.assert_frame_equal(pd.read_parquet(kept_dir / "rollout.parquet"), good_rollout)
+    assert (workdir / "results" / "tiny" / "analysis" / "metrics.json").exists()  # never started: untouched
+
+    # the kept good model brings everything back, and the new results replace the kept ones
+    shutil.copyfile(kept_dir / "model.pt", model_dir / "model.pt")
+    result = snakemake(workdir, "results/tiny/analysis/metrics.json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    pd.testing.assert_frame_equal(pd.read_parquet(model_dir / "rollout.parquet"), good_rollout)
+    for _, names in failed:  # rerun, finished, and kept again: the kept file is the new output
+        assert (kept_dir / names[0]).stat().st_ino == (model_dir / names[0]).stat().st_ino
+
+
 def test_changing_one_twin_parameter_reruns_only_that_experiment(finished_run):
     config = yaml.safe_load((finished_run / "config.yaml").read_text())
     config["experiments"]["tiny"]["synthetic"]["microscope"]["bit_depth"] = 8

@@ -29,11 +29,21 @@ def start_rule(snakemake, threads: int | None = None) -> logging.Logger:
     return setup_logging(snakemake)
 
 
+def finish_rule(snakemake) -> None:
+    """End a rule's script that succeeded: keep its outputs until a later run replaces them (mpd.previous).
+
+    The last line of every script: what it keeps must be complete.
+    """
+    from mpd import previous
+
+    previous.keep(snakemake.output)
+
+
 def setup_logging(snakemake) -> logging.Logger:
     """Log to the rule's log file (when it has one) and to stderr (`start_rule`)."""
     from mpd import errors
 
-    errors.install(snakemake.rule, snakemake.log[0] if snakemake.log else None)
+    errors.install(snakemake.rule, snakemake.log[0] if snakemake.log else None, getattr(snakemake, "output", ()))
     handlers = [logging.StreamHandler(sys.stderr)]
     if snakemake.log:
         handlers.append(logging.FileHandler(snakemake.log[0], mode="w"))

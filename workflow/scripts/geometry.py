@@ -21,3 +21,4 @@ kwargs = params.compute_kwargs(spacing_um=length_scale(trajectories, window=tupl
 log.info("geometry with %s", kwargs)
 compute_geometry(trajectories, Path(snakemake.output.observables).parent,  # noqa: F821
                  frame_rate_hz=video["frame_rate_hz"], video_metadata=video, **kwargs)
+_repo.finish_rule(snakemake)  # noqa: F821 (keeps the outputs until a later run replaces them)

@@ -24,3 +24,4 @@ result = track_video(
 )
 log.info("tracked %d trajectories, %.1f features per frame; accuracy: %s", result.qc["trajectories"],
          result.qc["features_per_frame"]["mean"], result.accuracy)
+_repo.finish_rule(snakemake)  # noqa: F821 (keeps the outputs until a later run replaces them)
