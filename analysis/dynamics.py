@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import fft
 
 from analysis.affine import nonaffine_positions, nonaffine_velocities
-from analysis.inputs import check_trajectories, frame_interval, position_columns, sorted_segments
+from analysis.inputs import check_trajectories, frame_interval, sorted_segments, spatial_columns
 
 __all__ = ["msd", "nonaffine_msd", "nonaffine_vacf", "segment_correlations", "vacf"]
 
@@ -119,30 +119,34 @@ def msd(traj: pd.DataFrame, *, max_lag: int | None = None, pos_columns=None) -> 
     ----------
     traj : trajectory table (frame, t, particle and positions in µm).
     max_lag : largest lag in frames; default half the recorded frame range.
-    pos_columns : (x, y) column names; default `position_columns(traj)`.
+    pos_columns : position column names, one per axis; default `spatial_columns(traj)`
+        (x, y, and z in 3D; unwrapped when the table has them).
 
     Returns
     -------
     lag (frames), t (s), n (number of displacement samples), msd (µm^2,
-    <dx^2 + dy^2>), msd_x, msd_y (µm^2, per component).
+    <dx^2 + dy^2 (+ dz^2)>), msd_x, msd_y (, msd_z) (µm^2, per component).
     """
     traj = check_trajectories(traj)
-    cols = list(pos_columns or position_columns(traj))
+    cols = list(pos_columns or spatial_columns(traj)[0])
+    names = [f"msd_{axis}" for axis in "xyz"[:len(cols)]]
     t, segment, offset = sorted_segments(traj)
     sums, counts = segment_correlations(t[cols].to_numpy(), segment, offset, _max_lag(traj, max_lag), "msd")
-    out = _table(sums, counts, frame_interval(traj), ["msd_x", "msd_y"])
-    out.loc[out["lag"] == 0, ["msd_x", "msd_y"]] = 0.0  # exactly, not FFT round-off
-    out.insert(3, "msd", out["msd_x"] + out["msd_y"])
+    out = _table(sums, counts, frame_interval(traj), names)
+    out.loc[out["lag"] == 0, names] = 0.0  # exactly, not FFT round-off
+    out.insert(3, "msd", sum((out[n] for n in names[1:]), out[names[0]]))  # NaN stays NaN
     return out
 
 
-def vacf(traj: pd.DataFrame, *, max_lag: int | None = None, vel_columns=("vx", "vy")) -> pd.DataFrame:
+def vacf(traj: pd.DataFrame, *, max_lag: int | None = None, vel_columns=None) -> pd.DataFrame:
     """Velocity autocorrelation averaged over particles and origins.
 
+    vel_columns: one per axis; default `spatial_columns(traj)` (vx, vy, and vz in 3D).
     Returns lag (frames), t (s), n (samples), vacf (µm^2/s^2, <v(t+tau).v(t)>)
     and vacf_norm (vacf / vacf at lag 0, dimensionless).
     """
     traj = check_trajectories(traj)
+    vel_columns = tuple(vel_columns or spatial_columns(traj)[1])
     lags, dt = _max_lag(traj, max_lag), frame_interval(traj)
     # a lone observation has no finite difference: it is not a sample (and splits its segment)
     traj = traj[np.isfinite(traj[list(vel_columns)].to_numpy(np.float64)).all(axis=1)]
@@ -150,10 +154,11 @@ def vacf(traj: pd.DataFrame, *, max_lag: int | None = None, vel_columns=("vx", "
         return pd.DataFrame({c: pd.Series(dtype=float) for c in ("lag", "t", "n", "vacf", "vacf_norm")})
     t, segment, offset = sorted_segments(traj)
     sums, counts = segment_correlations(t[list(vel_columns)].to_numpy(), segment, offset, lags, "vacf")
-    out = _table(sums, counts, dt, ["vacf_x", "vacf_y"])
-    out["vacf"] = out["vacf_x"] + out["vacf_y"]
+    names = [f"vacf_{axis}" for axis in "xyz"[:len(vel_columns)]]
+    out = _table(sums, counts, dt, names)
+    out["vacf"] = sum((out[n] for n in names[1:]), out[names[0]])
     out["vacf_norm"] = out["vacf"] / out["vacf"].iloc[0] if len(out) and out["vacf"].iloc[0] > 0 else np.nan
-    return out.drop(columns=["vacf_x", "vacf_y"])
+    return out.drop(columns=names)
 
 
 def nonaffine_msd(traj: pd.DataFrame, strain: pd.DataFrame | None = None, *, method: str = "auto",

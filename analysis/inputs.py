@@ -29,6 +29,7 @@ __all__ = [
     "read_table",
     "shrink_window",
     "sorted_segments",
+    "spatial_columns",
     "strain_of_frames",
     "truth_box_table",
     "truth_in_window",
@@ -82,6 +83,19 @@ def position_columns(traj: pd.DataFrame) -> tuple[str, str]:
     the field of view) x, y are continuous while the particle is in view.
     """
     return ("xu", "yu") if {"xu", "yu"} <= set(traj.columns) else ("x", "y")
+
+
+def spatial_columns(traj: pd.DataFrame) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(position columns, velocity columns) of every axis the table has: x, y and, in 3D, z.
+
+    Positions are the unwrapped ones when the table has them for every axis
+    (`position_columns`); 2D tables give exactly `position_columns` and
+    ('vx', 'vy'), so 2D statistics do not depend on which function names them.
+    """
+    axes = ("x", "y", "z") if "z" in traj.columns else ("x", "y")
+    unwrapped = tuple(f"{a}u" for a in axes)
+    positions = unwrapped if set(unwrapped) <= set(traj.columns) else axes
+    return positions, tuple(f"v{a}" for a in axes)
 
 
 def frame_interval(traj: pd.DataFrame) -> float:

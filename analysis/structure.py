@@ -24,6 +24,8 @@ domain with the same number of points:
   reaches a periodic image.
 * periodic box of area A: expected = N (N - 1) pi (r2^2 - r1^2) / A
   (r_max below half the box's shortest width).
+* periodic orthorhombic 3D box of volume V (`lengths=(lx, ly, lz)`, e.g. the
+  star-polymer melts): expected = N (N - 1) 4/3 pi (r2^3 - r1^3) / V.
 
 Partial g_ab: observed a-b pairs over N_a N_b (F(r2) - F(r1)) for a != b, and
 over N_a (N_a - 1) (...) for a == b; g_ab = g_ba.
@@ -89,6 +91,7 @@ def rdf(
     bins: int = 100,
     window=None,
     box=None,
+    lengths=None,
     by_species: bool = True,
     edge_margin: float = 0.0,
     frame_step: int = 1,
@@ -106,6 +109,8 @@ def rdf(
         which biases g(r) by at most a few per cent; pass the real one).
     box : periodic cell instead of a window: a `mpd.geometry.Box`, or a table
         (frame, lx, ly, xy) for a cell that shears with time (xy = gamma ly).
+    lengths : (lx, ly, lz) of a fixed periodic orthorhombic 3D box instead (positions
+        x, y, z; r_max below half its shortest side).
     by_species : also compute partial g_ab when a `species` column exists.
     edge_margin : µm dropped on every side of the window (points there are
         ignored and the smaller window is used for the correction), e.g. to
@@ -120,6 +125,8 @@ def rdf(
     traj = check_trajectories(traj)
     frames = np.unique(traj["frame"].to_numpy())[::frame_step]
     traj = traj[traj["frame"].isin(frames)]
+    if lengths is not None:
+        return _rdf_orthorhombic_3d(traj, np.asarray(lengths, np.float64), r_max, bins, by_species)
     periodic = box is not None
     if periodic:
         boxes = boxes_per_frame(box, frames)
@@ -132,18 +139,14 @@ def rdf(
         open_box, centre = _open_box(window, r_max)
     edges = np.linspace(0.0, r_max, bins + 1)
 
-    species = None
-    if by_species and "species" in traj.columns:
-        species = np.unique(traj["species"].to_numpy())
-    pair_keys = [("all", None, None)]
-    if species is not None and len(species) > 1:
-        pair_keys += [(f"{a}-{b}", a, b) for i, a in enumerate(species) for b in species[i:]]
+    species, pair_keys = _pair_keys(traj, by_species)
     counter = freud.density.RDF(bins=bins, r_max=r_max)
     observed = {key: [] for key, _, _ in pair_keys}  # per frame, (bins,) each
     expected = {key: [] for key, _, _ in pair_keys}
 
     for frame, rows in traj.groupby("frame", sort=True):
         xy = rows[["x", "y"]].to_numpy(np.float64)
+        labels = rows["species"].to_numpy() if species is not None else None
         if periodic:
             fbox = _freud_box(boxes[int(frame)])
             points = fbox.wrap(np.c_[xy, np.zeros(len(xy))])
@@ -155,20 +158,62 @@ def rdf(
             fbox = open_box
             points = np.c_[xy - centre, np.zeros(len(xy))]
             fraction = expected_pair_fraction(edges, window=window)
-        labels = rows["species"].to_numpy() if species is not None else None
-        for key, a, b in pair_keys:
-            pa = points if a is None else points[labels == a]
-            pb = points if b is None else points[labels == b]
-            same = bool(a == b)
-            n_pairs = len(pa) * (len(pa) - 1) if same else len(pa) * len(pb)
-            expected[key].append(n_pairs * fraction)
-            if n_pairs == 0:
-                observed[key].append(np.zeros(bins))
-                continue
-            query = {"r_max": r_max, "exclude_ii": same}
-            counter.compute(system=(fbox, pb), query_points=None if same else pa, neighbors=query, reset=True)
-            observed[key].append(np.asarray(counter.bin_counts, np.float64))
+            labels = labels[inside] if labels is not None else None
+        _count_pairs(counter, fbox, points, labels, pair_keys, fraction, r_max, observed, expected)
+    return _rdf_table(edges, pair_keys, observed, expected)
 
+
+def _pair_keys(traj, by_species: bool):
+    """(species labels or None, [(key, a, b)]): 'all', then every species pair a <= b when there are several."""
+    species = np.unique(traj["species"].to_numpy()) if by_species and "species" in traj.columns else None
+    pair_keys = [("all", None, None)]
+    if species is not None and len(species) > 1:
+        pair_keys += [(f"{a}-{b}", a, b) for i, a in enumerate(species) for b in species[i:]]
+    return species, pair_keys
+
+
+def _count_pairs(counter, fbox, points, labels, pair_keys, fraction, r_max, observed, expected) -> None:
+    """Append one frame's observed and expected pair counts per bin for every species pair."""
+    bins = len(fraction)
+    for key, a, b in pair_keys:
+        pa = points if a is None else points[labels == a]
+        pb = points if b is None else points[labels == b]
+        same = bool(a == b)
+        n_pairs = len(pa) * (len(pa) - 1) if same else len(pa) * len(pb)
+        expected[key].append(n_pairs * fraction)
+        if n_pairs == 0:
+            observed[key].append(np.zeros(bins))
+            continue
+        query = {"r_max": r_max, "exclude_ii": same}
+        counter.compute(system=(fbox, pb), query_points=None if same else pa, neighbors=query, reset=True)
+        observed[key].append(np.asarray(counter.bin_counts, np.float64))
+
+
+def _rdf_orthorhombic_3d(traj, lengths: np.ndarray, r_max: float, bins: int, by_species: bool) -> pd.DataFrame:
+    """`rdf` in a fixed periodic orthorhombic 3D box (positions x, y, z)."""
+    if lengths.shape != (3,) or not (np.isfinite(lengths).all() and (lengths > 0).all()):
+        raise ValueError(f"lengths must be three positive box lengths (lx, ly, lz), got {lengths}")
+    if r_max >= 0.5 * lengths.min():
+        raise ValueError(f"r_max {r_max} must be below half the box's shortest side {lengths.min()}")
+    if "z" not in traj.columns:
+        raise ValueError("a 3D box needs positions x, y, z: the table has no column 'z'")
+    edges = np.linspace(0.0, r_max, bins + 1)
+    fraction = 4.0 / 3.0 * np.pi * np.diff(edges**3) / float(np.prod(lengths))
+    species, pair_keys = _pair_keys(traj, by_species)
+    fbox = freud.box.Box(Lx=lengths[0], Ly=lengths[1], Lz=lengths[2])
+    counter = freud.density.RDF(bins=bins, r_max=r_max)
+    observed = {key: [] for key, _, _ in pair_keys}
+    expected = {key: [] for key, _, _ in pair_keys}
+    for _, rows in traj.groupby("frame", sort=True):
+        points = fbox.wrap(rows[["x", "y", "z"]].to_numpy(np.float64) - 0.5 * lengths)
+        labels = rows["species"].to_numpy() if species is not None else None
+        _count_pairs(counter, fbox, points, labels, pair_keys, fraction, r_max, observed, expected)
+    return _rdf_table(edges, pair_keys, observed, expected)
+
+
+def _rdf_table(edges, pair_keys, observed, expected) -> pd.DataFrame:
+    """g and its error per bin and species pair from the per-frame counts (module docstring)."""
+    bins = len(edges) - 1
     out = []
     centres = 0.5 * (edges[:-1] + edges[1:])
     for key, a, b in pair_keys:
