@@ -1,0 +1,188 @@
+"""The paper's Table 1: every model's long rollout against the held-back truth, beside the published values.
+
+Metric (the paper's): the relative L2 error ``||c - r||_2 / ||r||_2`` of a
+statistic's curve c of a model's rollout against the same curve r of the
+held-back truth over the same time span (`analysis.compare.curve_error`, on
+the truth's grid):
+
+* ``rdf``: g(r) of all pairs, averaged over the frames, on [0, r_max];
+* ``msd``: the ensemble mean squared displacement against lag, lags 1 .. the
+  rollout's length;
+* ``vacf``: the velocity autocorrelation <v(t + tau) . v(t)> over the same lags.
+
+Each experiment writes one ``comparison.json`` (`comparison_document`); the
+table (`comparison_table`, markdown and CSV) is built from those files only,
+so it can never disagree with them. The published values (``PAPER_TABLE1``,
+Hernández et al., Table 1) stand beside ours with the target of issue 13:
+the learned model at or below the paper's errors, every baseline worse than
+the learned model on every metric (where one is not, the table says so).
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.compare import curve_error
+from analysis.dynamics import msd, vacf
+from analysis.structure import rdf
+from mpd.atomic import atomic_write_bytes, atomic_write_json
+
+__all__ = ["METRICS", "MODELS", "PAPER_TABLE1", "comparison_document", "comparison_table", "read_comparisons",
+           "rollout_errors", "write_table"]
+
+METRICS = ("rdf", "msd", "vacf")
+#: model key -> name in the table (the learned model first, then the baselines)
+MODELS = {"learned": "Ours", "gns": "GNS", "gns_sde": "GNS-SDE", "dpd": "DPD"}
+#: Published relative L2 errors (paper, Table 1); None: not reported.
+PAPER_TABLE1 = {
+    "SP11": {"gns": {"rdf": 4.3e-1, "msd": 2.1e6}, "gns_sde": {"rdf": 4.3e-1, "msd": 6.5e5},
+             "dpd": {"rdf": 2.3e-1, "msd": 9.5e-1}, "learned": {"rdf": 2.0e-2, "msd": 4.7e-2}},
+    "SP51": {"gns": {"rdf": 2.1e-1, "msd": 2.1e1}, "gns_sde": {"rdf": 2.2e-1, "msd": 1.6e7},
+             "dpd": {"rdf": 9.6e-2, "msd": 7.6e0}, "learned": {"rdf": 5.3e-2, "msd": 5.3e-2}},
+    "colloids": {"learned": {"rdf": 1.15e-1, "msd": None}},
+}
+
+
+def _finite(value) -> float | None:
+    return float(value) if value is not None and math.isfinite(float(value)) else None
+
+
+def rollout_errors(truth: pd.DataFrame, rollout: pd.DataFrame, *, r_max: float, bins: int = 60,
+                   lengths=None, box=None, window=None) -> dict[str, float | None]:
+    """Relative L2 errors of one rollout's RDF, MSD and VACF against the truth over the same span.
+
+    truth, rollout: trajectory tables (docs/data_schema.md; x, y (, z), unwrapped
+    xu, yu (, zu) where periodic, vx, vy (, vz)), the truth cut to the frames
+    the rollout covers. lengths: (lx, ly, lz) of a 3D periodic box; box or
+    window: a 2D periodic cell or field of view (as `analysis.structure.rdf`).
+    None where a statistic cannot be formed (a diverged, too short rollout).
+    """
+    where = {"lengths": lengths, "box": box, "window": window}
+    errors: dict[str, float | None] = {}
+    g_ref = rdf(truth, r_max, bins=bins, by_species=False, **where)
+    try:
+        g = rdf(rollout, r_max, bins=bins, by_species=False, **where)
+        errors["rdf"] = _finite(curve_error(g_ref["r"], g_ref["g"], g["r"], g["g"]))
+    except ValueError:
+        errors["rdf"] = None
+    n_lags = int(min(truth["frame"].nunique(), rollout["frame"].nunique())) - 1
+    if n_lags < 1:
+        return {**errors, "msd": None, "vacf": None}
+    m_ref, m = msd(truth, max_lag=n_lags), msd(rollout, max_lag=n_lags)
+    errors["msd"] = _finite(curve_error(m_ref["t"][1:], m_ref["msd"][1:], m["t"], m["msd"]))
+    c_ref, c = vacf(truth, max_lag=n_lags), vacf(rollout, max_lag=n_lags)
+    errors["vacf"] = _finite(curve_error(c_ref["t"], c_ref["vacf"], c["t"], c["vacf"]))
+    return errors
+
+
+def comparison_document(experiment: str, case: str | None, errors: Mapping[str, Mapping | None], *,
+                        statuses: Mapping[str, str] | None = None, settings: Mapping | None = None) -> dict:
+    """The content of ``results/{exp}/analysis/comparison.json``.
+
+    errors: model key (``MODELS``) -> `rollout_errors` (None: the model did not
+    run or its rollout is unusable). case: the paper's column (``SP11``, ``SP51``,
+    ``colloids``) for the published values, or None. Targets: the learned model at
+    or below the paper's errors; every baseline worse than the learned model on
+    every metric. A missing value is a miss, never a pass.
+    """
+    unknown = sorted(set(errors) - set(MODELS))
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; known: {sorted(MODELS)}")
+    paper = PAPER_TABLE1.get(case, {}) if case else {}
+    ours = {model: {metric: _finite((values or {}).get(metric)) for metric in METRICS}
+            for model, values in errors.items()}
+    checks = []
+    learned = ours.get("learned")
+    for metric in METRICS:
+        published = paper.get("learned", {}).get(metric)
+        if published is not None:
+            value = learned.get(metric) if learned else None
+            checks.append({"check": f"learned {metric} at or below the paper's", "metric": metric,
+                           "model": "learned", "value": value, "bound": published,
+                           "met": value is not None and value <= published})
+    for model, values in ours.items():
+        if model == "learned":
+            continue
+        for metric in METRICS:
+            value, bound = values[metric], (learned or {}).get(metric)
+            if bound is None:
+                continue
+            # a baseline whose rollout is unusable (None) is worse than a learned model that has a value
+            checks.append({"check": f"{MODELS[model]} {metric} worse than the learned model", "metric": metric,
+                           "model": model, "value": value, "bound": bound,
+                           "met": value is None or value > bound})
+    return {
+        "experiment": experiment,
+        "case": case,
+        "metric": "relative L2 error ||c - r|| / ||r|| of the rollout's curve against the held-back truth's",
+        "models": {model: {"name": MODELS[model], "errors": ours[model],
+                           "status": (statuses or {}).get(model, "completed" if errors[model] else "missing")}
+                   for model in errors},
+        "paper": {model: {metric: values.get(metric) for metric in METRICS} for model, values in paper.items()},
+        "targets": checks,
+        "met": [c["check"] for c in checks if c["met"]],
+        "missed": [c["check"] for c in checks if not c["met"]],
+        "settings": dict(settings or {}),
+    }
+
+
+def write_comparison(document: dict, path) -> Path:
+    """Write ``comparison.json`` atomically; returns its path."""
+    atomic_write_json(document, path)
+    return Path(path)
+
+
+def read_comparisons(paths: Iterable) -> list[dict]:
+    """The comparison documents at ``paths`` (errors name the file)."""
+    documents = []
+    for path in paths:
+        try:
+            document = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            raise ValueError(f"cannot read the comparison file {path}: {error}; rerun its analysis") from error
+        if not isinstance(document, dict) or "models" not in document:
+            raise ValueError(f"{path} is not a comparison file (no 'models'); rerun its analysis")
+        documents.append(document)
+    return documents
+
+
+def comparison_table(documents: Iterable[Mapping]) -> pd.DataFrame:
+    """One row per (experiment, metric); per model our error and, where published, the paper's."""
+    rows = []
+    for document in documents:
+        models = [m for m in MODELS if m in document["models"] or m in document.get("paper", {})]
+        for metric in METRICS:
+            row = {"experiment": document["experiment"], "case": document.get("case") or "", "metric": metric}
+            for model in models:
+                ours = document["models"].get(model, {}).get("errors", {}).get(metric)
+                row[f"{MODELS[model]}"] = ours
+                row[f"{MODELS[model]} (paper)"] = document.get("paper", {}).get(model, {}).get(metric)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _format(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    return f"{value:.3g}"
+
+
+def write_table(documents: list[Mapping], markdown_path, csv_path) -> pd.DataFrame:
+    """Write the table as CSV and markdown (with each experiment's missed targets listed); returns it."""
+    table = comparison_table(documents)
+    atomic_write_bytes(table.to_csv(index=False).encode(), csv_path)
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(_format(v) if not isinstance(v, str) else v for v in row.to_numpy()) + " |")
+    lines.append("")
+    for document in documents:
+        missed = document.get("missed", [])
+        verdict = "every target met" if not missed else "missed: " + "; ".join(missed)
+        lines.append(f"- {document['experiment']}: {verdict}")
+    atomic_write_bytes(("\n".join(lines) + "\n").encode(), markdown_path)
+    return table
+
