@@ -5,8 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.table1 import (PAPER_TABLE1, comparison_document, comparison_table, read_comparisons,
-                             rollout_errors, write_comparison, write_table)
+from analysis.table1 import (
+    PAPER_TABLE1,
+    comparison_document,
+    read_comparisons,
+    rollout_errors,
+    write_comparison,
+    write_table,
+)
 
 SIDE = 8.0
 
