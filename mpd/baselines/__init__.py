@@ -20,7 +20,12 @@ return ``positions (n_frames, N, D)`` unwrapped (continuing the given last posit
 
 Neighbours come from scipy's ``cKDTree(..., boxsize=box)`` with minimum-image separations
 (``mpd.baselines.periodic``); every cutoff must be below half the smallest box length.
+
+Importing this package imports torch (for GNS); ``mpd.baselines.dpd`` and ``mpd.baselines.periodic`` alone need
+only numpy and scipy.
 """
 from mpd.baselines.dpd import DPDParams, calibrate_dpd, dpd_forces, rollout_dpd
+from mpd.baselines.gns import GNS, GNSParams, load_gns, rollout_gns, save_gns, train_gns
 
-__all__ = ["DPDParams", "calibrate_dpd", "dpd_forces", "rollout_dpd"]
+__all__ = ["GNS", "DPDParams", "GNSParams", "calibrate_dpd", "dpd_forces", "load_gns", "rollout_dpd", "rollout_gns",
+           "save_gns", "train_gns"]
