@@ -197,3 +197,12 @@ def test_gns_is_deterministic_given_the_seed(block, models):
     one = rollout_gns(sde, xs[:6], box, dt, 5, seed=1)[0]
     np.testing.assert_array_equal(one, rollout_gns(sde, xs[:6], box, dt, 5, seed=1)[0])
     assert not np.array_equal(one, rollout_gns(sde, xs[:6], box, dt, 5, seed=2)[0])
+
+
+def test_gns_sde_in_3d():
+    xs, vs, box = dpd_block(3, 40, DPDParams(a=25.0, gamma=0.0, kT=1.0, rc=1.0, substeps=5), 0.05, 12, equilibrate=2)
+    params = GNSParams(stochastic=True, **{**TINY_GNS, "steps": 3})
+    model, log = train_gns(xs, vs, box, 0.05, params)
+    assert log["radius"] == pytest.approx(1.5 * (np.prod(box) / 40) ** (1 / 3))
+    pos, vel = rollout_gns(model, xs[-6:], box, 0.05, 4, seed=0)
+    assert pos.shape == vel.shape == (4, 40, 3) and np.all(np.isfinite(pos))
