@@ -52,7 +52,7 @@ def horizon(n_truth_frames: int, train_frames: int, rollout_factor: float, histo
     if not rollout_factor > 0:
         raise HorizonError(f"{where}.rollout_factor = {rollout_factor}: must be > 0")
     split = Horizon(int(train_frames), int(train_frames) + int(history),
-                    max(1, int(round(rollout_factor * int(train_frames)))))
+                    max(1, round(rollout_factor * int(train_frames))))
     if split.frames_needed > n_truth_frames:
         raise HorizonError(
             f"the truth has {n_truth_frames} frames but {where}.train_frames = {train_frames} and "
