@@ -14,7 +14,8 @@ from matplotlib.figure import Figure
 
 from analysis.measure import Measurements
 
-__all__ = ["FIGURES", "all_figures", "colours", "fidelity_figure", "figure_note", "training_figure"]
+__all__ = ["FIGURES", "all_figures", "colours", "fidelity_figure", "figure_note", "model_comparison_figure",
+           "training_figure"]
 
 FIGURES = ("rdf", "msd", "vacf", "d2min_distribution", "nn_distance", "d2min_map", "defect_map", "cycle")
 _PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
@@ -306,3 +307,32 @@ def all_figures(ms: dict[str, Measurements], folder: Path, *, reference: str, se
     defect_map_figure(ms, paths["defect_map"], map_frame, window)
     cycle_figure(ms, paths["cycle"], reference)
     return list(paths.values())
+
+
+def model_comparison_figure(curves: dict[str, dict], path: Path, reference: str = "truth",
+                            units: tuple[str, str] = ("σ", "τ")) -> None:
+    """RDF, MSD and VACF of every model's rollout beside the held-back truth (analysis.table1).
+
+    curves: name -> {"rdf": table (r, g), "msd": table (t, msd), "vacf": table (t, vacf)}, any of them
+    None where a model's rollout could not give it.
+    """
+    length, time = units
+    col = colours(curves, reference)
+    fig = Figure(figsize=(12, 3.6), layout="constrained")
+    ax_rdf, ax_msd, ax_vacf = fig.subplots(1, 3)
+    for name, c in curves.items():
+        width = 1.6 if name == reference else 1.0
+        if c.get("rdf") is not None:
+            ax_rdf.plot(c["rdf"]["r"], c["rdf"]["g"], color=col[name], lw=width, label=name)
+        if c.get("msd") is not None:
+            d = c["msd"][c["msd"]["t"] > 0]
+            ax_msd.loglog(d["t"], d["msd"], color=col[name], lw=width, label=name)
+        if c.get("vacf") is not None:
+            ax_vacf.plot(c["vacf"]["t"], c["vacf"]["vacf"], color=col[name], lw=width, label=name)
+    ax_rdf.axhline(1.0, color="grey", lw=0.6, ls=":")
+    ax_rdf.set(xlabel=f"r ({length})", ylabel="g(r)", title="radial distribution")
+    ax_msd.set(xlabel=f"lag ({time})", ylabel=f"MSD ({length}²)", title="mean squared displacement")
+    ax_vacf.axhline(0.0, color="grey", lw=0.6)
+    ax_vacf.set(xlabel=f"lag ({time})", ylabel=f"<v(t)·v(0)> ({length}²/{time}²)", title="velocity autocorrelation")
+    ax_rdf.legend(frameon=False, fontsize=8)
+    _save(fig, path)

@@ -31,8 +31,8 @@ from analysis.dynamics import msd, vacf
 from analysis.structure import rdf
 from mpd.atomic import atomic_write_bytes, atomic_write_json
 
-__all__ = ["METRICS", "MODELS", "PAPER_TABLE1", "comparison_document", "comparison_table", "read_comparisons",
-           "rollout_errors", "write_table"]
+__all__ = ["METRICS", "MODELS", "PAPER_TABLE1", "compare_rollouts", "comparison_document", "comparison_table",
+           "read_comparisons", "rollout_errors", "write_table"]
 
 METRICS = ("rdf", "msd", "vacf")
 #: model key -> name in the table (the learned model first, then the baselines)
@@ -51,6 +51,34 @@ def _finite(value) -> float | None:
     return float(value) if value is not None and math.isfinite(float(value)) else None
 
 
+def rollout_curves(traj: pd.DataFrame, *, r_max: float, bins: int = 60, n_lags: int, lengths=None, box=None,
+                   window=None) -> dict[str, pd.DataFrame | None]:
+    """The curves the errors compare: RDF (all pairs), MSD and VACF up to ``n_lags`` (None where not formed)."""
+    curves: dict[str, pd.DataFrame | None] = {"rdf": None, "msd": None, "vacf": None}
+    try:
+        curves["rdf"] = rdf(traj, r_max, bins=bins, by_species=False, lengths=lengths, box=box, window=window)
+    except ValueError:
+        pass
+    if traj["frame"].nunique() >= 2 and n_lags >= 1:
+        curves["msd"], curves["vacf"] = msd(traj, max_lag=n_lags), vacf(traj, max_lag=n_lags)
+    return curves
+
+
+def curve_errors(reference: Mapping, candidate: Mapping) -> dict[str, float | None]:
+    """Relative L2 errors of `rollout_curves` of a candidate against a reference's (None: no curve)."""
+    errors: dict[str, float | None] = {}
+    columns = {"rdf": ("r", "g"), "msd": ("t", "msd"), "vacf": ("t", "vacf")}
+    for metric, (x, y) in columns.items():
+        ref, cand = reference.get(metric), candidate.get(metric)
+        if ref is None or cand is None:
+            errors[metric] = None
+            continue
+        if metric == "msd":  # lag 0 is zero in both: no information, and it would only dilute the norm
+            ref, cand = ref[ref["t"] > 0], cand[cand["t"] > 0]
+        errors[metric] = _finite(curve_error(ref[x], ref[y], cand[x], cand[y]))
+    return errors
+
+
 def rollout_errors(truth: pd.DataFrame, rollout: pd.DataFrame, *, r_max: float, bins: int = 60,
                    lengths=None, box=None, window=None) -> dict[str, float | None]:
     """Relative L2 errors of one rollout's RDF, MSD and VACF against the truth over the same span.
@@ -62,21 +90,9 @@ def rollout_errors(truth: pd.DataFrame, rollout: pd.DataFrame, *, r_max: float, 
     None where a statistic cannot be formed (a diverged, too short rollout).
     """
     where = {"lengths": lengths, "box": box, "window": window}
-    errors: dict[str, float | None] = {}
-    g_ref = rdf(truth, r_max, bins=bins, by_species=False, **where)
-    try:
-        g = rdf(rollout, r_max, bins=bins, by_species=False, **where)
-        errors["rdf"] = _finite(curve_error(g_ref["r"], g_ref["g"], g["r"], g["g"]))
-    except ValueError:
-        errors["rdf"] = None
     n_lags = int(min(truth["frame"].nunique(), rollout["frame"].nunique())) - 1
-    if n_lags < 1:
-        return {**errors, "msd": None, "vacf": None}
-    m_ref, m = msd(truth, max_lag=n_lags), msd(rollout, max_lag=n_lags)
-    errors["msd"] = _finite(curve_error(m_ref["t"][1:], m_ref["msd"][1:], m["t"], m["msd"]))
-    c_ref, c = vacf(truth, max_lag=n_lags), vacf(rollout, max_lag=n_lags)
-    errors["vacf"] = _finite(curve_error(c_ref["t"], c_ref["vacf"], c["t"], c["vacf"]))
-    return errors
+    reference = rollout_curves(truth, r_max=r_max, bins=bins, n_lags=n_lags, **where)
+    return curve_errors(reference, rollout_curves(rollout, r_max=r_max, bins=bins, n_lags=n_lags, **where))
 
 
 def comparison_document(experiment: str, case: str | None, errors: Mapping[str, Mapping | None], *,
@@ -186,3 +202,69 @@ def write_table(documents: list[Mapping], markdown_path, csv_path) -> pd.DataFra
     atomic_write_bytes(("\n".join(lines) + "\n").encode(), markdown_path)
     return table
 
+
+
+def compare_rollouts(experiment: str, case: str | None, truth_path, metadata_path,
+                     rollouts: Mapping[str, tuple], out_dir, settings: Mapping | None = None) -> dict:
+    """Compare every model's rollout with the held-back truth and write ``out_dir`` atomically.
+
+    rollouts: model key -> (rollout.parquet, rollout_status.json) of a simulated
+    bulk sample (3D periodic box, lengths from the truth's metadata). The truth is
+    cut to the frames the `mpd.horizon` split rolls out (``settings``:
+    train_frames, rollout_factor; rdf_r_max (default 0.45 of the shortest box
+    side), rdf_bins (60)). Writes ``comparison.json``, ``figures/comparison.png``
+    (every model's curves beside the truth's, the missed targets under it) and
+    ``tables/{model}_{rdf,msd,vacf}.csv``; returns the comparison document.
+    """
+    from analysis.figures import figure_note, model_comparison_figure
+    from mpd.atomic import atomic_output_dir
+    from mpd.baselines.stage import box_lengths
+    from mpd.horizon import horizon
+
+    settings = dict(settings or {})
+    metadata = json.loads(Path(metadata_path).read_text())
+    lengths = box_lengths(metadata, metadata_path)
+    truth = pd.read_parquet(truth_path)
+    frames = sorted(truth["frame"].unique())
+    split = horizon(len(frames), settings.get("train_frames", 40), settings.get("rollout_factor", 25))
+    held = truth[(truth["frame"] >= frames[split.start]) & (truth["frame"] <= frames[split.end])]
+    r_max = float(settings.get("rdf_r_max") or 0.45 * float(lengths.min()))
+    bins = int(settings.get("rdf_bins", 60))
+    where = {"lengths": lengths} if len(lengths) == 3 else {"box": _box_2d(lengths)}
+    curves = {"truth": rollout_curves(held, r_max=r_max, bins=bins, n_lags=split.rollout_frames, **where)}
+    errors, statuses = {}, {}
+    for model, (rollout_path, status_path) in rollouts.items():
+        status = json.loads(Path(status_path).read_text())
+        statuses[model] = status.get("status", "unknown")
+        rollout = pd.read_parquet(rollout_path)
+        if rollout["frame"].nunique() < 2:
+            errors[model], curves[MODELS[model]] = None, {}
+            continue
+        curves[MODELS[model]] = rollout_curves(rollout, r_max=r_max, bins=bins, n_lags=split.rollout_frames,
+                                               **where)
+        errors[model] = curve_errors(curves["truth"], curves[MODELS[model]])
+    document = comparison_document(experiment, case, errors, statuses=statuses, settings={
+        **split.to_dict(), "rdf_r_max": r_max, "rdf_bins": bins,
+        "units": metadata.get("units", "µm, s")})
+    missed = document["missed"]
+    note = ("every target met" if not missed else "missed: " + "; ".join(missed)) + " | rollouts: " + ", ".join(
+        f"{MODELS[m]} {s}" for m, s in statuses.items())
+    with atomic_output_dir(out_dir) as tmp:
+        atomic_write_json(document, tmp / "comparison.json")
+        (tmp / "figures").mkdir()
+        (tmp / "tables").mkdir()
+        for name, model_curves in curves.items():
+            for metric, table in model_curves.items():
+                if table is not None:
+                    key = name if name == "truth" else next(k for k, v in MODELS.items() if v == name)
+                    table.to_csv(tmp / "tables" / f"{key}_{metric}.csv", index=False)
+        units = ("σ", "τ") if metadata.get("units") == "lj" else ("µm", "s")
+        with figure_note(note):
+            model_comparison_figure(curves, tmp / "figures" / "comparison.png", units=units)
+    return document
+
+
+def _box_2d(lengths):
+    from mpd.geometry.domain import Box
+
+    return Box(float(lengths[0]), float(lengths[1]))

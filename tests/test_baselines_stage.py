@@ -68,3 +68,28 @@ def test_too_short_a_truth_names_the_keys(truth, tmp_path):
     assert not (tmp_path / "x").exists()
     with pytest.raises(BaselineInputError, match="unknown baseline"):
         run_baseline("lstm", truth / "trajectories.parquet", truth / "metadata.json", tmp_path / "x", {})
+
+
+def test_comparison_of_rollouts_with_the_held_back_truth(truth, tmp_path):
+    from analysis.table1 import compare_rollouts
+
+    settings = {"train_frames": 8, "rollout_factor": 5, "dpd": {"budget": 4, "starts": 4}, "rdf_bins": 20}
+    run_baseline("dpd", truth / "trajectories.parquet", truth / "metadata.json", tmp_path / "dpd", settings)
+    # a "model" that reproduces the held-back truth exactly has zero error on every metric
+    split = horizon(60, 8, 5)
+    source = pd.read_parquet(truth / "trajectories.parquet")
+    exact = source[(source["frame"] >= split.start) & (source["frame"] <= split.end)]
+    exact.to_parquet(tmp_path / "exact.parquet")
+    (tmp_path / "exact.json").write_text(json.dumps({"status": "completed"}))
+    rollouts = {"dpd": (tmp_path / "dpd" / "rollout.parquet", tmp_path / "dpd" / "rollout_status.json"),
+                "gns": (tmp_path / "exact.parquet", tmp_path / "exact.json")}
+    doc = compare_rollouts("tiny", "SP11", truth / "trajectories.parquet", truth / "metadata.json", rollouts,
+                           tmp_path / "analysis", settings)
+    assert doc["models"]["gns"]["errors"] == {"rdf": 0.0, "msd": 0.0, "vacf": 0.0}
+    dpd = doc["models"]["dpd"]["errors"]
+    assert all(value is not None and 0 < value < 5 for value in dpd.values()), dpd
+    assert doc["settings"]["start_frame"] == split.start and doc["paper"]["dpd"]["rdf"] == 0.23
+    on_disk = json.loads((tmp_path / "analysis" / "comparison.json").read_text())
+    assert on_disk["models"]["dpd"]["errors"] == pytest.approx(dpd)
+    assert (tmp_path / "analysis" / "figures" / "comparison.png").stat().st_size > 0
+    assert {p.name for p in (tmp_path / "analysis" / "tables").iterdir()} >= {"truth_rdf.csv", "dpd_msd.csv"}
