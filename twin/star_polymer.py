@@ -55,9 +55,10 @@ seed                 -         seeds the initial structure and every LAMMPS gene
 
 Initial structure and equilibration
 -----------------------------------
-Cores sit on the sites of a simple cubic lattice (``ceil(n^(1/3))`` sites a
-side, sites drawn at random when n is not a cube) of the final box, with a
-small random shift; each arm starts along one of ``arms`` directions spread
+Cores are placed uniformly at random in the final box (a lattice start left
+measurable lattice order, S(q) ~ 10 at the lattice's wave vectors, after
+200 tau of SP11 dynamics, because the stars move less than their own size in
+that time); each arm starts along one of ``arms`` directions spread
 evenly over the sphere (Fibonacci points, randomly rotated per polymer) and
 continues as a persistent random walk of bond length 0.97 sigma (each step
 the previous direction plus Gaussian noise of 0.6 per component,
@@ -109,7 +110,7 @@ seed, diagnostics and software versions.
 
 Public API: :class:`StarPolymerParams`, :func:`preset` (``"SP11"``,
 ``"SP51"``), :func:`check_params`, :func:`simulate_star_polymers`,
-:class:`StarPolymerResult`, :data:`TRAJECTORY_DTYPES` and the errors
+:class:`StarPolymerResult`, :func:`com_structure_factor`, :data:`TRAJECTORY_DTYPES` and the errors
 :class:`StarPolymerParameterError` and :class:`StarPolymerError`.
 """
 from __future__ import annotations
@@ -291,6 +292,8 @@ class StarPolymerResult:
     max_relative_momentum: float      # max over frames of |sum M v_com| / sum |M v_com|
     max_com_chunk_deviation: float    # max |COM (numpy) - COM (LAMMPS compute com/chunk)|, sigma
     mean_temperature: float           # bead kinetic temperature averaged over the frames, epsilon
+    max_structure_factor: float       # largest single-q COM S(q) in the last frame (tens: ordered COMs)
+    peak_structure_factor: float      # peak of the shell-averaged COM S(q) in the last frame (liquid: < ~2.85)
     equilibration_steps: int
     steps_per_frame: int
     lammps_wall_s: float
@@ -322,11 +325,8 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 def _initial_structure(p: StarPolymerParams, rng: np.random.Generator) -> np.ndarray:
     """Unwrapped bead positions (n_beads, 3), polymer-major: core, then arm 0 beads 0.., arm 1, ..."""
     box = p.box_length
-    side = math.ceil(p.n_polymers ** (1.0 / 3.0) - 1e-9)
-    sites = np.stack(np.meshgrid(*[np.arange(side)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
-    sites = sites[rng.choice(len(sites), size=p.n_polymers, replace=False)]
-    spacing = box / side
-    cores = (sites + 0.5) * spacing + rng.uniform(-0.1, 0.1, size=(p.n_polymers, 3)) * spacing
+    # uniformly random cores: a lattice start leaves long-lived order in these slow, dense melts
+    cores = rng.uniform(0.0, box, size=(p.n_polymers, 3))
     dirs0 = _sphere_directions(p.arms)
     pos = np.empty((p.n_polymers, p.beads_per_polymer, 3))
     for i in range(p.n_polymers):
@@ -385,6 +385,28 @@ def _write_data_file(path: Path, p: StarPolymerParams, pos: np.ndarray) -> None:
     lines += ["", "Bonds", ""]
     lines += [f"{k + 1} 1 {i} {j}" for k, (i, j) in enumerate(bonds)]
     path.write_text("\n".join(lines) + "\n")
+
+
+def com_structure_factor(x: np.ndarray, box: float, kmax: int = 12) -> tuple[float, float, float]:
+    """Order indicator of one frame of COM positions (n, 3) in a cubic box of side ``box``.
+
+    S(q) = |sum_j exp(i q.x_j)|^2 / n on the grid q = 2 pi k / box, 0 < max |k_i| <= kmax. Returns (largest S
+    at a single q, largest shell average of S over |q| bins of width 2 pi / box, the |q| of that shell). In a
+    liquid both are about 3 or less (the shell peak stays below ~2.85, Hansen-Verlet); a single-q value of
+    tens (a Bragg peak, of order n for a perfect crystal) means the COMs have ordered.
+    """
+    k = np.arange(-kmax, kmax + 1)
+    grid = np.stack(np.meshgrid(k, k, k, indexing="ij"), -1).reshape(-1, 3)
+    grid = grid[np.abs(grid).sum(axis=1) > 0]
+    q = 2.0 * np.pi / box * grid
+    s = np.empty(len(q))
+    for a in range(0, len(q), 4096):
+        s[a:a + 4096] = np.abs(np.exp(1j * (x @ q[a:a + 4096].T)).sum(axis=0)) ** 2 / len(x)
+    shell = np.rint(np.linalg.norm(grid, axis=1)).astype(int)
+    shell_mean = np.bincount(shell, weights=s) / np.maximum(np.bincount(shell), 1)
+    shell_mean[kmax + 1:] = 0.0  # shells beyond kmax are incomplete
+    best = int(np.argmax(shell_mean))
+    return float(s.max()), float(shell_mean[best]), 2.0 * np.pi * best / box
 
 
 # ---------------------------------------------------------------------------
@@ -513,6 +535,7 @@ def simulate_star_polymers(params: StarPolymerParams, out_dir: Path, workdir: Pa
     vcom = np.empty((nf, n, 3))
     temps = np.empty(nf)
     chunk_dev = 0.0
+    worst = None
     with ExitStack() as stack:
         if workdir is None:
             wd = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="star-lammps-")))
@@ -541,7 +564,7 @@ def simulate_star_polymers(params: StarPolymerParams, out_dir: Path, workdir: Pa
             raise StarPolymerError("molecule ids are not the polymer ids of the data file")
         for f in range(nf):
             if f > 0:
-                _command(lmp, f"run {spf} pre no post no")
+                _command(lmp, f"run {spf} post no")  # pre yes: with pre no, compute com/chunk went stale
             x = _gather(lmp, "x", 1, n_beads)
             img = _gather(lmp, "image", 0, n_beads)
             v = _gather(lmp, "v", 1, n_beads)
@@ -550,7 +573,10 @@ def simulate_star_polymers(params: StarPolymerParams, out_dir: Path, workdir: Pa
             vcom[f] = v.reshape(n, bpp, 3).mean(axis=1)
             temps[f] = float(np.sum(v * v)) / (3 * n_beads - 3)
             ref = np.array(lmp.numpy.extract_compute("com", LMP_STYLE_GLOBAL, LMP_TYPE_ARRAY), dtype=float)
-            chunk_dev = max(chunk_dev, float(np.max(np.abs(ref - lo - com_u[f]))))
+            dev = np.abs(ref - lo - com_u[f]).max(axis=1)
+            if dev.max() > chunk_dev:
+                chunk_dev = float(dev.max())
+                worst = (f, int(np.argmax(dev)), ref[np.argmax(dev)] - lo, com_u[f][np.argmax(dev)])
             if on_frame is not None:
                 on_frame(f, xu, v)
         lammps_wall = time.perf_counter() - t_lmp
@@ -561,7 +587,8 @@ def simulate_star_polymers(params: StarPolymerParams, out_dir: Path, workdir: Pa
         raise StarPolymerError(f"box lengths {lengths.tolist()} differ from the expected {p.box_length!r}")
     tol = 1e-9 * p.box_length
     if chunk_dev > tol:
-        raise StarPolymerError(f"COM differs from LAMMPS compute com/chunk by {chunk_dev:.3g} sigma")
+        raise StarPolymerError(f"COM differs from LAMMPS compute com/chunk by {chunk_dev:.3g} sigma "
+                               f"(frame, polymer, LAMMPS, numpy: {worst})")
     m_poly = float(bpp)
     mom = m_poly * vcom
     total = np.linalg.norm(mom.sum(axis=1), axis=1)
@@ -572,6 +599,8 @@ def simulate_star_polymers(params: StarPolymerParams, out_dir: Path, workdir: Pa
 
     com_w = np.mod(com_u, lengths)
     com_w[com_w >= lengths] = 0.0
+    s_first = com_structure_factor(com_w[0], float(lengths[0]))
+    s_last = com_structure_factor(com_w[-1], float(lengths[0]))
     frame_col = np.repeat(np.arange(nf, dtype=np.int64), n)
     traj = pd.DataFrame({
         "frame": frame_col,
@@ -606,7 +635,11 @@ def simulate_star_polymers(params: StarPolymerParams, out_dir: Path, workdir: Pa
         "coarse_graining": "xu = mean unwrapped bead position, v = mean bead velocity (equal masses)",
         "star_polymer_params": dataclasses.asdict(p),
         "diagnostics": {"max_relative_momentum": float(rel.max()), "max_total_momentum": float(total.max()),
-                        "max_com_chunk_deviation": chunk_dev, "mean_temperature": float(temps.mean())},
+                        "max_com_chunk_deviation": chunk_dev, "mean_temperature": float(temps.mean()),
+                        "com_structure_factor": {
+                            "definition": "twin.star_polymer.com_structure_factor: max single-q S, "
+                                          "peak shell-averaged S and its |q|, of the wrapped COMs",
+                            "first_frame": list(s_first), "last_frame": list(s_last)}},
         "lammps_version": version,
         "software": {**software_versions("lammps", "mpich", "numpy", "pandas", "pyarrow"),
                      "lammps_library": version},
@@ -621,6 +654,7 @@ def simulate_star_polymers(params: StarPolymerParams, out_dir: Path, workdir: Pa
         polymer_number_density=n / volume, bead_density=n_beads / volume,
         max_total_momentum=float(total.max()), max_relative_momentum=float(rel.max()),
         max_com_chunk_deviation=chunk_dev, mean_temperature=float(temps.mean()),
+        max_structure_factor=s_last[0], peak_structure_factor=s_last[1],
         equilibration_steps=eq_steps, steps_per_frame=spf, lammps_wall_s=lammps_wall,
         wall_s=time.perf_counter() - t_start, lammps_version=version,
     )
