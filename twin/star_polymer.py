@@ -39,7 +39,7 @@ Parameters (:class:`StarPolymerParams`)
 ==================== ========= ==================================================================
 key                  unit      meaning (SP11 / SP51 preset values)
 ==================== ========= ==================================================================
-n_polymers           -         number of stars (256 / 64)
+n_polymers           -         number of stars (256 / 128)
 arms                 -         arms per star, f (10)
 beads_per_arm        -         beads per arm (1 / 5)
 bead_density         sigma^-3  bead number density (0.85)
@@ -80,7 +80,18 @@ pushed off in three stages, all at the final box size and density:
 
 Frames are recorded every ``sample_interval_tau`` (an integer number of steps)
 for ``n_frames`` frames, through the LAMMPS Python interface after each
-``run`` chunk.
+``run`` chunk. Each chunk is a full ``run`` (with set-up, i.e. re-neighbouring):
+with ``run ... pre no`` LAMMPS's ``compute com/chunk`` occasionally returned a
+stale COM (off by a box length), so the cheaper form is not used; the cost is
+about 10 %.
+
+State of the default presets (measured, seed 1): SP51 is a liquid (COM
+structure factor: shell-averaged peak 1.4, no Bragg peak). SP11 at bead
+density 0.85 orders: the shell-averaged S(q) peak is 3.4 (above the
+Hansen-Verlet freezing value 2.85) and a single-q peak grows from 27 to 46
+over the 100 tau recorded, i.e. the 11-bead stars (compact soft spheres)
+crystallise slowly; the COM MSD is only 0.6 sigma^2 in 100 tau. Each run
+reports this in ``metadata.json`` (``diagnostics.com_structure_factor``).
 
 Coarse-graining
 ---------------
@@ -219,7 +230,7 @@ class StarPolymerParams:
 
 PRESETS: dict[str, StarPolymerParams] = {
     "SP11": StarPolymerParams(n_polymers=256, beads_per_arm=1, equilibration_tau=100.0),
-    "SP51": StarPolymerParams(n_polymers=64, beads_per_arm=5, equilibration_tau=200.0),
+    "SP51": StarPolymerParams(n_polymers=128, beads_per_arm=5, equilibration_tau=200.0),
 }
 
 
