@@ -16,6 +16,7 @@ include: "workflow/rules/tracking.smk"
 include: "workflow/rules/geometry.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/analysis.smk"
+include: "workflow/rules/comparison.smk"
 
 
 rule all:

@@ -205,16 +205,19 @@ def write_table(documents: list[Mapping], markdown_path, csv_path) -> pd.DataFra
 
 
 def compare_rollouts(experiment: str, case: str | None, truth_path, metadata_path,
-                     rollouts: Mapping[str, tuple], out_dir, settings: Mapping | None = None) -> dict:
-    """Compare every model's rollout with the held-back truth and write ``out_dir`` atomically.
+                     rollouts: Mapping[str, tuple], out_dir, settings: Mapping | None = None, *,
+                     comparison_path=None) -> dict:
+    """Compare every model's rollout with the held-back truth; returns the comparison document.
 
     rollouts: model key -> (rollout.parquet, rollout_status.json) of a simulated
     bulk sample (3D periodic box, lengths from the truth's metadata). The truth is
     cut to the frames the `mpd.horizon` split rolls out (``settings``:
     train_frames, rollout_factor; rdf_r_max (default 0.45 of the shortest box
-    side), rdf_bins (60)). Writes ``comparison.json``, ``figures/comparison.png``
-    (every model's curves beside the truth's, the missed targets under it) and
-    ``tables/{model}_{rdf,msd,vacf}.csv``; returns the comparison document.
+    side), rdf_bins (60)). Writes the folder ``out_dir`` atomically
+    (``results/{exp}/analysis/comparison/``: ``comparison.png``, every model's
+    curves beside the truth's with the missed targets under it, and
+    ``tables/{model}_{rdf,msd,vacf}.csv``), then the document to
+    ``comparison_path`` (default ``comparison.json`` beside ``out_dir``).
     """
     from analysis.figures import figure_note, model_comparison_figure
     from mpd.atomic import atomic_output_dir
@@ -250,8 +253,6 @@ def compare_rollouts(experiment: str, case: str | None, truth_path, metadata_pat
     note = ("every target met" if not missed else "missed: " + "; ".join(missed)) + " | rollouts: " + ", ".join(
         f"{MODELS[m]} {s}" for m, s in statuses.items())
     with atomic_output_dir(out_dir) as tmp:
-        atomic_write_json(document, tmp / "comparison.json")
-        (tmp / "figures").mkdir()
         (tmp / "tables").mkdir()
         for name, model_curves in curves.items():
             for metric, table in model_curves.items():
@@ -260,7 +261,8 @@ def compare_rollouts(experiment: str, case: str | None, truth_path, metadata_pat
                     table.to_csv(tmp / "tables" / f"{key}_{metric}.csv", index=False)
         units = ("σ", "τ") if metadata.get("units") == "lj" else ("µm", "s")
         with figure_note(note):
-            model_comparison_figure(curves, tmp / "figures" / "comparison.png", units=units)
+            model_comparison_figure(curves, tmp / "comparison.png", units=units)
+    atomic_write_json(document, comparison_path or Path(out_dir).parent / "comparison.json")
     return document
 
 

@@ -71,6 +71,9 @@ def _describe(error) -> str:
             f"experiment '{where.split('.')[-1]}' must have exactly one of "
             f"'video' (a real recording) or 'synthetic' (a digital twin)"
         )
+    if error.validator == "not" and isinstance(error.instance, Mapping) and "star_polymer" in error.instance:
+        return (f"'{where}' has both 'star_polymer' (a simulated bulk sample) and "
+                f"'simulation'/'microscope' (a filmed colloid twin); keep one kind per experiment")
     return f"'{where}': {error.message}"
 
 
@@ -122,6 +125,14 @@ def _check_nested_params(config: Mapping[str, Any]) -> None:
     for name, experiment in config["experiments"].items():
         synthetic = experiment.get("synthetic")
         if synthetic is None:
+            continue
+        if "star_polymer" in synthetic:
+            from twin.star_polymer import params_from_config
+
+            try:
+                params_from_config(synthetic["star_polymer"], f"experiments.{name}.synthetic.star_polymer")
+            except ParameterError as exc:
+                raise ConfigError(f"invalid configuration: {exc}. Fix it in config.yaml.") from exc
             continue
         for key, cls in (("simulation", SimulationParams), ("microscope", MicroscopeParams)):
             where = f"experiments.{name}.synthetic.{key}"

@@ -60,3 +60,26 @@ def horizon(n_truth_frames: int, train_frames: int, rollout_factor: float, histo
             f"({train_frames} to train on, {history} held back as history, {split.rollout_frames} to roll out "
             f"and the start frame); simulate more frames or lower one of them")
     return split
+
+
+#: Defaults of an experiment's `comparison:` section (workflow/schemas/config.schema.yaml documents each key).
+COMPARISON_DEFAULTS = {
+    "models": ["learned", "dpd"],
+    "case": None,            # the paper's column; default: the star-polymer preset's name
+    "train_frames": 40,
+    "rollout_factor": 25,
+    "rdf_r_max": None,       # default 0.45 of the shortest box side
+    "rdf_bins": 60,
+    "seed": 0,
+    "dpd": {},
+    "gns": {},
+    "gns_sde": {},
+}
+
+
+def comparison_settings(section, preset: str | None = None) -> dict:
+    """An experiment's `comparison:` section over ``COMPARISON_DEFAULTS`` (``case`` defaults to ``preset``)."""
+    settings = {**COMPARISON_DEFAULTS, **dict(section or {})}
+    if settings["case"] is None:
+        settings["case"] = preset
+    return settings

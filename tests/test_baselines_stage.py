@@ -84,12 +84,13 @@ def test_comparison_of_rollouts_with_the_held_back_truth(truth, tmp_path):
     rollouts = {"dpd": (tmp_path / "dpd" / "rollout.parquet", tmp_path / "dpd" / "rollout_status.json"),
                 "gns": (tmp_path / "exact.parquet", tmp_path / "exact.json")}
     doc = compare_rollouts("tiny", "SP11", truth / "trajectories.parquet", truth / "metadata.json", rollouts,
-                           tmp_path / "analysis", settings)
+                           tmp_path / "analysis" / "comparison", settings)
     assert doc["models"]["gns"]["errors"] == {"rdf": 0.0, "msd": 0.0, "vacf": 0.0}
     dpd = doc["models"]["dpd"]["errors"]
     assert all(value is not None and 0 < value < 5 for value in dpd.values()), dpd
     assert doc["settings"]["start_frame"] == split.start and doc["paper"]["dpd"]["rdf"] == 0.23
     on_disk = json.loads((tmp_path / "analysis" / "comparison.json").read_text())
     assert on_disk["models"]["dpd"]["errors"] == pytest.approx(dpd)
-    assert (tmp_path / "analysis" / "figures" / "comparison.png").stat().st_size > 0
-    assert {p.name for p in (tmp_path / "analysis" / "tables").iterdir()} >= {"truth_rdf.csv", "dpd_msd.csv"}
+    assert (tmp_path / "analysis" / "comparison" / "comparison.png").stat().st_size > 0
+    tables = tmp_path / "analysis" / "comparison" / "tables"
+    assert {p.name for p in tables.iterdir()} >= {"truth_rdf.csv", "dpd_msd.csv"}

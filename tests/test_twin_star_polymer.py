@@ -76,9 +76,13 @@ def test_presets_have_the_documented_architecture():
     sp11, sp51 = preset("SP11"), preset("SP51")
     assert (sp11.arms, sp11.beads_per_arm, sp11.beads_per_polymer) == (10, 1, 11)
     assert (sp51.arms, sp51.beads_per_arm, sp51.beads_per_polymer) == (10, 5, 51)
+    # SP11 at the Kremer-Grest melt density 0.85 freezes; its preset is the liquid at 0.6 (docs/twin.md)
+    assert (sp11.bead_density, sp51.bead_density) == (0.6, 0.85)
     for p in (sp11, sp51):
-        assert p.bead_density == 0.85 and p.kT == 1.0 and p.dt == 0.005
-        assert p.polymer_number_density == pytest.approx(0.85 / p.beads_per_polymer, rel=1e-15)
+        assert p.kT == 1.0 and p.dt == 0.005
+        # the Table 1 protocol's frames: 40 to train on, 5 held back, 25 x 40 rolled out and the start frame
+        assert p.n_frames == 40 + 5 + 25 * 40 + 1
+        assert p.polymer_number_density == pytest.approx(p.bead_density / p.beads_per_polymer, rel=1e-15)
         assert p.n_polymers / p.box_length ** 3 == pytest.approx(p.polymer_number_density, rel=1e-12)
         check_params(p)
     with pytest.raises(StarPolymerParameterError, match="SP99"):
@@ -105,7 +109,7 @@ def test_sample_interval_must_be_a_multiple_of_dt():
 
 def test_a_box_too_small_for_the_cutoffs_is_refused():
     with pytest.raises(StarPolymerParameterError, match="n_polymers"):
-        check_params(dataclasses.replace(preset("SP11"), n_polymers=2))
+        check_params(dataclasses.replace(preset("SP11"), n_polymers=2, bead_density=0.85))
 
 
 def test_invalid_parameters_fail_before_lammps_starts(tmp_path):

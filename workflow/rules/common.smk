@@ -29,8 +29,12 @@ onerror:
     errors.finish_with_clear_errors(snakemake_log=log)
 
 EXPERIMENTS = list(config["experiments"])
-SYNTHETIC = [name for name in EXPERIMENTS if "synthetic" in config["experiments"][name]]
+# Filmed experiments: digital twins of a colloid monolayer (SYNTHETIC) and real recordings (VIDEOS);
+# simulated bulk samples without a camera (BULK: star-polymer melts), compared model by model (comparison.smk).
+BULK = [name for name in EXPERIMENTS if "star_polymer" in (config["experiments"][name].get("synthetic") or {})]
+SYNTHETIC = [name for name in EXPERIMENTS if "synthetic" in config["experiments"][name] and name not in BULK]
 VIDEOS = [name for name in EXPERIMENTS if "video" in config["experiments"][name]]
+FILMED = SYNTHETIC + VIDEOS
 
 
 def experiment_pattern(names):
@@ -52,12 +56,33 @@ def experiment_section(experiment, *keys):
 
 def all_outputs():
     outputs = []
-    for name in EXPERIMENTS:
+    for name in FILMED:
         outputs.append(f"results/{name}/tracking/trajectories.parquet")
         outputs.append(f"results/{name}/analysis/metrics.json")
         if name in SYNTHETIC:
             outputs.append(f"results/{name}/tracking/accuracy.json")
+    if BULK:
+        outputs += ["results/table1.md", "results/table1.csv"]
     return outputs
+
+
+def comparison_section(experiment):
+    """The experiment's `comparison:` settings over their defaults (mpd.horizon.comparison_settings)."""
+    from mpd.horizon import comparison_settings
+
+    star = (config["experiments"][experiment].get("synthetic") or {}).get("star_polymer") or {}
+    return comparison_settings(config["experiments"][experiment].get("comparison"), star.get("preset", "SP11"))
+
+
+def comparison_inputs(wildcards):
+    """The truth and each compared model's rollout and status (compare_models)."""
+    inputs = {"trajectories": f"results/{wildcards.experiment}/truth/trajectories.parquet",
+              "metadata": f"results/{wildcards.experiment}/truth/metadata.json"}
+    for model in comparison_section(wildcards.experiment)["models"]:
+        folder = f"results/{wildcards.experiment}/" + ("model" if model == "learned" else f"baselines/{model}")
+        inputs[f"{model}_rollout"] = f"{folder}/rollout.parquet"
+        inputs[f"{model}_status"] = f"{folder}/rollout_status.json"
+    return inputs
 
 
 def video_files(experiment):

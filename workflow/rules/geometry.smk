@@ -12,6 +12,8 @@ rule geometry:
     params:
         geometry=lambda wildcards: experiment_section(wildcards.experiment, "geometry"),
         shear_period_s=lambda wildcards: shear_period_s(wildcards.experiment),
+    wildcard_constraints:
+        experiment=experiment_pattern(FILMED),
     log:
         "logs/{experiment}/geometry.log",
     benchmark:

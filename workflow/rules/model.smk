@@ -36,6 +36,8 @@ rule rollout_model:
         status="results/{experiment}/model/rollout_status.json",
     params:
         model=lambda wildcards: experiment_section(wildcards.experiment, "model"),
+    wildcard_constraints:
+        experiment=experiment_pattern(FILMED),
     log:
         "logs/{experiment}/rollout_model.log",
     benchmark:
