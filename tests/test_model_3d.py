@@ -7,6 +7,7 @@ LAMMPS writes them.
 """
 import itertools
 import json
+import logging
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,9 @@ from mpd.geometry.loader import SnapshotPairDataset, collate_snapshots
 from mpd.geometry.neighbours import radius_pairs
 from mpd.geometry.particles import ParticleDataError, particle_dataset
 from mpd.pairs import VerletList, snapshot_pairs
+from mpd.rollout import periodic_fluid_rollout, rollout_fluid
+from mpd.stage import train_model
+from mpd.training import load_model
 
 L = 4.0        # box edge (simulation length unit)
 H = 1.5        # the model's cut-off, < L / 2
@@ -188,3 +192,101 @@ def test_particle_dataset_rejects_inconsistent_tables(fluid, tmp_path):
         particle_dataset(fluid, (L, L, L), tmp_path / "c", length_scale=H, time_scale=0.01)
     with pytest.raises(ParticleDataError, match="lacks"):
         particle_dataset(fluid.drop(columns="zu"), (L, L, L), tmp_path / "d", length_scale=H)
+
+
+# ---------------------------------------------------------------------------
+# Training and rollout
+# ---------------------------------------------------------------------------
+
+
+def small_config(epochs=2, dtype="float64", **training):
+    return {
+        "network": SMALL_NETWORK,
+        "training": {"epochs": epochs, "batch_size": 2, "dtype": dtype, "device": "cpu", "progress": False,
+                     "num_threads": 1, "max_val_pairs": 2, "selection_metric": "rollout", **training},
+        "rollout": {"progress": False, "device": "cpu"},
+    }
+
+
+@pytest.fixture(scope="module")
+def trained(fluid_dataset, tmp_path_factory):
+    out, _ = fluid_dataset
+    model_dir = tmp_path_factory.mktemp("model")
+    with _capture_logs() as messages:
+        train_model(out, model_dir, small_config())
+    return model_dir, messages
+
+
+class _capture_logs:
+    """Log records of mpd.training at INFO, without pytest's caplog (module-scoped fixture)."""
+
+    def __enter__(self):
+        self.messages = []
+        self.handler = logging.Handler(logging.INFO)
+        self.handler.emit = lambda record: self.messages.append(record.getMessage())
+        self.logger = logging.getLogger("mpd.training")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.INFO)
+        self.logger.addHandler(self.handler)
+        return self.messages
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self.handler)
+        self.logger.setLevel(self.level)
+
+
+def test_training_on_the_3d_fluid_builds_a_3d_fluid_model_with_finite_losses(trained):
+    model_dir, messages = trained
+    model, meta = load_model(model_dir / "model.pt", dtype="float64")
+    assert model.dim == 3 and model.solid is False and model.has_bath is False
+    log_table = pd.read_csv(model_dir / "training_log.csv")
+    assert len(log_table) == 3
+    assert np.isfinite(log_table["train_loss"].iloc[1:]).all() and np.isfinite(log_table["val_loss"]).all()
+    assert log_table["val_rollout_metric"].isna().all() and log_table["val_cage"].isna().all()
+    assert meta["selection_basis"] == "val_loss"
+    assert meta["temperature_calibration"]["calibrated"] is False
+    text = " | ".join(messages)
+    assert "deviatoric (strain) energy off" in text and "cage objective off" in text
+    assert "selection by rollouts off" in text and "temperature not calibrated" in text
+    assert (model_dir / "rollout_step.pt").is_file()
+
+
+def test_rollout_in_the_3d_box_wraps_right_and_conserves_momentum_with_noise(fluid, trained, tmp_path):
+    model_dir, _ = trained
+    start = fluid[fluid["frame"] == 3].sort_values("particle")
+    x0 = start[["xu", "yu", "zu"]].to_numpy() + np.array([L, -2 * L, 0.0])  # unwrapped, anywhere
+    v0 = start[["vx", "vy", "vz"]].to_numpy()
+    result = rollout_fluid(model_dir / "model.pt", x0, v0, (L, L, L), 4, seed=3, noise=True, start_frame=3,
+                           t0=0.15, out=tmp_path)
+    table = result.frames
+    assert result.status["status"] == "completed"
+    assert list(table.columns) == [*fluid.columns[[list(fluid.columns).index(c) for c in (
+        "frame", "t", "particle", "species", "x", "y", "z", "xu", "yu", "zu", "vx", "vy", "vz")]], "S"]
+    assert len(table) == 5 * 64 and sorted(table["frame"].unique()) == [3, 4, 5, 6, 7]
+    assert np.allclose(table.groupby("frame")["t"].first().to_numpy(), 0.15 + 0.05 * np.arange(5))
+    values = table[["x", "y", "z", "xu", "yu", "zu", "vx", "vy", "vz", "S"]].to_numpy()
+    assert np.isfinite(values).all()
+    wrapped, unwrapped = values[:, :3], values[:, 3:6]
+    assert ((wrapped >= 0) & (wrapped < L)).all()
+    assert np.allclose(wrapped, np.mod(unwrapped, L), atol=1e-9)  # x == xu mod L
+    first = table[table["frame"] == 3]
+    assert np.allclose(first[["xu", "yu", "zu"]].to_numpy(), x0) and np.allclose(first[["vx", "vy", "vz"]], v0)
+    momentum = result.conservation[["momentum_x", "momentum_y", "momentum_z"]].to_numpy()
+    kinetic = result.conservation["kinetic_energy"].to_numpy()
+    scale = np.sqrt(2 * kinetic.mean() * 64)  # |p| of one particle's worth of thermal motion x sqrt(N)
+    assert np.abs(momentum - momentum[0]).max() < 1e-10 * scale  # to round-off, with noise on
+    assert table.groupby("frame")[["vx"]].std().to_numpy().min() > 0  # the particles do move
+    for name in ("rollout.parquet", "conservation.csv", "rollout_status.json"):
+        assert (tmp_path / name).is_file()
+    again = rollout_fluid(model_dir / "model.pt", x0, v0, (L, L, L), 4, seed=3, noise=True, start_frame=3, t0=0.15)
+    pd.testing.assert_frame_equal(again.frames, table)  # seeded
+
+
+def test_fluid_rollout_rejects_a_2d_state_and_a_box_below_the_cutoff(trained):
+    model_dir, _ = trained
+    model, _ = load_model(model_dir / "model.pt", dtype="float64")
+    x = np.random.default_rng(0).uniform(0, 2, size=(10, 3))
+    with pytest.raises(ValueError, match="shape"):
+        periodic_fluid_rollout(model, x[:, :2], x[:, :2], (2.0, 2.0), 1)
+    with pytest.raises(ValueError, match="half the shortest"):
+        periodic_fluid_rollout(model, x, x, (2.0, 2.0, 2.0), 1)
