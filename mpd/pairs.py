@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mpd.geometry.domain import Box
+from mpd.geometry.domain import Box, OrthoBox
 from mpd.geometry.neighbours import radius_pairs
 from mpd.model import PairTensors, make_pairs
 
@@ -76,7 +76,7 @@ def snapshot_pairs(
         bonds = (bi, bj, r_ref)
         bond_shift = minimum_image_shift(x_np[bi] - x_np[bj], box)
     return make_pairs(now.i, now.j, now.shift, bonds=bonds, bond_shift=bond_shift, species=species,
-                      n_species=n_species, dtype=dtype, device=device)
+                      n_species=n_species, dim=x_np.shape[1], dtype=dtype, device=device)
 
 
 def _as_bool(a) -> np.ndarray:
@@ -118,6 +118,9 @@ class VerletList:
     exactly. `present` masks particles that do not exist at this step (their
     positions still serve as placeholders for the build; a particle that
     appears elsewhere counts as displaced from its placeholder).
+
+    An `OrthoBox` (D dimensions, no tilt) keeps the shifts as integer
+    coefficients of its D edges; its pairs have no image across a tilted edge (m = 0).
     """
 
     def __init__(self, cutoff: float, skin: float):
@@ -132,10 +135,13 @@ class VerletList:
     def needs_rebuild(self, x: torch.Tensor, box: Box | None) -> bool:
         if self._x_build is None or self._x_build.shape != x.shape:
             return True
-        if (box is None) != (self._box_build is None):
+        if (box is None) != (self._box_build is None) or type(box) is not type(self._box_build):
             return True
         tilt_change = 0.0
-        if box is not None:
+        if isinstance(box, OrthoBox):
+            if box.lengths != self._box_build.lengths:
+                return True
+        elif box is not None:
             if box.lx != self._box_build.lx or box.ly != self._box_build.ly:
                 return True
             tilt_change = abs(box.xy - self._box_build.xy)
@@ -152,7 +158,10 @@ class VerletList:
         device = x.device
         self._i = torch.as_tensor(found.i, device=device)
         self._j = torch.as_tensor(found.j, device=device)
-        if box is not None:
+        if isinstance(box, OrthoBox):
+            n = np.round(found.shift / box.length_array)
+            self._nm = torch.as_tensor(n, dtype=x.dtype, device=device)
+        elif box is not None:
             m = np.round(found.shift[:, 1] / box.ly)
             n = np.round((found.shift[:, 0] - m * box.xy) / box.lx)
             self._nm = torch.as_tensor(np.stack([n, m], 1), dtype=x.dtype, device=device)
@@ -164,7 +173,9 @@ class VerletList:
 
     def shifts(self, box: Box | None, dtype: torch.dtype, device) -> torch.Tensor:
         if self._nm is None:
-            return torch.zeros((len(self._i), 2), dtype=dtype, device=device)
+            return torch.zeros((len(self._i), self._x_build.shape[-1]), dtype=dtype, device=device)
+        if isinstance(box, OrthoBox):
+            return self._nm.to(dtype) * torch.tensor(box.lengths, dtype=dtype, device=device)
         basis = torch.tensor([[box.lx, 0.0], [box.xy, box.ly]], dtype=dtype, device=device)
         return self._nm.to(dtype) @ basis
 
@@ -184,7 +195,10 @@ class VerletList:
         keep = torch.linalg.vector_norm(r, dim=-1) < self.cutoff
         if present is not None:
             keep = keep & present[self._i] & present[self._j]
-        image = self._nm[:, 1] if self._nm is not None else torch.zeros(len(self._i), dtype=x.dtype, device=x.device)
+        if self._nm is not None and not isinstance(box, OrthoBox):
+            image = self._nm[:, 1]
+        else:
+            image = torch.zeros(len(self._i), dtype=x.dtype, device=x.device)
         return self._i[keep], self._j[keep], shift[keep], image[keep].to(x.dtype)
 
 

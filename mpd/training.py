@@ -44,8 +44,9 @@ from torch.utils.data import DataLoader
 from mpd import distributed as ddp
 from mpd.atomic import atomic_file, atomic_write_bytes
 from mpd.cage import CageObjective
+from mpd.geometry.dataset import box_attributes
 from mpd.geometry.dataset import dataset_dir as find_dataset_dir
-from mpd.geometry.domain import Box
+from mpd.geometry.domain import Box, OrthoBox, periodic_box
 from mpd.geometry.loader import SnapshotPairDataset, collate_snapshots
 from mpd.model import EulerMaruyama, MetriplecticModel, PairTensors, State
 from mpd.pairs import concatenate_pairs, snapshot_pairs
@@ -100,20 +101,22 @@ class DatasetFrames:
     """
 
     reference_frame: dict[int, int]
-    boxes: dict[int, Box] | None
+    boxes: dict[int, Box | OrthoBox] | None
     geometry: dict
     length_um: float
     time_s: float
     n_species: int = 1
+    dim: int = 2              # 3: a 3D periodic fluid (mpd.geometry.particles), boxes are OrthoBoxes
+    has_reference: bool = True  # False: the dataset says it has no reference configuration (a fluid)
 
-    def box(self, frame: int) -> Box | None:
+    def box(self, frame: int) -> Box | OrthoBox | None:
         if self.boxes is None:
             return None
         if frame not in self.boxes:
             raise KeyError(f"the dataset records no box for frame {frame}")
         return self.boxes[frame]
 
-    def reference_box(self, frame: int) -> Box | None:
+    def reference_box(self, frame: int) -> Box | OrthoBox | None:
         """The box of frame's strain reference (that of the frame itself where it has none)."""
         ref = self.reference_frame.get(frame, -1)
         return self.box(ref if ref >= 0 else frame)
@@ -133,11 +136,17 @@ def dataset_frames(dataset: SnapshotPairDataset) -> DatasetFrames:
         h = dataset.scales.length_um
         boxes = {}
         for suffix, frame_col in (("", "frame"), ("1", "frame1")):
-            cols = index[[frame_col, "lx" + suffix, "ly" + suffix, "xy" + suffix]].to_numpy()
-            for f, lx, ly, xy in cols:
-                boxes[int(f)] = Box(lx / h, ly / h, xy / h)
+            if dataset.dim == 2:
+                cols = index[[frame_col, "lx" + suffix, "ly" + suffix, "xy" + suffix]].to_numpy()
+                for f, lx, ly, xy in cols:
+                    boxes[int(f)] = Box(lx / h, ly / h, xy / h)
+            else:
+                cols = index[[frame_col, *(a + suffix for a in box_attributes(dataset.dim))]].to_numpy()
+                for f, *lengths in cols:
+                    boxes[int(f)] = OrthoBox(tuple(v / h for v in lengths))
     return DatasetFrames(reference, boxes, dict(dataset.metadata.get("geometry") or {}),
-                         dataset.scales.length_um, dataset.scales.time_s, dataset.n_species)
+                         dataset.scales.length_um, dataset.scales.time_s, dataset.n_species, dataset.dim,
+                         dataset.metadata.get("has_reference", True) is not False)
 
 
 def dataset_fingerprint(path) -> str:
@@ -168,8 +177,8 @@ def batch_pairs(
         rows = slice(ptr[b], ptr[b + 1])
         frame = int(batch["frame"][b])
         periodic = "box" in batch
-        box = Box(*batch["box"][b].tolist()) if periodic else None
-        box1 = Box(*batch["box1"][b].tolist()) if periodic else None
+        box = periodic_box(batch["box"][b], frames.dim) if periodic else None
+        box1 = periodic_box(batch["box1"][b], frames.dim) if periodic else None
         ref = frames.reference_frame.get(frame, -1)
         box_ref = frames.box(ref) if periodic and ref >= 0 else box
         species = batch["species"][rows]
@@ -229,14 +238,18 @@ def snapshot_loss(
 # ---------------------------------------------------------------------------
 
 
-def model_kwargs(network: NetworkParams, velocity_scale: float, n_species: int = 1) -> dict:
-    """Constructor arguments of MetriplecticModel (stored with the weights to rebuild it)."""
+def model_kwargs(network: NetworkParams, velocity_scale: float, n_species: int = 1, dim: int = 2,
+                 solid: bool | None = None) -> dict:
+    """Constructor arguments of MetriplecticModel (stored with the weights to rebuild it).
+
+    solid: overrides network.solid (False for a dataset without a reference configuration: a fluid).
+    """
     return {
-        "h": 1.0, "dim": 2,
+        "h": 1.0, "dim": int(dim),
         "kernel_hidden": list(network.kernel_hidden), "energy_hidden": list(network.energy_hidden),
         "amplitude_hidden": list(network.amplitude_hidden), "teacher_hidden": list(network.teacher_hidden),
         "velocity_scale": float(velocity_scale), "k_B": 1.0, "mass": 1.0,  # both set after construction
-        "solid": bool(network.solid), "strict_convexity": float(network.strict_convexity),
+        "solid": bool(network.solid if solid is None else solid), "strict_convexity": float(network.strict_convexity),
         "bath": bool(network.bath), "bath_hidden": list(network.bath_hidden), "n_species": int(n_species),
         "teacher_velocities": bool(network.teacher_velocities),
     }
@@ -251,7 +264,7 @@ def relative_velocity_scale(dataset: SnapshotPairDataset, n_items: int = 8) -> f
     total, count = 0.0, 0
     for k in range(min(n_items, len(dataset))):
         item = dataset[k]
-        pairs = snapshot_pairs(item["x0"], 1.0, Box(*item["box"].tolist()) if "box" in item else None)
+        pairs = snapshot_pairs(item["x0"], 1.0, periodic_box(item["box"], dataset.dim) if "box" in item else None)
         dv = item["v0"][pairs.i] - item["v0"][pairs.j]
         total += float((dv.double() ** 2).sum())
         count += len(pairs.i)
@@ -289,7 +302,8 @@ def calibrate_k_B(model: MetriplecticModel, batch: Mapping, pairs_t: PairTensors
     with torch.enable_grad():
         S0 = model.teacher_entropy(batch["x0"], batch["v0"], pairs_t).detach()
         sigma = model.marginal_covariance(State(batch["x0"], batch["v0"], S0), pairs_t, 1.0)
-    trace = torch.diagonal(sigma[interior][:, :2, :2], dim1=-2, dim2=-1).sum(-1).mean() / model.k_B.detach()
+    d = model.dim
+    trace = torch.diagonal(sigma[interior][:, :d, :d], dim1=-2, dim2=-1).sum(-1).mean() / model.k_B.detach()
     observed = ((batch["v1"] - batch["v0"])[interior] ** 2).sum(-1).mean()
     k_B = float(observed / trace)
     return k_B if math.isfinite(k_B) and k_B > 0 else 1.0
@@ -589,7 +603,10 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
     fingerprint = dataset_fingerprint(dataset_path)
     identity = checkpoint_identity(config, fingerprint)
     cage_train = cage_val = None
-    if params.cage_weight > 0:
+    if params.cage_weight > 0 and frames.dim != 2:
+        log.info("cage objective off: a %dD periodic fluid (mpd.cage follows 2D cages relative to their "
+                 "neighbours, with the background flow of a monolayer)", frames.dim)
+    elif params.cage_weight > 0:
         cage_train = CageObjective(train_set, frames.reference_box, params.cage_steps, dtype, device, params.seed)
         cage_val = CageObjective(val_set, frames.reference_box, params.cage_steps, dtype, device, params.seed)
         if not cage_train.available:
@@ -623,7 +640,12 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
         network = config.network
         velocity_scale = (relative_velocity_scale(train_set) if network.teacher_velocity_scale == AUTO
                           else float(network.teacher_velocity_scale))
-        kwargs = model_kwargs(network, velocity_scale, frames.n_species)
+        solid = None
+        if network.solid and not frames.has_reference:
+            log.info("deviatoric (strain) energy off: the dataset has no reference configuration (a fluid stores "
+                     "energy only via dilatation)")
+            solid = False
+        kwargs = model_kwargs(network, velocity_scale, frames.n_species, frames.dim, solid)
         model = build_model(kwargs, dtype, device)
         batch = collate_snapshots([train_set[k] for k in range(min(params.batch_size, len(train_set)))])
         pairs_t, pairs_t1 = batch_pairs(batch, frames, dtype, device)
@@ -649,6 +671,11 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
                             collate_fn=collate_snapshots, num_workers=0)
     val_items = spaced_items(len(val_set), params.max_val_pairs)
     windows = selection_windows(val_set, params.selection_steps, params.selection_starts)
+    if frames.dim != 2 and windows:
+        windows = []
+        if params.selection_metric == "rollout":
+            log.info("selection by rollouts off for a %dD periodic fluid (mpd.rollout.rollout is 2D): the "
+                     "validation loss picks the best weights", frames.dim)
     basis = ("val_rollout_metric" if params.selection_metric == "rollout" and windows
              else ("val_objective" if cage_val is not None and cage_val.available else "val_loss") if val_items
              else "train_loss")
@@ -754,7 +781,12 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
     best.eval()
     calibration = None
     if params.calibrate_temperature and ctx.is_main and (stop_after_epoch is None or last_epoch == params.epochs):
-        calibration = calibrate_model_temperature(best, train_set, frames, params, dtype, device)
+        if frames.dim != 2:
+            reason = f"a {frames.dim}D periodic fluid: the cage calibration (mpd.cage) is 2D"
+            log.info("temperature not calibrated: %s", reason)
+            calibration = {"calibrated": False, "reason": reason}
+        else:
+            calibration = calibrate_model_temperature(best, train_set, frames, params, dtype, device)
     scales = {"length_um": frames.length_um, "time_s": frames.time_s}
     return TrainingResult(best, kwargs, history, best_epoch, best_metric, basis, scales, fingerprint,
                           checkpoint_path, str(device), calibration)

@@ -5,10 +5,11 @@ The torch reader (`SnapshotPairDataset`, `collate_snapshots`) is imported on
 first use, so the numpy/scipy parts do not pay for importing torch.
 """
 from mpd.geometry.dataset import Scales, split_blocks, write_dataset
-from mpd.geometry.domain import Box, Window
+from mpd.geometry.domain import Box, OrthoBox, Window, periodic_box
 from mpd.geometry.inputs import GeometryInputError, validate_trajectories
 from mpd.geometry.masks import exterior_mask, window_from_video_metadata
 from mpd.geometry.neighbours import Pairs, radius_pairs, torch_cluster_available
+from mpd.geometry.particles import ParticleDataError, particle_dataset
 from mpd.geometry.reference import reference_frames
 from mpd.geometry.stage import compute_geometry
 from mpd.geometry.strain import LocalStrain, local_strain
@@ -18,7 +19,9 @@ __all__ = [
     "Box",
     "GeometryInputError",
     "LocalStrain",
+    "OrthoBox",
     "Pairs",
+    "ParticleDataError",
     "Scales",
     "SnapshotPairDataset",
     "Window",
@@ -26,6 +29,8 @@ __all__ = [
     "compute_geometry",
     "exterior_mask",
     "local_strain",
+    "particle_dataset",
+    "periodic_box",
     "radius_pairs",
     "reference_frames",
     "split_blocks",

@@ -28,6 +28,12 @@ File format (directory `dataset/`, version 2; docs/geometry.md):
   the splits (file, pair count, frame range), split fractions and gap,
   and whatever the stage adds (reference rule, window or box, ...).
 
+3D periodic fluids (`mpd.geometry.particles.particle_dataset`; metadata
+``dimension: 3``, absent means 2): the rows add ``z0, vz0, z1, vz1, z_ref``
+(`ROW_COLUMNS_3D`), the box columns are ``lx, ly, lz, lx1, ly1, lz1`` (an
+orthorhombic `OrthoBox`), the flow columns are zero and the lengths are in
+the simulation's unit (the ``_um`` names are kept for the reader).
+
 Values on disk are physical (µm, µm/s, s); the reader
 (`mpd.geometry.loader.SnapshotPairDataset`) returns them divided by the
 scales: x/h, v*dt/h, t/dt. `Scales` converts back.
@@ -67,6 +73,31 @@ ROW_COLUMNS = {
     "species": ("int64", ""),
 }
 BOX_COLUMNS = ("lx", "ly", "xy", "lx1", "ly1", "xy1")
+ROW_COLUMNS_3D = {
+    "particle": ("int64", ""),
+    "x0": ("float64", "length"), "y0": ("float64", "length"), "z0": ("float64", "length"),
+    "vx0": ("float64", "length/time"), "vy0": ("float64", "length/time"), "vz0": ("float64", "length/time"),
+    "x1": ("float64", "length"), "y1": ("float64", "length"), "z1": ("float64", "length"),
+    "vx1": ("float64", "length/time"), "vy1": ("float64", "length/time"), "vz1": ("float64", "length/time"),
+    "x_ref": ("float64", "length"), "y_ref": ("float64", "length"), "z_ref": ("float64", "length"),
+    "has_ref": ("bool", ""),
+    "interior": ("bool", ""),
+    "species": ("int64", ""),
+}
+BOX_COLUMNS_3D = ("lx", "ly", "lz", "lx1", "ly1", "lz1")
+AXES = {2: ("x", "y"), 3: ("x", "y", "z")}
+
+
+def row_columns(dimension: int = 2) -> dict:
+    """The per-particle columns of a dataset of this dimension (2: `ROW_COLUMNS`, 3: `ROW_COLUMNS_3D`)."""
+    if dimension not in AXES:
+        raise ValueError(f"datasets are 2D or 3D, got dimension {dimension}")
+    return ROW_COLUMNS if dimension == 2 else ROW_COLUMNS_3D
+
+
+def box_attributes(dimension: int = 2) -> tuple[str, str, str]:
+    """The box's attributes on disk (and in a reader's ``box`` item): lx, ly, xy in 2D, lx, ly, lz in 3D."""
+    return ("lx", "ly", "xy") if dimension == 2 else ("lx", "ly", "lz")
 
 
 @dataclass(frozen=True)
@@ -110,13 +141,16 @@ def split_blocks(n_pairs: int, fractions=(0.7, 0.15, 0.15), gap_pairs: int = 1) 
     return out
 
 
-def build_pairs(rows: pd.DataFrame) -> pd.DataFrame:
+def build_pairs(rows: pd.DataFrame, dimension: int = 2) -> pd.DataFrame:
     """Rows of all snapshot pairs: particles present at frame and frame + 1 (matched by id).
 
     `rows`: one row per particle per frame with frame, particle, x, y, vx, vy,
     x_ref, y_ref, interior and optionally species (0 where absent). Returns the
-    `ROW_COLUMNS` plus ``frame``, sorted by (frame, particle).
+    `ROW_COLUMNS` plus ``frame``, sorted by (frame, particle). dimension 3: also z, vz, z_ref
+    in and `ROW_COLUMNS_3D` out.
     """
+    if dimension != 2:
+        return _build_pairs_nd(rows, dimension)
     if "species" not in rows.columns:
         rows = rows.assign(species=np.zeros(len(rows), np.int64))
     now = rows[["frame", "particle", "x", "y", "vx", "vy", "x_ref", "y_ref", "interior", "species"]]
@@ -125,6 +159,20 @@ def build_pairs(rows: pd.DataFrame) -> pd.DataFrame:
     pairs = pairs.sort_values(["frame", "particle"], kind="stable").reset_index(drop=True)
     pairs["has_ref"] = np.isfinite(pairs["x_ref"].to_numpy()) & np.isfinite(pairs["y_ref"].to_numpy())
     return pairs[["frame", *ROW_COLUMNS]]
+
+
+def _build_pairs_nd(rows: pd.DataFrame, dimension: int) -> pd.DataFrame:
+    columns = row_columns(dimension)
+    axes = AXES[dimension]
+    if "species" not in rows.columns:
+        rows = rows.assign(species=np.zeros(len(rows), np.int64))
+    moving = [*axes, *(f"v{a}" for a in axes)]
+    now = rows[["frame", "particle", *moving, *(f"{a}_ref" for a in axes), "interior", "species"]]
+    nxt = rows[["frame", "particle", *moving]].assign(frame=rows["frame"] - 1)
+    pairs = now.merge(nxt, on=["frame", "particle"], how="inner", suffixes=("0", "1"))
+    pairs = pairs.sort_values(["frame", "particle"], kind="stable").reset_index(drop=True)
+    pairs["has_ref"] = np.isfinite(pairs[[f"{a}_ref" for a in axes]].to_numpy()).all(axis=1)
+    return pairs[["frame", *columns]]
 
 
 def write_dataset(
@@ -150,17 +198,41 @@ def write_dataset(
     flows : frame t -> the 6 coefficients of the background flow during t -> t+1
         (`mpd.geometry.kinematics`); frames without one get a zero flow.
     """
+    return write_pair_table(out_dir, build_pairs(rows), length_scale_um=length_scale_um,
+                            frame_rate_hz=frame_rate_hz, split_fractions=split_fractions, gap_pairs=gap_pairs,
+                            ref_frame=ref_frame, boxes=boxes, flows=flows, extra_metadata=extra_metadata)
+
+
+def write_pair_table(
+    out_dir,
+    table: pd.DataFrame,
+    *,
+    length_scale_um: float,
+    frame_rate_hz: float,
+    split_fractions=(0.7, 0.15, 0.15),
+    gap_pairs: int = 1,
+    ref_frame: Mapping[int, int] | None = None,
+    boxes: Mapping | None = None,
+    flows: Mapping | None = None,
+    extra_metadata: Mapping | None = None,
+    dimension: int = 2,
+) -> dict:
+    """`write_dataset` from the snapshot-pair rows (`build_pairs`' output: frame + the row columns).
+
+    dimension 3: `ROW_COLUMNS_3D`, boxes are `OrthoBox`es (written as lx, ly, lz) and the
+    metadata says ``dimension: 3`` (2D datasets carry no such key: their files are unchanged).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dt = 1.0 / float(frame_rate_hz)
-    table = build_pairs(rows)
+    columns = row_columns(dimension)
     frame_col = table["frame"].to_numpy()
     pair_frames, starts, counts = np.unique(frame_col, return_index=True, return_counts=True)
     blocks = split_blocks(len(pair_frames), split_fractions, gap_pairs)
     interior = table["interior"].to_numpy()
     n_interior = np.add.reduceat(interior.astype(np.int64), starts) if len(starts) else np.zeros(0, np.int64)
-    schema = pa.schema([(name, pa.from_numpy_dtype(np.dtype(dtype))) for name, (dtype, _) in ROW_COLUMNS.items()])
-    everything = pa.RecordBatch.from_pandas(table[list(ROW_COLUMNS)], schema=schema, preserve_index=False)
+    schema = pa.schema([(name, pa.from_numpy_dtype(np.dtype(dtype))) for name, (dtype, _) in columns.items()])
+    everything = pa.RecordBatch.from_pandas(table[list(columns)], schema=schema, preserve_index=False)
     index_parts, split_info = [], {}
     for name in SPLITS:
         chosen = blocks[name]
@@ -188,7 +260,7 @@ def write_dataset(
             index[column] = coefficients[:, c]
         if boxes is not None:
             for suffix, offset in (("", 0), ("1", 1)):
-                for attr in ("lx", "ly", "xy"):
+                for attr in box_attributes(dimension):
                     index[attr + suffix] = np.array([getattr(boxes[int(f) + offset], attr) for f in frames], float)
         index_parts.append(index)
         split_info[name] = {
@@ -204,7 +276,7 @@ def write_dataset(
         "length_scale_um": float(length_scale_um),
         "time_scale_s": dt,
         "nondimensionalisation": "reader returns x/h, v*dt/h, t/dt, box/h; files hold µm, µm/s, s",
-        "row_columns": {name: {"dtype": dtype, "unit": unit} for name, (dtype, unit) in ROW_COLUMNS.items()},
+        "row_columns": {name: {"dtype": dtype, "unit": unit} for name, (dtype, unit) in columns.items()},
         "periodic": boxes is not None,
         "n_species": int(table["species"].max()) + 1 if len(table) else 1,
         "splits": split_info,
@@ -212,6 +284,8 @@ def write_dataset(
         "gap_pairs": int(gap_pairs),
         "n_pairs_total": len(pair_frames),
     }
+    if dimension != 2:
+        metadata["dimension"] = int(dimension)
     metadata.update(dict(extra_metadata or {}))
     (out_dir / "metadata.json").write_text(json.dumps(metadata, indent=2, ensure_ascii=False))
     return metadata

@@ -1,15 +1,26 @@
-"""The two kinds of domain a frame lives in: a periodic `Box` or an open `Window`.
+"""The kinds of domain a frame lives in: a periodic `Box` (2D, sheared), a periodic
+`OrthoBox` (D dimensions, orthorhombic) or an open `Window`.
 
 A `Box` is a (possibly sheared) periodic cell in the LAMMPS convention: edge
 vectors a = (lx, 0) and b = (xy, ly), lower-left corner at the origin. Only the
 lattice {n a + m b} matters for neighbours and minimum images, so the corner
 position never enters and positions may lie anywhere (they are wrapped here).
 
+An `OrthoBox` is a periodic cell with edges L_k e_k along the axes, in any
+dimension D (3D periodic fluids: star-polymer melts). It has the interface of
+`Box` (wrap, minimum_image, lattice_round, margin_images, max_cutoff, basis,
+dim) so that neighbour searches, pair lists and rollouts take either. It is a
+sibling of `Box`, not a generalisation: `Box`'s algorithms (the tilt, Gauss
+reduction, the one-strip ghost copy of the tree search) are 2D-triclinic and
+stay exactly as they are, while every operation of an orthorhombic lattice is
+a per-axis rounding.
+
 A `Window` is the field of view of a microscope, (x_min, x_max, y_min, y_max)
 in micrometres: nothing is known outside it.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -46,6 +57,10 @@ class Box:
     def basis(self) -> np.ndarray:
         """Rows are the edge vectors a and b (µm)."""
         return np.array([[self.lx, 0.0], [self.xy, self.ly]])
+
+    @property
+    def dim(self) -> int:
+        return 2
 
     @property
     def area(self) -> float:
@@ -136,6 +151,119 @@ class Box:
             best = np.argmin(np.einsum("eck,eck->ec", candidates, candidates), axis=1)
             out[unsure] = candidates[np.arange(len(unsure)), best]
         return out
+
+
+@dataclass(frozen=True)
+class OrthoBox:
+    """Periodic orthorhombic cell in D dimensions: edges lengths[k] along axis k, corner at the origin.
+
+    Same interface as `Box` (in the positions' length unit). `lx, ly, lz` name
+    the first three lengths and `xy` is 0 (no tilt), so code written for a
+    `Box` that reads them keeps working.
+    """
+
+    lengths: tuple[float, ...]
+
+    def __post_init__(self):
+        lengths = tuple(float(v) for v in np.ravel(np.asarray(self.lengths, dtype=np.float64)))
+        object.__setattr__(self, "lengths", lengths)
+        if len(lengths) < 1 or not (np.isfinite(lengths).all() and min(lengths) > 0):
+            raise ValueError(f"OrthoBox(lengths={lengths}): the lengths must be finite and > 0")
+
+    @property
+    def dim(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def lx(self) -> float:
+        return self.lengths[0]
+
+    @property
+    def ly(self) -> float:
+        return self.lengths[1]
+
+    @property
+    def lz(self) -> float:
+        return self.lengths[2]
+
+    @property
+    def xy(self) -> float:
+        return 0.0
+
+    @property
+    def reduced_tilt(self) -> float:
+        return 0.0
+
+    @property
+    def length_array(self) -> np.ndarray:
+        return np.array(self.lengths)
+
+    @property
+    def basis(self) -> np.ndarray:
+        """Rows are the edge vectors (a diagonal matrix)."""
+        return np.diag(self.length_array)
+
+    @property
+    def volume(self) -> float:
+        return float(np.prod(self.lengths))
+
+    def max_cutoff(self) -> float:
+        """Half the shortest edge: below it every pair has one image within the cut-off."""
+        return 0.5 * min(self.lengths)
+
+    def _check(self, a: np.ndarray) -> np.ndarray:
+        a = np.asarray(a, dtype=np.float64)
+        if a.ndim != 2 or a.shape[1] != self.dim:
+            raise ValueError(f"expected an array of shape (N, {self.dim}) for {self}, got {a.shape}")
+        return a
+
+    def wrap(self, positions: np.ndarray) -> np.ndarray:
+        """Images of `positions` (N, D) inside [0, L_0) x ... x [0, L_{D-1})."""
+        p = self._check(positions)
+        L = self.length_array
+        w = p - np.floor(p / L) * L
+        # Round-off can land exactly on the upper edge; the tree wants [0, L).
+        return np.where(w >= L, np.nextafter(L, 0.0), np.maximum(w, 0.0))
+
+    def margin_images(self, wrapped: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
+        """`wrapped` (N, D) followed by its images (shifts in {-1, 0, 1}^D) within `margin` of the cell.
+
+        Returns (points (M, D), owner (M,) int64). Complete for margin <= min(lengths).
+        """
+        if margin > min(self.lengths) * (1 + 1e-6):
+            raise ValueError(f"margin {margin} exceeds the shortest edge of {self}")
+        wrapped = self._check(wrapped)
+        L = self.length_array
+        parts, owners = [wrapped], [np.arange(len(wrapped))]
+        for offset in itertools.product((-1, 0, 1), repeat=self.dim):
+            if not any(offset):
+                continue
+            img = wrapped + np.asarray(offset) * L
+            inside = ((img >= -margin) & (img < L + margin)).all(axis=1)
+            parts.append(img[inside])
+            owners.append(np.flatnonzero(inside))
+        return np.concatenate(parts), np.concatenate(owners).astype(np.int64)
+
+    def lattice_round(self, vectors: np.ndarray) -> np.ndarray:
+        """Nearest exact lattice vectors n * L to `vectors` (E, D) that are lattice vectors up to round-off."""
+        L = self.length_array
+        return np.round(self._check(vectors) / L) * L
+
+    def minimum_image(self, d: np.ndarray) -> np.ndarray:
+        """Shortest lattice image of each displacement d (E, D): per-axis rounding (exact for a diagonal lattice)."""
+        d = self._check(d)
+        L = self.length_array
+        return d - np.round(d / L) * L
+
+
+def periodic_box(values, dim: int = 2) -> Box | OrthoBox:
+    """The periodic cell of a dataset item's ``box`` entry: (lx, ly, xy) in 2D, (lx, ly, lz) in 3D."""
+    values = [float(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+    if dim == 2:
+        return Box(*values)
+    if len(values) != dim:
+        raise ValueError(f"a {dim}D periodic box needs {dim} lengths, got {values}")
+    return OrthoBox(tuple(values))
 
 
 def _gauss_reduce(basis: np.ndarray) -> np.ndarray:

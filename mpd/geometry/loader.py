@@ -18,6 +18,10 @@ back):
     t                      : () float       time of frame t
     box, box1              : (3,) float     (lx, ly, xy) at t and t+1, periodic datasets only
 
+A 3D dataset (metadata ``dimension: 3``, `mpd.geometry.particles`) gives
+(N, 3) positions, velocities and flow (zero) and box = (lx, ly, lz) of its
+orthorhombic cell (`mpd.geometry.domain.periodic_box(box, 3)`).
+
 `collate_snapshots` batches variable-N items by concatenation (as torch
 geometric does): per-particle tensors are concatenated along dim 0, ``batch``
 (sum N,) gives each row's snapshot, ``ptr`` (B+1,) the row offsets
@@ -32,7 +36,16 @@ import torch
 from pyarrow import ipc
 from torch.utils.data import Dataset
 
-from mpd.geometry.dataset import FORMAT_NAME, FORMAT_VERSION, SPLITS, Scales, dataset_dir, read_metadata
+from mpd.geometry.dataset import (
+    AXES,
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    SPLITS,
+    Scales,
+    box_attributes,
+    dataset_dir,
+    read_metadata,
+)
 from mpd.geometry.kinematics import FLOW_COLUMNS, flow_velocity
 
 PARTICLE_KEYS = ("x0", "v0", "x1", "v1", "x_ref", "flow", "has_ref", "interior", "particle", "species")
@@ -70,6 +83,9 @@ class SnapshotPairDataset(Dataset):
         self.index = index[index["split"] == split].sort_values("item").reset_index(drop=True)
         self.periodic = bool(self.metadata.get("periodic", False))
         self.n_species = int(self.metadata.get("n_species", 1))
+        self.dim = int(self.metadata.get("dimension", 2))
+        if self.dim not in AXES:
+            raise ValueError(f"{self.root} is a {self.dim}D dataset; this reader reads 2D and 3D ones")
         self._file = self.root / self.metadata["splits"][split]["file"]
         self._reader = None
 
@@ -100,6 +116,8 @@ class SnapshotPairDataset(Dataset):
         batch = self._open().get_batch(k)
         col = {name: batch.column(name).to_numpy(zero_copy_only=False) for name in batch.schema.names}
         meta = self.index.iloc[k]
+        if self.dim != 2:
+            return self._item_nd(col, meta)
         item = {
             "x0": np.stack([col["x0"], col["y0"]], axis=1),
             "v0": np.stack([col["vx0"], col["vy0"]], axis=1),
@@ -112,6 +130,31 @@ class SnapshotPairDataset(Dataset):
         if self.periodic:
             item["box"] = meta[["lx", "ly", "xy"]].to_numpy(np.float64)
             item["box1"] = meta[["lx1", "ly1", "xy1"]].to_numpy(np.float64)
+        if self.nondimensional:
+            item = self.scales.to_nondimensional(item)
+        out = {key: torch.as_tensor(np.asarray(value), dtype=self.dtype) for key, value in item.items()}
+        out["has_ref"] = torch.as_tensor(col["has_ref"].astype(bool))
+        out["interior"] = torch.as_tensor(col["interior"].astype(bool))
+        out["particle"] = torch.as_tensor(col["particle"].astype(np.int64))
+        out["species"] = torch.as_tensor(col["species"].astype(np.int64))
+        out["frame"] = torch.tensor(int(meta["frame"]), dtype=torch.int64)
+        return out
+
+
+    def _item_nd(self, col: dict, meta) -> dict:
+        """An item of a 3D dataset: the same keys, (N, 3) vectors, no background flow."""
+        axes = AXES[self.dim]
+
+        def vectors(fmt: str) -> np.ndarray:
+            return np.stack([col[fmt.format(a)] for a in axes], axis=1)
+
+        item = {"x0": vectors("{}0"), "v0": vectors("v{}0"), "x1": vectors("{}1"), "v1": vectors("v{}1"),
+                "x_ref": vectors("{}_ref"), "t": np.float64(meta["t_s"])}
+        item["flow"] = np.zeros_like(item["x0"])
+        if self.periodic:
+            attrs = box_attributes(self.dim)
+            item["box"] = meta[list(attrs)].to_numpy(np.float64)
+            item["box1"] = meta[[a + "1" for a in attrs]].to_numpy(np.float64)
         if self.nondimensional:
             item = self.scales.to_nondimensional(item)
         out = {key: torch.as_tensor(np.asarray(value), dtype=self.dtype) for key, value in item.items()}

@@ -22,6 +22,11 @@ Backends (both give the same edge set; tested):
   when installed. Periodic cells: all images within a margin h around the
   rectangle are added as ghosts and each original queries them; of the two
   directed edges of a pair the one with i < j is kept.
+
+A D-dimensional orthorhombic `OrthoBox` (3D periodic fluids) works with both
+backends: the scipy tree is periodic along every axis (``boxsize=lengths``),
+torch_cluster gets the 3^D - 1 images within h as ghosts. Positions then
+have shape (N, D) with D = box.dim, and shifts (E, D).
 * ``"auto"``: torch_cluster for a CUDA tensor when it is installed, scipy
   otherwise (on CPU the tree is faster).
 
@@ -38,14 +43,14 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
-from mpd.geometry.domain import Box
+from mpd.geometry.domain import Box, OrthoBox
 
 BACKENDS = ("auto", "scipy", "torch_cluster")
 
 
 @dataclass(frozen=True)
 class Pairs:
-    """Unordered neighbour pairs: i < j, int64 (E,); shift float64 (E, 2), same unit as positions."""
+    """Unordered neighbour pairs: i < j, int64 (E,); shift float64 (E, D), same unit as positions."""
 
     i: np.ndarray
     j: np.ndarray
@@ -71,14 +76,15 @@ def torch_cluster_available() -> bool:
     return importlib.util.find_spec("torch_cluster") is not None
 
 
-def radius_pairs(positions, h: float, box: Box | None = None, backend: str = "auto") -> Pairs:
+def radius_pairs(positions, h: float, box: Box | OrthoBox | None = None, backend: str = "auto") -> Pairs:
     """Pairs closer than `h`.
 
     Parameters
     ----------
-    positions : (N, 2) numpy array or torch tensor, µm (or any length unit, the same as h).
+    positions : (N, 2) numpy array or torch tensor, µm (or any length unit, the same as h);
+        (N, D) with an `OrthoBox` of dimension D.
     h : cut-off radius, same unit; pairs with |r_ij| < h are returned.
-    box : None for an open window (no periodicity), or a periodic `Box`; then
+    box : None for an open window (no periodicity), or a periodic `Box` / `OrthoBox`; then
         h must be below `box.max_cutoff()` = min(lx, ly)/2 so that each pair has
         one image within h.
     backend : "auto", "scipy" or "torch_cluster" (see the module docstring).
@@ -91,8 +97,11 @@ def radius_pairs(positions, h: float, box: Box | None = None, backend: str = "au
     if box is not None and h >= box.max_cutoff():
         raise ValueError(f"cut-off h={h} must be < min(lx, ly)/2 = {box.max_cutoff()} for a periodic {box}")
     p64 = _to_numpy64(positions)
-    if p64.ndim != 2 or p64.shape[1] != 2:
-        raise ValueError(f"positions must have shape (N, 2), got {p64.shape}")
+    if box is not None:
+        if p64.ndim != 2 or p64.shape[1] != box.dim:
+            raise ValueError(f"positions must have shape (N, {box.dim}) for {box}, got {p64.shape}")
+    elif p64.ndim != 2 or p64.shape[1] != 2:  # an open window is 2D (microscopy); 3D needs an OrthoBox
+        raise ValueError(f"positions must have shape (N, 2) without a box, got {p64.shape}")
     if not np.isfinite(p64).all():
         raise ValueError("positions contain NaN or inf")
     if backend == "auto":
@@ -101,7 +110,7 @@ def radius_pairs(positions, h: float, box: Box | None = None, backend: str = "au
     if backend == "torch_cluster" and not torch_cluster_available():
         raise ImportError("backend='torch_cluster' needs torch-cluster: pip install --no-build-isolation torch-cluster")
     if len(p64) < 2:
-        return _empty()
+        return _empty(p64.shape[1])
 
     # Search a hair wider than h; the exact test |r_ij| < h is done once, below.
     h_search = h * (1 + 1e-9) + 64 * np.finfo(np.float32 if _is_float32(positions) else np.float64).eps * (
@@ -122,7 +131,7 @@ def _finalise(p: np.ndarray, i, j, r_wrapped, h: float, box: Box | None) -> Pair
     if box is None:  # candidates already have i < j
         r = raw
         keep = np.einsum("ek,ek->e", r, r) < h * h
-        shift = np.zeros((int(keep.sum()), 2))
+        shift = np.zeros((int(keep.sum()), p.shape[1]))
     else:
         # r_wrapped - (p_i - p_j) is a lattice vector up to round-off: snap it.
         shift = box.lattice_round(r_wrapped - raw)
@@ -141,6 +150,11 @@ def _scipy_candidates(p: np.ndarray, h_search: float, box: Box | None):
     if box is None:
         ij = cKDTree(p).query_pairs(h_search, output_type="ndarray")
         return ij[:, 0], ij[:, 1], None
+    if isinstance(box, OrthoBox):  # periodic along every axis: the tree does it all
+        w = box.wrap(p)
+        ij = cKDTree(w, boxsize=box.lengths).query_pairs(h_search, output_type="ndarray")
+        a, b = ij[:, 0], ij[:, 1]
+        return a, b, box.minimum_image(w[a] - w[b])
     n = len(p)
     w = box.wrap(p)
     near_bottom = np.flatnonzero(w[:, 1] < h_search)
@@ -196,8 +210,8 @@ def _wrap_coordinate(x: np.ndarray, length: float) -> np.ndarray:
     return np.where(x >= length, np.nextafter(length, 0.0), np.maximum(x, 0.0))
 
 
-def _empty() -> Pairs:
-    return Pairs(i=np.zeros(0, np.int64), j=np.zeros(0, np.int64), shift=np.zeros((0, 2)))
+def _empty(dim: int = 2) -> Pairs:
+    return Pairs(i=np.zeros(0, np.int64), j=np.zeros(0, np.int64), shift=np.zeros((0, dim)))
 
 
 def _is_torch(x) -> bool:

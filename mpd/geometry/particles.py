@@ -1,0 +1,156 @@
+"""The training dataset of a simulated 3D periodic fluid (star-polymer melts; docs/geometry.md).
+
+`particle_dataset` turns a simulation trajectory table (LAMMPS: positions and
+exact velocities of coarse-grained particles in an orthorhombic periodic box)
+into the snapshot-pair dataset of `mpd.geometry.dataset` (format version 2,
+metadata ``dimension: 3``), which `SnapshotPairDataset` reads as (N, 3)
+tensors. A fluid stores energy only via dilatation: there is no reference
+configuration (has_ref False, no strain bonds), no background flow (zero) and
+no window (every particle is interior: the box is closed).
+
+Positions on disk: x0 is the wrapped position at t (in [0, L)), x1 = x0 plus
+the unwrapped displacement xu(t+1) - xu(t), so x1 - x0 is the true motion
+over the frame while both stay within about one box of the origin (float32
+keeps its resolution however far the particles diffuse). Velocities are the
+simulation's own (no finite differences).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mpd.geometry.dataset import build_pairs, write_pair_table
+from mpd.geometry.domain import OrthoBox
+
+AXES = ("x", "y", "z")
+TRAJECTORY_COLUMNS_3D = ("frame", "particle", "x", "y", "z", "xu", "yu", "zu", "vx", "vy", "vz")
+#: relative tolerance of the checks on the frame spacing and on x == xu mod L
+TOLERANCE = 1e-6
+
+
+class ParticleDataError(ValueError):
+    """The trajectory table cannot make a 3D periodic dataset; the message says what to fix."""
+
+
+def load_particle_trajectories(trajectories) -> pd.DataFrame:
+    """A DataFrame, or a parquet / csv file of one."""
+    if isinstance(trajectories, pd.DataFrame):
+        return trajectories
+    path = Path(trajectories)
+    return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+
+
+def frame_interval(table: pd.DataFrame, time_scale: float | None = None) -> float:
+    """Time between consecutive frames, from the ``t`` column (it must be uniform), or `time_scale`.
+
+    The model takes one step per frame, so the dataset's time scale must be
+    the frame interval; a given time_scale that disagrees with ``t`` is an error.
+    """
+    interval = None
+    if "t" in table.columns:
+        per_frame = table.groupby("frame")["t"].first().sort_index()
+        frames = per_frame.index.to_numpy(np.float64)
+        if len(frames) > 1:
+            rates = np.diff(per_frame.to_numpy(np.float64)) / np.diff(frames)
+            interval = float(np.median(rates))
+            if not (interval > 0 and np.allclose(rates, interval, rtol=1e-4, atol=0)):
+                raise ParticleDataError(f"the frames are not equally spaced in t (t per frame from {rates.min():g} "
+                                        f"to {rates.max():g}): the model takes one step per frame")
+    if time_scale is None:
+        if interval is None:
+            raise ParticleDataError("give time_scale (the time between frames): the table has no usable t column")
+        return interval
+    time_scale = float(time_scale)
+    if not (np.isfinite(time_scale) and time_scale > 0):
+        raise ParticleDataError(f"time_scale must be a positive number, got {time_scale}")
+    if interval is not None and not np.isclose(time_scale, interval, rtol=1e-4, atol=0):
+        raise ParticleDataError(f"time_scale {time_scale:g} is not the frame interval {interval:g} of the t column "
+                                f"(the model takes one step per frame)")
+    return time_scale
+
+
+def particle_dataset(
+    trajectories,
+    box_lengths: Sequence[float],
+    out_dir,
+    *,
+    length_scale: float,
+    time_scale: float | None = None,
+    split_fractions=(0.7, 0.15, 0.15),
+    gap_pairs: int = 1,
+    extra_metadata: Mapping | None = None,
+) -> dict:
+    """Write the snapshot-pair dataset of a 3D periodic simulation into `out_dir`; returns its metadata.
+
+    trajectories : table (or parquet/csv file) with columns frame, particle,
+        x, y, z (wrapped), xu, yu, zu (unwrapped), vx, vy, vz, and optionally
+        t and species (int labels 0, 1, ...; default all 0). Lengths and times
+        in the simulation's units (e.g. LAMMPS σ and τ).
+    box_lengths : (lx, ly, lz) of the orthorhombic box (constant in time; the
+        corner position does not matter).
+    length_scale : h, the model's cut-off, in the same length unit; must be
+        below half the shortest box edge.
+    time_scale : the time between frames (default: from t, which must then
+        be uniform; a given value must agree with t).
+    split_fractions, gap_pairs : as `mpd.geometry.dataset.split_blocks`.
+    """
+    table = load_particle_trajectories(trajectories)
+    missing = [c for c in TRAJECTORY_COLUMNS_3D if c not in table.columns]
+    if missing:
+        raise ParticleDataError(f"the trajectory table lacks the columns {missing} "
+                                f"(needs {list(TRAJECTORY_COLUMNS_3D)}, optionally t and species)")
+    box = OrthoBox(tuple(box_lengths))
+    if box.dim != 3:
+        raise ParticleDataError(f"box_lengths must be (lx, ly, lz), got {box.lengths}")
+    h = float(length_scale)
+    if not (np.isfinite(h) and 0 < h < box.max_cutoff()):
+        raise ParticleDataError(f"length_scale h={h} must be > 0 and < half the shortest box edge "
+                                f"({box.max_cutoff():g})")
+    if table.duplicated(["frame", "particle"]).any():
+        raise ParticleDataError("a particle appears twice in one frame")
+    numeric = list(TRAJECTORY_COLUMNS_3D[2:])
+    values = table[numeric].to_numpy(np.float64)
+    if not np.isfinite(values).all():
+        raise ParticleDataError("positions or velocities contain NaN or inf")
+    wrapped, unwrapped = values[:, 0:3], values[:, 3:6]
+    offset = box.minimum_image(wrapped - unwrapped)  # zero when x == xu mod L
+    if np.abs(offset).max(initial=0.0) > TOLERANCE * max(box.lengths) + 1e-9 * np.abs(unwrapped).max(initial=0.0):
+        raise ParticleDataError("the wrapped positions x, y, z are not the unwrapped xu, yu, zu modulo the box: "
+                                "check the columns and box_lengths")
+    dt = frame_interval(table, time_scale)
+    species = table["species"].to_numpy(np.int64) if "species" in table.columns else np.zeros(len(table), np.int64)
+    if len(species) and species.min() < 0:
+        raise ParticleDataError("species labels must be 0, 1, ...")
+    rows = pd.DataFrame({"frame": table["frame"].to_numpy(np.int64), "particle": table["particle"].to_numpy(np.int64),
+                         "x": unwrapped[:, 0], "y": unwrapped[:, 1], "z": unwrapped[:, 2],
+                         "vx": values[:, 6], "vy": values[:, 7], "vz": values[:, 8],
+                         "x_ref": np.nan, "y_ref": np.nan, "z_ref": np.nan, "interior": True, "species": species})
+    pairs = build_pairs(rows, dimension=3)
+    # Shift each pair's two positions by the lattice vector that wraps x0: x1 - x0 is unchanged.
+    x0 = pairs[["x0", "y0", "z0"]].to_numpy()
+    shift = box.wrap(x0) - x0
+    for k, axis in enumerate(AXES):
+        pairs[f"{axis}0"] = x0[:, k] + shift[:, k]
+        pairs[f"{axis}1"] = pairs[f"{axis}1"].to_numpy() + shift[:, k]
+    frames = np.unique(table["frame"].to_numpy(np.int64))
+    metadata = {
+        "kind": "periodic_fluid",
+        "source": "simulation trajectories (mpd.geometry.particles.particle_dataset)",
+        "has_reference": False,
+        "velocity": "exact (the simulation's velocities)",
+        "length_unit": "the simulation's (length_scale_um holds h in it)",
+        "time_unit": "the simulation's (time_scale_s holds the frame interval in it)",
+        "box_lengths": list(box.lengths),
+        "n_particles_max": int(table.groupby("frame").size().max()) if len(table) else 0,
+        "geometry": {},
+    }
+    metadata.update(dict(extra_metadata or {}))
+    return write_pair_table(out_dir, pairs, length_scale_um=h, frame_rate_hz=1.0 / dt,
+                            split_fractions=split_fractions, gap_pairs=gap_pairs,
+                            boxes={int(f): box for f in frames}, extra_metadata=metadata, dimension=3)
+
+
+__all__ = ["TRAJECTORY_COLUMNS_3D", "ParticleDataError", "frame_interval", "particle_dataset"]
