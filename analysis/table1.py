@@ -221,7 +221,7 @@ def compare_rollouts(experiment: str, case: str | None, truth_path, metadata_pat
     """
     from analysis.figures import figure_note, model_comparison_figure
     from mpd.atomic import atomic_output_dir
-    from mpd.baselines.stage import box_lengths
+    from mpd.geometry.particles import box_lengths
     from mpd.horizon import horizon
 
     settings = dict(settings or {})

@@ -40,6 +40,10 @@ CLEAR_ERRORS = frozenset({
     "tracking.link.LinkingError",
     "twin.params.ParameterError",
     "twin.lammps_env.LammpsUnavailableError",
+    "twin.star_polymer.StarPolymerError",
+    "mpd.horizon.HorizonError",
+    "mpd.geometry.particles.ParticleDataError",
+    "mpd.baselines.stage.BaselineInputError",
 })
 DEBUG_VARIABLE = "MPD_DEBUG"
 RECORDS = Path(".snakemake") / "mpd-clear-errors"

@@ -901,6 +901,7 @@ def rollout_fluid(
     dtype: str = "float64",
     device: str | torch.device = "cpu",
     out=None,
+    status_extra=None,
 ) -> FluidRollout:
     """A trained model.pt rolled out in a 3D periodic box from (x0, v0), in the simulation's units.
 
@@ -909,7 +910,8 @@ def rollout_fluid(
     h = its length_scale, dt = its frame interval). Returns the trajectory table with the input's
     columns (frame, t, particle, species, x, y, z wrapped, xu, yu, zu unwrapped, vx, vy, vz) plus S,
     the conservation table (momentum, energy, entropy per frame, in model units) and the status;
-    with `out` (a folder) writes rollout.parquet, conservation.csv and rollout_status.json there.
+    with `out` (a folder) writes rollout.parquet, conservation.csv and rollout_status.json there
+    (the status with `status_extra` added).
     """
     from mpd.training import load_model
 
@@ -928,7 +930,7 @@ def rollout_fluid(
     # wrap in physical units: x == xu mod L exactly as the simulation's tables have it
     wrapped = OrthoBox(tuple(lengths)).wrap(table[["xu", "yu", "zu"]].to_numpy())
     table["x"], table["y"], table["z"] = wrapped[:, 0], wrapped[:, 1], wrapped[:, 2]
-    result.status.update(h=h, dt=dt_s, model=str(model_path))
+    result.status.update(h=h, dt=dt_s, model=str(model_path), **dict(status_extra or {}))
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

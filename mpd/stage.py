@@ -57,6 +57,8 @@ def train_model(dataset_dir, out_dir, params=None, *, device=None, resume: bool 
     params : the ``model:`` config section (mapping) or a ModelConfig.
     device : overrides model.training.device ("cpu", "cuda", "auto").
     """
+    if not isinstance(params, ModelConfig):
+        params = closed_box_defaults(params, dataset_dir)
     config = params if isinstance(params, ModelConfig) else ModelConfig.from_config(params)
     out_dir = Path(out_dir)
     result = train(dataset_dir, out_dir, config, device=device, resume=resume)
@@ -65,6 +67,61 @@ def train_model(dataset_dir, out_dir, params=None, *, device=None, resume: bool 
     save_scripted_step(result.model, out_dir / "rollout_step.pt")
     write_log(result.log, out_dir / "training_log.csv")
     return out_dir
+
+
+def closed_box_defaults(section, dataset_dir) -> dict:
+    """The ``model:`` section with the bath off by default for a closed periodic fluid (star-polymer melts).
+
+    The bath is friction and noise against a solvent (docs/model.md); a
+    simulated melt in a closed box has none and conserves momentum, which a
+    bath would break. An explicit ``network.bath`` is kept as given.
+    """
+    section = dict(section or {})
+    network = dict(section.get("network") or {})
+    folder = Path(dataset_dir)
+    meta_path = folder / "metadata.json" if (folder / "metadata.json").exists() else folder / "dataset" / "metadata.json"
+    try:
+        kind = json.loads(meta_path.read_text()).get("kind")
+    except (OSError, ValueError):
+        return section  # the training reports an unreadable dataset itself
+    if kind == "periodic_fluid" and "bath" not in network:
+        log.info("bath off: a closed periodic fluid has no solvent and conserves momentum (set model.network.bath "
+                 "to override)")
+        section["network"] = {**network, "bath": False}
+    return section
+
+
+def rollout_bulk(model_path, truth_path, metadata_path, out_dir, comparison=None, params=None) -> dict:
+    """The learned model rolled out from the held-back truth of a simulated bulk sample; returns its status.
+
+    The `mpd.horizon` split of ``comparison`` (the experiment's `comparison:`
+    settings) gives the start frame and the rollout length; the state at the
+    start is the truth's (positions, exact velocities). Writes rollout.parquet,
+    conservation.csv and rollout_status.json into ``out_dir``
+    (`mpd.rollout.rollout_fluid`; the status also holds the split).
+    ``params``: the ``model:`` section, for the rollout's dtype and device.
+    """
+    from mpd.geometry.particles import box_lengths
+    from mpd.horizon import comparison_settings, horizon
+    from mpd.rollout import rollout_fluid
+
+    settings = comparison_settings(comparison)
+    rollout_params = ModelConfig.from_config(params).rollout if params else RolloutParams()
+    metadata = json.loads(Path(metadata_path).read_text())
+    lengths = box_lengths(metadata, metadata_path)
+    truth = pd.read_parquet(truth_path)
+    frames = np.unique(truth["frame"].to_numpy())
+    split = horizon(len(frames), settings["train_frames"], settings["rollout_factor"])
+    start = truth[truth["frame"] == frames[split.start]].sort_values("particle")
+    axes = "xyz"[:len(lengths)]
+    result = rollout_fluid(model_path, start[[f"{a}u" for a in axes]].to_numpy(np.float64),
+                           start[[f"v{a}" for a in axes]].to_numpy(np.float64), lengths, split.rollout_frames,
+                           seed=int(settings["seed"]), species=start["species"].to_numpy(np.int64)
+                           if "species" in start else None, particle=start["particle"].to_numpy(np.int64),
+                           start_frame=int(frames[split.start]), t0=float(start["t"].iloc[0]),
+                           dtype=rollout_params.dtype, device=_device(None, rollout_params), out=out_dir,
+                           status_extra={"split": split.to_dict()})
+    return result.status
 
 
 def _model_and_dataset(model_path, geometry_dir, params: RolloutParams, device):

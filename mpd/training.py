@@ -309,6 +309,26 @@ def calibrate_k_B(model: MetriplecticModel, batch: Mapping, pairs_t: PairTensors
     return k_B if math.isfinite(k_B) and k_B > 0 else 1.0
 
 
+def equipartition_k_B(model: MetriplecticModel, batch: Mapping, pairs_t: PairTensors) -> float:
+    """k_B at which the model's temperatures carry the data's kinetic energy: sum m v^2 / (D sum T_i).
+
+    A closed fluid (no bath) relaxes to the temperature its internal energies
+    define: at equilibrium m <v^2> / D = k_B <T_i> per particle. The one-step
+    likelihood alone does not tie k_B to the data's kinetic energy; without
+    this the rollouts drift to the model's own temperature (docs/training.md,
+    3D periodic fluids). Interior particles of the batch; entropies from the
+    teacher.
+    """
+    interior = batch["interior"]
+    with torch.enable_grad():
+        S0 = model.teacher_entropy(batch["x0"], batch["v0"], pairs_t).detach()
+        T = model.thermodynamics(batch["x0"], S0, pairs_t, with_dT_dS=False).T.detach()
+    mass = model.particle_mass(pairs_t, batch["x0"].shape[0], detach=True)
+    kinetic = (mass[:, None] * batch["v0"] * batch["v0"]).sum(-1)[interior].sum()
+    k_B = float(kinetic / (model.dim * T[interior].sum()))
+    return k_B if math.isfinite(k_B) and k_B > 0 else float(model.k_B.detach())
+
+
 def initialise_bath(model: MetriplecticModel, batch: Mapping, pairs_t: PairTensors, friction: float) -> None:
     """Bath at the particles' median initial temperature (no initial heat flow) with friction rate `friction`."""
     with torch.enable_grad():
@@ -695,6 +715,10 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
 
     from tqdm.auto import tqdm
 
+    equipartition = frames.dim != 2 and not frames.has_reference and not config.network.bath
+    if equipartition and start_epoch == 0:
+        log.info("k_B by equipartition: a closed fluid without a bath keeps the data's kinetic temperature only "
+                 "when k_B <T_i> = m <v^2> / D")
     for epoch in range(start_epoch, last_epoch):
         t0 = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
@@ -740,6 +764,8 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
             if params.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
             optimizer.step()
+            if equipartition:  # k_B follows the temperatures: the noise is FDT-consistent with the data's
+                set_positive_scalar(model.log_k_B, equipartition_k_B(model, batch_to(batch, device), pairs_t))
             value = loss.item()
             total += value * n_interior
             weight += n_interior

@@ -166,6 +166,38 @@ def test_schema_mirrors_parameter_dataclasses(section, cls):
     compare(schema["$defs"][section]["properties"], cls)
 
 
+def test_schema_mirrors_the_star_polymer_and_baseline_parameters():
+    """The star-polymer, GNS and DPD keys of the schema are exactly the code's (a typo cannot slip through)."""
+    import inspect
+
+    from mpd.baselines.dpd import calibrate_dpd
+    from mpd.baselines.gns import GNSParams
+    from mpd.horizon import COMPARISON_DEFAULTS
+    from twin.star_polymer import StarPolymerParams
+
+    defs = load_schema(SCHEMA_PATH)["$defs"]
+    assert set(defs["star_polymer"]["properties"]) == {f.name for f in dataclasses.fields(StarPolymerParams)} | {
+        "preset"}
+    # stochastic and seed come from the model's name and the comparison's seed
+    assert set(defs["gns"]["properties"]) == {f.name for f in dataclasses.fields(GNSParams)} - {"stochastic", "seed"}
+    keywords = {name for name, p in inspect.signature(calibrate_dpd).parameters.items() if p.kind == p.KEYWORD_ONLY}
+    assert set(defs["comparison"]["properties"]["dpd"]["properties"]) == keywords - {"mass", "seed"}
+    assert set(defs["comparison"]["properties"]) == set(COMPARISON_DEFAULTS)
+
+
+def test_star_polymer_experiments_are_checked_naming_the_key():
+    base = {"synthetic": {"star_polymer": {"preset": "SP51"}}, "comparison": {"models": ["learned", "dpd"]}}
+    validate_config({"experiments": {"sp": base}})
+    cases = [({"synthetic": {"star_polymer": {"preset": "SP11"}, "microscope": {}}}, "keep one kind"),
+             ({"synthetic": {"star_polymer": {"preset": "SP99"}}}, "experiments.sp.synthetic.star_polymer.preset"),
+             ({"synthetic": {"star_polymer": {"dt": 0.003, "sample_interval_tau": 0.1}}}, "multiple of dt"),
+             ({**base, "comparison": {"models": ["lstm"]}}, "experiments.sp.comparison.models.0"),
+             ({**base, "comparison": {"dpd": {"budjet": 8}}}, "experiments.sp.comparison.dpd.budjet")]
+    for experiment, message in cases:
+        with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+            validate_config({"experiments": {"sp": experiment}})
+
+
 def test_unknown_nested_parameter_is_rejected_by_dataclasses_too():
     with pytest.raises(twin_params.ParameterError, match="simulation.shear.amplitud"):
         twin_params.from_dict(twin_params.SimulationParams, {"shear": {"amplitud": 0.1}}, "simulation")

@@ -248,7 +248,26 @@ def test_training_on_the_3d_fluid_builds_a_3d_fluid_model_with_finite_losses(tra
     text = " | ".join(messages)
     assert "deviatoric (strain) energy off" in text and "cage objective off" in text
     assert "selection by rollouts off" in text and "temperature not calibrated" in text
+    assert "k_B by equipartition" in text
     assert (model_dir / "rollout_step.pt").is_file()
+
+
+def test_a_trained_fluid_keeps_the_datas_kinetic_temperature(fluid, fluid_dataset, trained):
+    """k_B follows equipartition during training: the model's temperatures carry the data's kinetic energy."""
+    import torch
+
+    from mpd.geometry.loader import SnapshotPairDataset, collate_snapshots
+    from mpd.training import batch_pairs, dataset_frames, equipartition_k_B
+
+    model_dir, _ = trained
+    model, _ = load_model(model_dir / "model.pt", dtype="float64")
+    data = SnapshotPairDataset(fluid_dataset[0], "train")
+    frames = dataset_frames(data)
+    batch = collate_snapshots([data[k] for k in range(len(data))])
+    batch = {k: v.to(torch.float64) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
+    pairs_t, _ = batch_pairs(batch, frames, torch.float64, "cpu")
+    # the trained k_B is the last batch's equipartition value: close to the whole split's
+    assert float(model.k_B) == pytest.approx(equipartition_k_B(model, batch, pairs_t), rel=0.25)
 
 
 def test_rollout_in_the_3d_box_wraps_right_and_conserves_momentum_with_noise(fluid, trained, tmp_path):

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from mpd.atomic import atomic_output_dir
+from mpd.geometry.particles import box_lengths
 from mpd.horizon import Horizon, horizon
 from mpd.jsonsafe import json_ready
 
@@ -39,18 +40,6 @@ AXES = ("x", "y", "z")
 
 class BaselineInputError(ValueError):
     """The truth or the settings cannot run a baseline; the message names the file or key and the fix."""
-
-
-def box_lengths(metadata: Mapping, path="metadata.json") -> np.ndarray:
-    """(lx, ly[, lz]) of an orthorhombic periodic box from a truth metadata document."""
-    keys = ["lx", "ly", "lz"] if "lz" in metadata else ["lx", "ly"]
-    try:
-        lengths = np.array([float(metadata[k]) for k in keys])
-    except (KeyError, TypeError, ValueError) as error:
-        raise BaselineInputError(f"{path} lacks the box lengths {keys} of a periodic sample ({error})") from None
-    if not (np.isfinite(lengths).all() and (lengths > 0).all()):
-        raise BaselineInputError(f"{path}: box lengths {lengths.tolist()} must be finite and > 0")
-    return lengths
 
 
 def trajectory_arrays(truth: pd.DataFrame, frames, dim: int, path="trajectories.parquet"):
@@ -132,7 +121,10 @@ def run_baseline(kind: str, truth_path, metadata_path, out_dir, settings: Mappin
     settings = dict(settings or {})
     seed = int(settings.get("seed", 0))
     metadata = json.loads(Path(metadata_path).read_text())
-    lengths = box_lengths(metadata, metadata_path)
+    try:
+        lengths = box_lengths(metadata, metadata_path)
+    except ValueError as error:
+        raise BaselineInputError(str(error)) from None
     dim = len(lengths)
     truth = pd.read_parquet(truth_path)
     frame_values = np.unique(truth["frame"].to_numpy())
@@ -146,8 +138,12 @@ def run_baseline(kind: str, truth_path, metadata_path, out_dir, settings: Mappin
 
     clock = time.process_time()
     with atomic_output_dir(out_dir) as tmp:
-        positions, velocities, fit = _fit_and_roll(kind, block_x, block_v, lengths, dt, split, history_x,
-                                                   history_v[-1], settings, tmp, seed)
+        try:
+            positions, velocities, fit = _fit_and_roll(kind, block_x, block_v, lengths, dt, split, history_x,
+                                                       history_v[-1], settings, tmp, seed)
+        except (TypeError, ValueError) as error:  # a setting the baseline refuses: name the section
+            raise BaselineInputError(f"comparison.{kind}: {error}; fix the setting in the experiment's "
+                                     f"comparison section") from error
         bad = _first_bad_frame(positions, velocities, history_x[-1], lengths)
         kept = len(positions) if bad is None else bad
         start_frame = int(frame_values[split.start])

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mpd.atomic import atomic_output_dir
 from mpd.geometry.dataset import build_pairs, write_pair_table
 from mpd.geometry.domain import OrthoBox
 
@@ -33,6 +34,18 @@ TOLERANCE = 1e-6
 
 class ParticleDataError(ValueError):
     """The trajectory table cannot make a 3D periodic dataset; the message says what to fix."""
+
+
+def box_lengths(metadata: Mapping, path="metadata.json") -> np.ndarray:
+    """(lx, ly[, lz]) of an orthorhombic periodic box from a truth metadata document."""
+    keys = ["lx", "ly", "lz"] if "lz" in metadata else ["lx", "ly"]
+    try:
+        lengths = np.array([float(metadata[k]) for k in keys])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ParticleDataError(f"{path} lacks the box lengths {keys} of a periodic sample ({error})") from None
+    if not (np.isfinite(lengths).all() and (lengths > 0).all()):
+        raise ParticleDataError(f"{path}: box lengths {lengths.tolist()} must be finite and > 0")
+    return lengths
 
 
 def load_particle_trajectories(trajectories) -> pd.DataFrame:
@@ -154,3 +167,52 @@ def particle_dataset(
 
 
 __all__ = ["TRAJECTORY_COLUMNS_3D", "ParticleDataError", "frame_interval", "particle_dataset"]
+
+
+#: Verlet skin of the rollouts (mpd.rollout.periodic_fluid_rollout), in units of h: h (1 + skin) < L / 2.
+ROLLOUT_SKIN = 0.3
+#: Dataset splits of a training block: train and validation only (the held-back truth is the test).
+BLOCK_SPLIT_FRACTIONS = (0.8, 0.2, 0.0)
+
+
+def training_block_dataset(truth_path, metadata_path, out_dir, geometry=None, comparison=None) -> dict:
+    """The dataset of a simulated bulk sample's training block (`mpd.horizon`); returns its metadata.
+
+    Only frames ``[0, comparison.train_frames)`` enter: the rest is the
+    held-back truth the rollouts are compared with. ``geometry`` (the
+    experiment's `geometry:` section) gives the cut-off h: ``h_um`` in the
+    sample's length unit, or ``h_factor`` (default 1.5) times the mean spacing
+    n^(-1/3); and ``split_fractions`` (default train 0.8, validation 0.2,
+    no test) and ``gap_pairs`` within the block.
+    """
+    import json
+
+    from mpd.geometry.params import GeometryParams
+    from mpd.horizon import comparison_settings, horizon
+
+    settings = comparison_settings(comparison)
+    section = dict(geometry or {})
+    section.setdefault("split_fractions", list(BLOCK_SPLIT_FRACTIONS))
+    params = GeometryParams.from_config(section)
+    metadata = json.loads(Path(metadata_path).read_text())
+    lengths = box_lengths(metadata, metadata_path)
+    table = load_particle_trajectories(truth_path)
+    frames = np.unique(table["frame"].to_numpy())
+    split = horizon(len(frames), settings["train_frames"], settings["rollout_factor"])
+    block = table[table["frame"].isin(frames[:split.train_frames])]
+    n_particles = block.groupby("frame")["particle"].nunique().mean()
+    spacing = (float(np.prod(lengths)) / n_particles) ** (1.0 / len(lengths))
+    h = params.cutoff_um(spacing)
+    if (1.0 + ROLLOUT_SKIN) * h >= 0.5 * float(lengths.min()):
+        raise ParticleDataError(
+            f"the cut-off h = {h:.3g} (geometry: {'h_um' if params.h_um != 'auto' else f'h_factor {params.h_factor}'}"
+            f" x mean spacing {spacing:.3g}) plus the rollouts' Verlet skin ({ROLLOUT_SKIN} h) must be below half "
+            f"the box side {float(lengths.min()):.3g}: lower geometry.h_factor (or h_um) or simulate a larger box "
+            f"(synthetic.star_polymer.n_polymers)")
+    with atomic_output_dir(out_dir) as tmp:  # the whole dataset appears at once, or the old one stays
+        return particle_dataset(block, lengths, tmp, length_scale=h, split_fractions=params.split_fractions,
+                                gap_pairs=params.gap_pairs,
+                                extra_metadata={"horizon": split.to_dict(), "mean_spacing": spacing,
+                                                "h_rule": "h_um" if params.h_um != "auto" else
+                                                f"{params.h_factor} x mean spacing n^(-1/3)",
+                                                "source": str(truth_path), "units": metadata.get("units")})

@@ -66,12 +66,19 @@ def all_outputs():
     return outputs
 
 
-def comparison_section(experiment):
-    """The experiment's `comparison:` settings over their defaults (mpd.horizon.comparison_settings)."""
+# The comparison settings each rule depends on: a rule reruns only when one of its own changes
+# (adding a baseline to `models` reruns that baseline and the comparison, not the learned model).
+SPLIT_KEYS = ("train_frames", "rollout_factor", "seed")
+
+
+def comparison_section(experiment, keys=None):
+    """The experiment's `comparison:` settings over their defaults (mpd.horizon.comparison_settings),
+    only `keys` of them when given."""
     from mpd.horizon import comparison_settings
 
     star = (config["experiments"][experiment].get("synthetic") or {}).get("star_polymer") or {}
-    return comparison_settings(config["experiments"][experiment].get("comparison"), star.get("preset", "SP11"))
+    settings = comparison_settings(config["experiments"][experiment].get("comparison"), star.get("preset", "SP11"))
+    return settings if keys is None else {key: settings[key] for key in keys}
 
 
 def comparison_inputs(wildcards):

@@ -33,7 +33,7 @@ rule bulk_dataset:
         dataset="results/{experiment}/geometry/dataset/metadata.json",
     params:
         geometry=lambda wildcards: experiment_section(wildcards.experiment, "geometry"),
-        comparison=lambda wildcards: comparison_section(wildcards.experiment),
+        comparison=lambda wildcards: comparison_section(wildcards.experiment, SPLIT_KEYS),
     wildcard_constraints:
         experiment=experiment_pattern(BULK),
     log:
@@ -59,7 +59,7 @@ rule rollout_bulk:
         status="results/{experiment}/model/rollout_status.json",
     params:
         model=lambda wildcards: experiment_section(wildcards.experiment, "model"),
-        comparison=lambda wildcards: comparison_section(wildcards.experiment),
+        comparison=lambda wildcards: comparison_section(wildcards.experiment, SPLIT_KEYS),
     wildcard_constraints:
         experiment=experiment_pattern(BULK),
     log:
@@ -85,7 +85,7 @@ rule baseline:
         status="results/{experiment}/baselines/{baseline}/rollout_status.json",
         fit="results/{experiment}/baselines/{baseline}/fit.json",
     params:
-        comparison=lambda wildcards: comparison_section(wildcards.experiment),
+        comparison=lambda wildcards: comparison_section(wildcards.experiment, SPLIT_KEYS + (wildcards.baseline,)),
     wildcard_constraints:
         experiment=experiment_pattern(BULK),
         baseline="dpd|gns|gns_sde",
