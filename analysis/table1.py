@@ -32,7 +32,7 @@ from analysis.structure import rdf
 from mpd.atomic import atomic_write_bytes, atomic_write_json
 
 __all__ = ["METRICS", "MODELS", "PAPER_TABLE1", "compare_rollouts", "comparison_document", "comparison_table",
-           "read_comparisons", "rollout_errors", "write_table"]
+           "read_comparisons", "rollout_errors", "twin_comparison", "write_table"]
 
 METRICS = ("rdf", "msd", "vacf")
 #: model key -> name in the table (the learned model first, then the baselines)
@@ -270,3 +270,27 @@ def _box_2d(lengths):
     from mpd.geometry.domain import Box
 
     return Box(float(lengths[0]), float(lengths[1]))
+
+
+def twin_comparison(experiment: str, box_metrics_path, comparison_path) -> dict:
+    """The colloid twin's row of Table 1: the learned model's periodic-box rollout against the truth.
+
+    Read from the analysis stage's ``analysis/box/metrics.json`` (errors of the
+    rollout 25 times the training span in the twin's sheared periodic box,
+    `analysis.compare`), beside the paper's colloid value. The baselines are
+    not run on the twin: they take an orthorhombic box, not the twin's
+    deforming one (docs/comparison.md); the document says so.
+    """
+    try:
+        metrics = json.loads(Path(box_metrics_path).read_text())
+        errors = metrics["errors"]["truth"]["rollout"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{box_metrics_path} has no truth-versus-rollout errors ({error}); rerun the twin's "
+                         f"analysis") from error
+    document = comparison_document(experiment, "colloids", {"learned": errors}, statuses={"learned": "completed"},
+                                   settings={"domain": "periodic box (sheared), rollout 25 x the training span",
+                                             "source": str(box_metrics_path),
+                                             "baselines": "not run: the baselines take an orthorhombic box, not "
+                                                          "the twin's deforming one"})
+    atomic_write_json(document, comparison_path)
+    return document

@@ -92,3 +92,18 @@ def test_unreadable_comparison_names_the_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="comparison.json"):
         read_comparisons([bad])
+
+
+def test_twin_row_comes_from_the_box_metrics(tmp_path):
+    from analysis.table1 import twin_comparison
+
+    box = tmp_path / "box_metrics.json"
+    box.write_text(json.dumps({"errors": {"truth": {"rollout": {"rdf": 0.017, "msd": 0.008, "vacf": 0.008}}}}))
+    doc = twin_comparison("twin", box, tmp_path / "comparison.json")
+    assert doc["case"] == "colloids" and doc["models"]["learned"]["errors"]["rdf"] == 0.017
+    assert doc["met"] == ["learned rdf at or below the paper's"]  # 0.017 <= 0.115; no published MSD
+    assert "not run" in doc["settings"]["baselines"]
+    assert json.loads((tmp_path / "comparison.json").read_text())["experiment"] == "twin"
+    box.write_text("{}")
+    with pytest.raises(ValueError, match="rerun the twin's analysis"):
+        twin_comparison("twin", box, tmp_path / "again.json")

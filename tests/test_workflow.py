@@ -164,6 +164,17 @@ def test_a_damaged_model_keeps_the_previous_results_until_a_good_model_replaces_
         assert (kept_dir / names[0]).stat().st_ino == (model_dir / names[0]).stat().st_ino
 
 
+def test_table1_has_the_twins_row_from_its_box_analysis(finished_run):
+    result = snakemake(finished_run, "results/table1.md")
+    assert result.returncode == 0, result.stderr[-3000:]
+    comparison = json.loads((finished_run / "results" / "tiny" / "analysis" / "comparison.json").read_text())
+    box = json.loads((finished_run / "results" / "tiny" / "analysis" / "box" / "metrics.json").read_text())
+    assert comparison["models"]["learned"]["errors"]["rdf"] == pytest.approx(box["errors"]["truth"]["rollout"]["rdf"])
+    table = pd.read_csv(finished_run / "results" / "table1.csv")
+    row = table[(table["experiment"] == "tiny") & (table["metric"] == "rdf")].iloc[0]
+    assert row["Ours"] == pytest.approx(comparison["models"]["learned"]["errors"]["rdf"]) and row["Ours (paper)"] == 0.115
+
+
 def test_changing_one_twin_parameter_reruns_only_that_experiment(finished_run):
     config = yaml.safe_load((finished_run / "config.yaml").read_text())
     config["experiments"]["tiny"]["synthetic"]["microscope"]["bit_depth"] = 8

@@ -61,7 +61,7 @@ def all_outputs():
         outputs.append(f"results/{name}/analysis/metrics.json")
         if name in SYNTHETIC:
             outputs.append(f"results/{name}/tracking/accuracy.json")
-    if BULK:
+    if BULK or SYNTHETIC:
         outputs += ["results/table1.md", "results/table1.csv"]
     return outputs
 

@@ -132,7 +132,7 @@ rule compare_models:
 
 rule table1:
     input:
-        comparisons=expand("results/{experiment}/analysis/comparison.json", experiment=BULK),
+        comparisons=expand("results/{experiment}/analysis/comparison.json", experiment=BULK + SYNTHETIC),
     output:
         markdown=report("results/table1.md", caption="../report/table1.rst", category="comparison"),
         csv="results/table1.csv",
@@ -143,3 +143,20 @@ rule table1:
         "../envs/analysis.yaml"
     script:
         "../scripts/table1.py"
+
+
+rule compare_twin:
+    # The colloid twin's row of Table 1, from its analysis (the learned model in the periodic box).
+    input:
+        metrics="results/{experiment}/analysis/metrics.json",
+    output:
+        comparison="results/{experiment}/analysis/comparison.json",
+    wildcard_constraints:
+        experiment=experiment_pattern(SYNTHETIC),
+    log:
+        "logs/{experiment}/compare_twin.log",
+    threads: 1
+    conda:
+        "../envs/analysis.yaml"
+    script:
+        "../scripts/compare_twin.py"
