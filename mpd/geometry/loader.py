@@ -130,6 +130,11 @@ class SnapshotPairDataset(Dataset):
         if self.periodic:
             item["box"] = meta[["lx", "ly", "xy"]].to_numpy(np.float64)
             item["box1"] = meta[["lx1", "ly1", "xy1"]].to_numpy(np.float64)
+        return self._tensors(item, col, meta)
+
+
+    def _tensors(self, item: dict, col: dict, meta) -> dict:
+        """The item's vectors (nondimensional unless asked otherwise) and labels as tensors."""
         if self.nondimensional:
             item = self.scales.to_nondimensional(item)
         out = {key: torch.as_tensor(np.asarray(value), dtype=self.dtype) for key, value in item.items()}
@@ -139,7 +144,6 @@ class SnapshotPairDataset(Dataset):
         out["species"] = torch.as_tensor(col["species"].astype(np.int64))
         out["frame"] = torch.tensor(int(meta["frame"]), dtype=torch.int64)
         return out
-
 
     def _item_nd(self, col: dict, meta) -> dict:
         """An item of a 3D dataset: the same keys, (N, 3) vectors, no background flow."""
@@ -155,15 +159,7 @@ class SnapshotPairDataset(Dataset):
             attrs = box_attributes(self.dim)
             item["box"] = meta[list(attrs)].to_numpy(np.float64)
             item["box1"] = meta[[a + "1" for a in attrs]].to_numpy(np.float64)
-        if self.nondimensional:
-            item = self.scales.to_nondimensional(item)
-        out = {key: torch.as_tensor(np.asarray(value), dtype=self.dtype) for key, value in item.items()}
-        out["has_ref"] = torch.as_tensor(col["has_ref"].astype(bool))
-        out["interior"] = torch.as_tensor(col["interior"].astype(bool))
-        out["particle"] = torch.as_tensor(col["particle"].astype(np.int64))
-        out["species"] = torch.as_tensor(col["species"].astype(np.int64))
-        out["frame"] = torch.tensor(int(meta["frame"]), dtype=torch.int64)
-        return out
+        return self._tensors(item, col, meta)
 
 
 def collate_snapshots(items: list[dict]) -> dict:
