@@ -107,3 +107,15 @@ def test_twin_row_comes_from_the_box_metrics(tmp_path):
     box.write_text("{}")
     with pytest.raises(ValueError, match="rerun the twin's analysis"):
         twin_comparison("twin", box, tmp_path / "again.json")
+
+
+def test_a_diverged_rollout_never_passes_on_its_partial_errors(tmp_path):
+    errors = {"learned": {"rdf": 0.01, "msd": 0.01, "vacf": 0.01}, "gns": {"rdf": 0.001, "msd": 0.001, "vacf": 0.001}}
+    doc = comparison_document("sp11", "SP11", errors, statuses={"learned": "completed", "gns": "diverged"})
+    assert "GNS rdf worse than the learned model" in doc["met"]  # diverged: worse, whatever its partial errors
+    doc = comparison_document("sp11", "SP11", errors, statuses={"learned": "diverged", "gns": "completed"})
+    assert "learned rdf at or below the paper's" in doc["missed"]
+    path = write_comparison(doc, tmp_path / "comparison.json")
+    table = write_table(read_comparisons([path]), tmp_path / "t.md", tmp_path / "t.csv")
+    assert set(table["Ours rollout"]) == {"diverged"}
+    assert "the Ours rollout diverged" in (tmp_path / "t.md").read_text()
