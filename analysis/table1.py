@@ -187,10 +187,10 @@ def comparison_table(documents: Iterable[Mapping]) -> pd.DataFrame:
             rows.append(row)
     table = pd.DataFrame(rows)
     # each model's rollout status, last: a value of a diverged rollout covers only the frames before it
-    for model in MODELS:
+    for model, name in MODELS.items():
         statuses = [d["models"].get(model, {}).get("status", "") for d in documents for _ in METRICS]
         if any(statuses) and len(statuses) == len(table):
-            table[f"{MODELS[model]} rollout"] = statuses
+            table[f"{name} rollout"] = statuses
     return table
 
 
