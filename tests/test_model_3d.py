@@ -308,3 +308,16 @@ def test_fluid_rollout_rejects_a_2d_state_and_a_box_below_the_cutoff(trained):
         periodic_fluid_rollout(model, x[:, :2], x[:, :2], (2.0, 2.0), 1)
     with pytest.raises(ValueError, match="half the shortest"):
         periodic_fluid_rollout(model, x, x, (2.0, 2.0, 2.0), 1)
+
+
+def test_closed_box_defaults_turn_the_bath_off_and_train_longer_unless_set(fluid_dataset, tmp_path):
+    """A closed periodic fluid: no bath, CLOSED_BOX_EPOCHS epochs (few steps per epoch); explicit keys win."""
+    from mpd.stage import CLOSED_BOX_EPOCHS, closed_box_defaults
+
+    out, _ = fluid_dataset
+    section = closed_box_defaults({"training": {"batch_size": 2}}, out)
+    assert section["network"]["bath"] is False
+    assert section["training"] == {"batch_size": 2, "epochs": CLOSED_BOX_EPOCHS}
+    section = closed_box_defaults({"network": {"bath": True}, "training": {"epochs": 7}}, out.parent)
+    assert section["network"]["bath"] is True and section["training"]["epochs"] == 7
+    assert closed_box_defaults(None, tmp_path) == {}  # no dataset there: left to the training to report
