@@ -356,23 +356,25 @@ CALIBRATION_BOUNDS = (0.5, 2.0)
 MIN_RESPONSE = 0.2
 
 
-def calibrate_temperature(model: MetriplecticModel, windows: Sequence[CageWindow], lag: int, settle: int,
-                          seed: int = 0, iterations: int = 6, tolerance: float = 0.02) -> dict:
-    """Scale k_B (every noise of the model, at its fluctuation-dissipation ratio) so that settled rollouts'
-    relative cage fluctuations over `lag` frames match the data's (`relaxed_cage_ratio`); returns a record.
+def bracketed_secant(model: MetriplecticModel, measure_ratio, iterations: int = 6, tolerance: float = 0.02,
+                     check_response: bool = True) -> tuple[list[dict], dict | None]:
+    """Scale k_B until ``measure_ratio()`` (model over data, at the model's current k_B) is 1.
 
-    The ratio is measured with common random numbers; the first step assumes it proportional to k_B,
-    later ones interpolate log k_B linearly in log ratio between the closest points on either side of 1
-    (a bracketed secant: the estimate is noisy, and the response need not be linear).
+    The first step assumes the ratio proportional to k_B; later ones
+    interpolate log k_B linearly in log ratio between the closest points on
+    either side of 1 (a bracketed secant: the ratio is a noisy estimate, and
+    its response need not be linear). k_B stays within `CALIBRATION_BOUNDS`
+    of its starting value. With ``check_response``, gives up after two points
+    whose response exponent is below `MIN_RESPONSE`. Leaves the model at the
+    best k_B found (or the starting one when it gave up); returns the history
+    of (k_B, ratio) and, when it gave up, the response that made it.
     """
     k_B0 = float(model.k_B.detach())
     history: list[dict] = []
 
     def measure(k_B: float) -> float:
         model.log_k_B.assign(k_B)
-        ratios = [relaxed_cage_ratio(model, w, lag, settle, torch.Generator(device=w.x.device).manual_seed(seed + i))
-                  for i, w in enumerate(windows)]
-        ratio = float(np.exp(np.mean(np.log(ratios))))
+        ratio = float(measure_ratio())
         history.append({"k_B": k_B, "ratio": ratio})
         return ratio
 
@@ -382,16 +384,12 @@ def calibrate_temperature(model: MetriplecticModel, windows: Sequence[CageWindow
     for step in range(iterations - 1):
         if abs(math.log(ratio)) < tolerance:
             break
-        if step == 1:  # two points: is the cage the noise's at all?
+        if step == 1 and check_response:  # two points: does the ratio respond to k_B at all?
             a, b = history[0], history[1]
             response = math.log(a["ratio"] / b["ratio"]) / math.log(a["k_B"] / b["k_B"])
             if response < MIN_RESPONSE:
                 model.log_k_B.assign(k_B0)
-                return {"k_B_trained": k_B0, "k_B": k_B0, "scale": 1.0, "ratio": history[0]["ratio"],
-                        "lag_frames": lag, "settle_frames": settle, "windows": len(windows),
-                        "iterations": history, "calibrated": False,
-                        "reason": f"the cage responds to k_B with exponent {response:.2f} < {MIN_RESPONSE}: "
-                                  "its relative motion is the drive's, not the noise's"}
+                return history, {"response": response}
         above = [h for h in history if h["ratio"] > 1]
         below = [h for h in history if h["ratio"] <= 1]
         if above and below:
@@ -406,9 +404,32 @@ def calibrate_temperature(model: MetriplecticModel, windows: Sequence[CageWindow
         ratio = measure(k_B)
     best = min(history, key=lambda h: abs(math.log(h["ratio"])))
     model.log_k_B.assign(best["k_B"])
-    return {"k_B_trained": k_B0, "k_B": best["k_B"], "scale": best["k_B"] / k_B0, "ratio": best["ratio"],
-            "lag_frames": lag, "settle_frames": settle, "windows": len(windows), "iterations": history,
-            "calibrated": True}
+    return history, None
+
+
+def calibrate_temperature(model: MetriplecticModel, windows: Sequence[CageWindow], lag: int, settle: int,
+                          seed: int = 0, iterations: int = 6, tolerance: float = 0.02) -> dict:
+    """Scale k_B (every noise of the model, at its fluctuation-dissipation ratio) so that settled rollouts'
+    relative cage fluctuations over `lag` frames match the data's (`relaxed_cage_ratio`); returns a record.
+
+    The ratio is measured with common random numbers (`bracketed_secant` adjusts k_B).
+    """
+    k_B0 = float(model.k_B.detach())
+
+    def ratio() -> float:
+        ratios = [relaxed_cage_ratio(model, w, lag, settle, torch.Generator(device=w.x.device).manual_seed(seed + i))
+                  for i, w in enumerate(windows)]
+        return float(np.exp(np.mean(np.log(ratios))))
+
+    history, gave_up = bracketed_secant(model, ratio, iterations, tolerance)
+    record = {"k_B_trained": k_B0, "lag_frames": lag, "settle_frames": settle, "windows": len(windows),
+              "iterations": history}
+    if gave_up is not None:
+        return {**record, "k_B": k_B0, "scale": 1.0, "ratio": history[0]["ratio"], "calibrated": False,
+                "reason": f"the cage responds to k_B with exponent {gave_up['response']:.2f} < {MIN_RESPONSE}: "
+                          "its relative motion is the drive's, not the noise's"}
+    best = min(history, key=lambda h: abs(math.log(h["ratio"])))
+    return {**record, "k_B": best["k_B"], "scale": best["k_B"] / k_B0, "ratio": best["ratio"], "calibrated": True}
 
 
 __all__ = [
@@ -417,6 +438,7 @@ __all__ = [
     "CageWindow",
     "cage_loss",
     "cage_statistics",
+    "bracketed_secant",
     "calibrate_temperature",
     "data_displacements",
     "load_window",

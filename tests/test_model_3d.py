@@ -244,10 +244,14 @@ def test_training_on_the_3d_fluid_builds_a_3d_fluid_model_with_finite_losses(tra
     assert np.isfinite(log_table["train_loss"].iloc[1:]).all() and np.isfinite(log_table["val_loss"]).all()
     assert log_table["val_rollout_metric"].isna().all() and log_table["val_cage"].isna().all()
     assert meta["selection_basis"] == "val_loss"
-    assert meta["temperature_calibration"]["calibrated"] is False
+    calibration = meta["temperature_calibration"]
+    assert calibration["calibrated"] is True and calibration["method"].startswith("kinetic energy of settled")
+    assert 0.5 <= calibration["scale"] <= 2.0 and len(calibration["iterations"]) >= 1
+    # the calibrated k_B is the one whose settled rollouts came closest to the data's kinetic energy
+    assert abs(np.log(calibration["ratio"])) == min(abs(np.log(h["ratio"])) for h in calibration["iterations"])
     text = " | ".join(messages)
     assert "deviatoric (strain) energy off" in text and "cage objective off" in text
-    assert "selection by rollouts off" in text and "temperature not calibrated" in text
+    assert "selection by rollouts off" in text and "temperature calibrated: k_B x" in text
     assert "k_B by equipartition" in text
     assert (model_dir / "rollout_step.pt").is_file()
 
@@ -266,8 +270,11 @@ def test_a_trained_fluid_keeps_the_datas_kinetic_temperature(fluid, fluid_datase
     batch = collate_snapshots([data[k] for k in range(len(data))])
     batch = {k: v.to(torch.float64) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in batch.items()}
     pairs_t, _ = batch_pairs(batch, frames, torch.float64, "cpu")
-    # the trained k_B is the last batch's equipartition value: close to the whole split's
-    assert float(model.k_B) == pytest.approx(equipartition_k_B(model, batch, pairs_t), rel=0.25)
+    # the trained k_B (before the rollout calibration) is the last batch's equipartition value: close to the
+    # whole split's
+    trained = load_model(model_dir / "model.pt", dtype="float64")[1]["temperature_calibration"]["k_B_trained"]
+    model.log_k_B.assign(trained)
+    assert trained == pytest.approx(equipartition_k_B(model, batch, pairs_t), rel=0.25)
 
 
 def test_rollout_in_the_3d_box_wraps_right_and_conserves_momentum_with_noise(fluid, trained, tmp_path):
@@ -312,12 +319,30 @@ def test_fluid_rollout_rejects_a_2d_state_and_a_box_below_the_cutoff(trained):
 
 def test_closed_box_defaults_turn_the_bath_off_and_train_longer_unless_set(fluid_dataset, tmp_path):
     """A closed periodic fluid: no bath, CLOSED_BOX_EPOCHS epochs (few steps per epoch); explicit keys win."""
-    from mpd.stage import CLOSED_BOX_EPOCHS, closed_box_defaults
+    from mpd.stage import CLOSED_BOX_CALIBRATION, CLOSED_BOX_EPOCHS, closed_box_defaults
 
     out, _ = fluid_dataset
     section = closed_box_defaults({"training": {"batch_size": 2}}, out)
     assert section["network"]["bath"] is False
-    assert section["training"] == {"batch_size": 2, "epochs": CLOSED_BOX_EPOCHS}
+    assert section["training"] == {"batch_size": 2, "epochs": CLOSED_BOX_EPOCHS, **CLOSED_BOX_CALIBRATION}
     section = closed_box_defaults({"network": {"bath": True}, "training": {"epochs": 7}}, out.parent)
     assert section["network"]["bath"] is True and section["training"]["epochs"] == 7
     assert closed_box_defaults(None, tmp_path) == {}  # no dataset there: left to the training to report
+
+
+def test_fluid_temperature_calibration_cools_a_model_made_too_hot(fluid_dataset, trained):
+    import torch
+
+    from mpd.geometry.loader import SnapshotPairDataset
+    from mpd.params import ModelConfig
+    from mpd.training import calibrate_fluid_temperature, dataset_frames
+
+    model_dir, _ = trained
+    model, _ = load_model(model_dir / "model.pt", dtype="float64")
+    data = SnapshotPairDataset(fluid_dataset[0], "train")
+    params = ModelConfig.from_config({"training": {"calibration_frames": 12, "calibration_settle": 4}}).training
+    model.log_k_B.assign(1.8 * float(model.k_B))  # noise 1.8 times too strong: rollouts run hot
+    record = calibrate_fluid_temperature(model, data, dataset_frames(data), params, torch.float64, "cpu")
+    first, best = record["iterations"][0]["ratio"], record["ratio"]
+    assert first > 1 and abs(np.log(best)) < abs(np.log(first))
+    assert record["scale"] < 1 and float(model.k_B) == pytest.approx(record["k_B"])
