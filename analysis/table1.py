@@ -238,18 +238,15 @@ def compare_rollouts(experiment: str, case: str | None, truth_path, metadata_pat
     """
     from analysis.figures import figure_note, model_comparison_figure
     from mpd.atomic import atomic_output_dir
-    from mpd.geometry.particles import box_lengths
-    from mpd.horizon import horizon
+    from mpd.geometry.particles import load_bulk_truth
+    from mpd.horizon import comparison_settings
 
-    settings = dict(settings or {})
-    metadata = json.loads(Path(metadata_path).read_text())
-    lengths = box_lengths(metadata, metadata_path)
-    truth = pd.read_parquet(truth_path)
-    frames = sorted(truth["frame"].unique())
-    split = horizon(len(frames), settings.get("train_frames", 40), settings.get("rollout_factor", 25))
+    settings = comparison_settings(settings)
+    bulk = load_bulk_truth(truth_path, metadata_path, settings)
+    truth, frames, split, lengths, metadata = bulk.table, bulk.frames, bulk.split, bulk.lengths, bulk.metadata
     held = truth[(truth["frame"] >= frames[split.start]) & (truth["frame"] <= frames[split.end])]
-    r_max = float(settings.get("rdf_r_max") or 0.45 * float(lengths.min()))
-    bins = int(settings.get("rdf_bins", 60))
+    r_max = float(settings["rdf_r_max"] or 0.45 * float(lengths.min()))
+    bins = int(settings["rdf_bins"])
     where = {"lengths": lengths} if len(lengths) == 3 else {"box": _box_2d(lengths)}
     curves = {"truth": rollout_curves(held, r_max=r_max, bins=bins, n_lags=split.rollout_frames, **where)}
     errors, statuses = {}, {}
@@ -258,11 +255,10 @@ def compare_rollouts(experiment: str, case: str | None, truth_path, metadata_pat
         statuses[model] = status.get("status", "unknown")
         rollout = pd.read_parquet(rollout_path)
         if rollout["frame"].nunique() < 2:
-            errors[model], curves[MODELS[model]] = None, {}
+            errors[model], curves[model] = None, {}
             continue
-        curves[MODELS[model]] = rollout_curves(rollout, r_max=r_max, bins=bins, n_lags=split.rollout_frames,
-                                               **where)
-        errors[model] = curve_errors(curves["truth"], curves[MODELS[model]])
+        curves[model] = rollout_curves(rollout, r_max=r_max, bins=bins, n_lags=split.rollout_frames, **where)
+        errors[model] = curve_errors(curves["truth"], curves[model])
     document = comparison_document(experiment, case, errors, statuses=statuses, settings={
         **split.to_dict(), "rdf_r_max": r_max, "rdf_bins": bins,
         "units": metadata.get("units", "µm, s")})
@@ -271,14 +267,14 @@ def compare_rollouts(experiment: str, case: str | None, truth_path, metadata_pat
         f"{MODELS[m]} {s}" for m, s in statuses.items())
     with atomic_output_dir(out_dir) as tmp:
         (tmp / "tables").mkdir()
-        for name, model_curves in curves.items():
+        for key, model_curves in curves.items():
             for metric, table in model_curves.items():
                 if table is not None:
-                    key = name if name == "truth" else next(k for k, v in MODELS.items() if v == name)
                     table.to_csv(tmp / "tables" / f"{key}_{metric}.csv", index=False)
         units = ("σ", "τ") if metadata.get("units") == "lj" else ("µm", "s")
+        named = {MODELS.get(key, key): model_curves for key, model_curves in curves.items()}
         with figure_note(note):
-            model_comparison_figure(curves, tmp / "comparison.png", units=units)
+            model_comparison_figure(named, tmp / "comparison.png", units=units)
     atomic_write_json(document, comparison_path or Path(out_dir).parent / "comparison.json")
     return document
 

@@ -123,18 +123,15 @@ def rollout_bulk(model_path, truth_path, metadata_path, out_dir, comparison=None
     (`mpd.rollout.rollout_fluid`; the status also holds the split).
     ``params``: the ``model:`` section, for the rollout's dtype and device.
     """
-    from mpd.geometry.particles import box_lengths
-    from mpd.horizon import comparison_settings, horizon
+    from mpd.geometry.particles import load_bulk_truth
+    from mpd.horizon import comparison_settings
     from mpd.rollout import rollout_fluid
 
     settings = comparison_settings(comparison)
     rollout_params = ModelConfig.from_config(params).rollout if params else RolloutParams()
-    metadata = json.loads(Path(metadata_path).read_text())
-    lengths = box_lengths(metadata, metadata_path)
-    truth = pd.read_parquet(truth_path)
-    frames = np.unique(truth["frame"].to_numpy())
-    split = horizon(len(frames), settings["train_frames"], settings["rollout_factor"])
-    start = truth[truth["frame"] == frames[split.start]].sort_values("particle")
+    truth = load_bulk_truth(truth_path, metadata_path, settings)
+    lengths, split, frames = truth.lengths, truth.split, truth.frames
+    start = truth.rows(split.start)
     axes = "xyz"[:len(lengths)]
     result = rollout_fluid(model_path, start[[f"{a}u" for a in axes]].to_numpy(np.float64),
                            start[[f"v{a}" for a in axes]].to_numpy(np.float64), lengths, split.rollout_frames,

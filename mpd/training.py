@@ -754,7 +754,8 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
                 continue
             pairs_t, pairs_t1 = batch_pairs(batch, frames, dtype, device)
             optimizer.zero_grad(set_to_none=True)
-            loss = snapshot_loss(model, batch_to(batch, device), pairs_t, pairs_t1, params.jitter, noise_variance)
+            batch = batch_to(batch, device)
+            loss = snapshot_loss(model, batch, pairs_t, pairs_t1, params.jitter, noise_variance)
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"non-finite training loss at epoch {epoch + 1}, batch {step + 1}; the checkpoint of "
@@ -765,7 +766,7 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
                 torch.nn.utils.clip_grad_norm_(model.parameters(), params.grad_clip)
             optimizer.step()
             if equipartition:  # k_B follows the temperatures: the noise is FDT-consistent with the data's
-                set_positive_scalar(model.log_k_B, equipartition_k_B(model, batch_to(batch, device), pairs_t))
+                set_positive_scalar(model.log_k_B, equipartition_k_B(model, batch, pairs_t))
             value = loss.item()
             total += value * n_interior
             weight += n_interior

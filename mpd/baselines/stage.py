@@ -24,14 +24,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from mpd.atomic import atomic_output_dir
-from mpd.geometry.particles import box_lengths
-from mpd.horizon import Horizon, horizon
+from mpd.geometry.particles import ParticleDataError, frame_interval, load_bulk_truth
+from mpd.horizon import Horizon, comparison_settings
 from mpd.jsonsafe import json_ready
 
 KINDS = ("dpd", "gns", "gns_sde")
@@ -118,22 +117,19 @@ def run_baseline(kind: str, truth_path, metadata_path, out_dir, settings: Mappin
     """Fit baseline ``kind`` on the training block and roll it out (module docstring); returns the status."""
     if kind not in KINDS:
         raise BaselineInputError(f"unknown baseline {kind!r}; choose one of {list(KINDS)}")
-    settings = dict(settings or {})
-    seed = int(settings.get("seed", 0))
-    metadata = json.loads(Path(metadata_path).read_text())
+    settings = comparison_settings(settings)
+    seed = int(settings["seed"])
     try:
-        lengths = box_lengths(metadata, metadata_path)
-    except ValueError as error:
+        bulk = load_bulk_truth(truth_path, metadata_path, settings)
+    except ParticleDataError as error:
         raise BaselineInputError(str(error)) from None
+    truth, frame_values, split, lengths = bulk.table, bulk.frames, bulk.split, bulk.lengths
     dim = len(lengths)
-    truth = pd.read_parquet(truth_path)
-    frame_values = np.unique(truth["frame"].to_numpy())
-    split = horizon(len(frame_values), settings.get("train_frames", 40), settings.get("rollout_factor", 25))
-    dt = float(np.median(np.diff(truth.groupby("frame")["t"].first().to_numpy())))
+    dt = frame_interval(truth)
     block_x, block_v, ids = trajectory_arrays(truth, frame_values[:split.train_frames], dim, truth_path)
     history_frames = frame_values[split.train_frames:split.start + 1]  # held back, never trained on
     history_x, history_v, _ = trajectory_arrays(truth, history_frames, dim, truth_path)
-    start_rows = truth[truth["frame"] == frame_values[split.start]].sort_values("particle")
+    start_rows = bulk.rows(split.start)
     species = start_rows["species"].to_numpy() if "species" in start_rows else np.zeros(len(ids), np.int8)
 
     clock = time.process_time()

@@ -16,7 +16,9 @@ simulation's own (no finite differences).
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ import pandas as pd
 from mpd.atomic import atomic_output_dir
 from mpd.geometry.dataset import build_pairs, write_pair_table
 from mpd.geometry.domain import OrthoBox
+from mpd.horizon import Horizon
 
 AXES = ("x", "y", "z")
 TRAJECTORY_COLUMNS_3D = ("frame", "particle", "x", "y", "z", "xu", "yu", "zu", "vx", "vy", "vz")
@@ -46,6 +49,38 @@ def box_lengths(metadata: Mapping, path="metadata.json") -> np.ndarray:
     if not (np.isfinite(lengths).all() and (lengths > 0).all()):
         raise ParticleDataError(f"{path}: box lengths {lengths.tolist()} must be finite and > 0")
     return lengths
+
+
+@dataclass(frozen=True)
+class BulkTruth:
+    """The truth of a simulated bulk sample and its comparison split (`load_bulk_truth`)."""
+
+    table: pd.DataFrame     # trajectory table (columns of `TRAJECTORY_COLUMNS_3D`, t, species)
+    metadata: dict          # the truth's metadata.json
+    lengths: np.ndarray     # box lengths (lx, ly[, lz])
+    frames: np.ndarray      # the distinct frame numbers, sorted
+    split: Horizon          # `mpd.horizon.horizon` of the comparison settings, in positions into `frames`
+
+    def rows(self, index: int) -> pd.DataFrame:
+        """The rows of frame ``frames[index]``, sorted by particle."""
+        return self.table[self.table["frame"] == self.frames[index]].sort_values("particle")
+
+
+def load_bulk_truth(truth_path, metadata_path, comparison=None) -> BulkTruth:
+    """Read a simulated bulk sample's truth and split it by the experiment's `comparison:` settings.
+
+    One reading of truth, box and split for every stage that uses them: the
+    learned model's dataset and rollout, the baselines and the comparison.
+    """
+    from mpd.horizon import comparison_settings, horizon
+
+    settings = comparison_settings(comparison)
+    metadata = json.loads(Path(metadata_path).read_text())
+    lengths = box_lengths(metadata, metadata_path)
+    table = load_particle_trajectories(truth_path)
+    frames = np.unique(table["frame"].to_numpy())
+    split = horizon(len(frames), settings["train_frames"], settings["rollout_factor"])
+    return BulkTruth(table, metadata, lengths, frames, split)
 
 
 def load_particle_trajectories(trajectories) -> pd.DataFrame:
@@ -185,21 +220,14 @@ def training_block_dataset(truth_path, metadata_path, out_dir, geometry=None, co
     n^(-1/3); and ``split_fractions`` (default train 0.8, validation 0.2,
     no test) and ``gap_pairs`` within the block.
     """
-    import json
-
     from mpd.geometry.params import GeometryParams
-    from mpd.horizon import comparison_settings, horizon
 
-    settings = comparison_settings(comparison)
     section = dict(geometry or {})
     section.setdefault("split_fractions", list(BLOCK_SPLIT_FRACTIONS))
     params = GeometryParams.from_config(section)
-    metadata = json.loads(Path(metadata_path).read_text())
-    lengths = box_lengths(metadata, metadata_path)
-    table = load_particle_trajectories(truth_path)
-    frames = np.unique(table["frame"].to_numpy())
-    split = horizon(len(frames), settings["train_frames"], settings["rollout_factor"])
-    block = table[table["frame"].isin(frames[:split.train_frames])]
+    truth = load_bulk_truth(truth_path, metadata_path, comparison)
+    lengths, split, metadata = truth.lengths, truth.split, truth.metadata
+    block = truth.table[truth.table["frame"].isin(truth.frames[:split.train_frames])]
     n_particles = block.groupby("frame")["particle"].nunique().mean()
     spacing = (float(np.prod(lengths)) / n_particles) ** (1.0 / len(lengths))
     h = params.cutoff_um(spacing)
