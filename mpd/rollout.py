@@ -73,7 +73,7 @@ from mpd.atomic import atomic_write_bytes, atomic_write_json
 from mpd.geometry.domain import Box, OrthoBox, Window
 from mpd.geometry.kinematics import affine_flow, backward_velocities, shear_box_flow
 from mpd.geometry.masks import exterior_mask
-from mpd.model import MetriplecticModel, PairTensors, State, euler_maruyama_step
+from mpd.model import MetriplecticModel, PairTensors, State, closed_energy, euler_maruyama_step, restore_energy
 from mpd.model.geometry import pair_kinds
 from mpd.pairs import VerletList, minimum_image_shift, reference_bonds
 from mpd.params import RolloutParams
@@ -782,6 +782,7 @@ def periodic_fluid_rollout(
     dtype: torch.dtype = torch.float64,
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
+    conserve_energy: bool = True,
 ) -> FluidRollout:
     """Integrate every particle of a closed orthorhombic periodic box for `n_frames` frames, in model units.
 
@@ -790,7 +791,10 @@ def periodic_fluid_rollout(
     lattice shifts make the pairs exact); the table gives both (x wrapped into [0, L), xu
     unwrapped), t in frames. The drift and the pair noise are sums of antisymmetric pair
     terms, so the total momentum is conserved to round-off (not with a bath: it exchanges
-    momentum with the solvent). Stops early, keeping the frames so far, on non-finite values.
+    momentum with the solvent). With `conserve_energy` (and no bath, which exchanges energy
+    too) every step ends on the initial energy shell (`mpd.model.restore_energy`: the
+    Euler-Maruyama step's second-order energy gain goes back out of the entropies). Stops
+    early, keeping the frames so far, on non-finite values.
     """
     device = resolve_device(device)
     dim = int(model.dim)
@@ -859,6 +863,10 @@ def periodic_fluid_rollout(
     with torch.no_grad():
         S = model.teacher_entropy(x, v, pairs)
     record(0, pairs)
+    conserve_energy = bool(conserve_energy) and not model.has_bath
+    short_steps = 0  # steps whose energy error the entropies could not absorb (restore_energy)
+    if conserve_energy:
+        shell = closed_energy(model, State(x, v, S), pairs)
     dt = 1.0 / int(substeps)
     for step in range(1, int(n_frames) + 1):
         for _ in range(int(substeps)):
@@ -868,6 +876,10 @@ def periodic_fluid_rollout(
             if not finite:
                 break
             pairs = graph()
+            if conserve_energy:
+                restored, on_shell = restore_energy(model, State(x, v, S), pairs, shell)
+                S = restored.S
+                short_steps += not on_shell
         if not finite:
             frame = start_frame + step
             status = {"status": DIVERGED, "message": f"rollout diverged at frame {frame}: non-finite state; kept "
@@ -877,7 +889,11 @@ def periodic_fluid_rollout(
         record(step, pairs)
     status.update(start_frame=int(start_frame), frames_requested=int(n_frames) + 1, frames_written=len(records),
                   substeps=int(substeps), rebuilds=verlet.n_builds, wall_s=time.perf_counter() - t_start,
-                  device=str(device), dtype=str(dtype).replace("torch.", ""), noise=bool(noise), seed=int(seed))
+                  device=str(device), dtype=str(dtype).replace("torch.", ""), noise=bool(noise), seed=int(seed),
+                  conserve_energy=conserve_energy, energy_short_steps=short_steps)
+    if short_steps:
+        log.warning("%d of %d steps ended off the energy shell: their energy error was more than the entropies "
+                    "could absorb (mpd.model.restore_energy)", short_steps, int(n_frames) * int(substeps))
     columns = [c for c in FLUID_COLUMNS if c in records[0].columns]
     conservation = [c for c in FLUID_CONSERVATION_COLUMNS if c in rows[0]]
     return FluidRollout(pd.concat(records, ignore_index=True)[columns], pd.DataFrame(rows)[conservation], status)

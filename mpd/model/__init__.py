@@ -14,7 +14,7 @@ from .geometry import (
     make_pairs,
     pair_separations,
 )
-from .integrator import EulerMaruyama, euler_maruyama_step
+from .integrator import EulerMaruyama, closed_energy, euler_maruyama_step, restore_energy
 from .monotonic import DeviatoricEnergy, MonotoneConvexNet, VolumetricEnergy
 
 __all__ = [
@@ -26,9 +26,11 @@ __all__ = [
     "State",
     "Thermodynamics",
     "VolumetricEnergy",
+    "closed_energy",
     "deviatoric_strain_invariant",
     "euler_maruyama_step",
     "local_deformation_gradient",
     "make_pairs",
     "pair_separations",
+    "restore_energy",
 ]
