@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mpd.calibration import secant_scale
 from mpd.geometry.domain import Box
 from mpd.geometry.loader import SnapshotPairDataset
 from mpd.model import MetriplecticModel, State
@@ -360,51 +361,16 @@ def bracketed_secant(model: MetriplecticModel, measure_ratio, iterations: int = 
                      check_response: bool = True) -> tuple[list[dict], dict | None]:
     """Scale k_B until ``measure_ratio()`` (model over data, at the model's current k_B) is 1.
 
-    The first step assumes the ratio proportional to k_B; later ones
-    interpolate log k_B linearly in log ratio between the closest points on
-    either side of 1 (a bracketed secant: the ratio is a noisy estimate, and
-    its response need not be linear). k_B stays within `CALIBRATION_BOUNDS`
-    of its starting value. With ``check_response``, gives up after two points
-    whose response exponent is below `MIN_RESPONSE`. Leaves the model at the
-    best k_B found (or the starting one when it gave up); returns the history
-    of (k_B, ratio) and, when it gave up, the response that made it.
+    `mpd.calibration.secant_scale` on k_B, assuming the ratio proportional to
+    k_B until bracketed, within `CALIBRATION_BOUNDS` of the starting value.
+    With ``check_response``, gives up after two points whose response exponent
+    is below `MIN_RESPONSE`. Leaves the model at the best k_B found (or the
+    starting one when it gave up); returns the history of (k_B, ratio) and,
+    when it gave up, the response that made it.
     """
-    k_B0 = float(model.k_B.detach())
-    history: list[dict] = []
-
-    def measure(k_B: float) -> float:
-        model.log_k_B.assign(k_B)
-        ratio = float(measure_ratio())
-        history.append({"k_B": k_B, "ratio": ratio})
-        return ratio
-
-    low, high = (k_B0 * f for f in CALIBRATION_BOUNDS)
-    k_B = k_B0
-    ratio = measure(k_B)
-    for step in range(iterations - 1):
-        if abs(math.log(ratio)) < tolerance:
-            break
-        if step == 1 and check_response:  # two points: does the ratio respond to k_B at all?
-            a, b = history[0], history[1]
-            response = math.log(a["ratio"] / b["ratio"]) / math.log(a["k_B"] / b["k_B"])
-            if response < MIN_RESPONSE:
-                model.log_k_B.assign(k_B0)
-                return history, {"response": response}
-        above = [h for h in history if h["ratio"] > 1]
-        below = [h for h in history if h["ratio"] <= 1]
-        if above and below:
-            a = min(above, key=lambda h: h["ratio"])
-            b = max(below, key=lambda h: h["ratio"])
-            la, lb = math.log(a["k_B"]), math.log(b["k_B"])
-            ra, rb = math.log(a["ratio"]), math.log(b["ratio"])
-            k_B = math.exp(la + (lb - la) * ra / (ra - rb))
-        else:
-            k_B = k_B / ratio
-        k_B = min(max(k_B, low), high)
-        ratio = measure(k_B)
-    best = min(history, key=lambda h: abs(math.log(h["ratio"])))
-    model.log_k_B.assign(best["k_B"])
-    return history, None
+    return secant_scale(model.log_k_B.assign, measure_ratio, float(model.k_B.detach()), CALIBRATION_BOUNDS,
+                        exponent=1.0, iterations=iterations, tolerance=tolerance,
+                        min_response=MIN_RESPONSE if check_response else None, adapt=False, key="k_B")
 
 
 def calibrate_temperature(model: MetriplecticModel, windows: Sequence[CageWindow], lag: int, settle: int,

@@ -101,6 +101,7 @@ class TrainingParams(_FromConfig):
     calibration_frames: int = 60      # frames of each calibration rollout (at most the training split's longest run)
     calibration_settle: int = 20      # frames a calibration rollout runs before it is measured
     calibration_lag: int = 10         # frames of the measured relative displacements
+    calibrate_mobility: bool = True   # closed fluids: after k_B, scale M so settled rollouts' VACF integral matches
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,8 @@ def _problem(name: str, value) -> str | None:
         return None if ok else "must be a non-empty list of positive integers"
     if name in ("k_B_init", "mass_init", "teacher_velocity_scale"):
         return None if value == AUTO or (_is_number(value) and value > 0) else "must be a positive number or 'auto'"
-    if name in ("solid", "progress", "noise", "bath", "teacher_velocities", "calibrate_temperature"):
+    if name in ("solid", "progress", "noise", "bath", "teacher_velocities", "calibrate_temperature",
+                "calibrate_mobility"):
         return None if isinstance(value, bool) else "must be true or false"
     if name in _POSITIVE_INTS:
         return None if _is_int(value) and value >= 1 else "must be an integer >= 1"

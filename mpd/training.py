@@ -44,6 +44,7 @@ from torch.utils.data import DataLoader
 from mpd import distributed as ddp
 from mpd.atomic import atomic_file, atomic_write_bytes
 from mpd.cage import CageObjective
+from mpd.calibration import calibrate_closed_fluid
 from mpd.geometry.dataset import box_attributes
 from mpd.geometry.dataset import dataset_dir as find_dataset_dir
 from mpd.geometry.domain import Box, OrthoBox, periodic_box
@@ -565,6 +566,7 @@ class TrainingResult:
     checkpoint_path: Path
     device: str
     temperature_calibration: dict | None = None
+    transport_calibration: dict | None = None  # closed fluids: the mobility scale (mpd.calibration)
 
 
 def train(
@@ -806,15 +808,15 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
     best = build_model(kwargs, dtype, device)
     best.load_state_dict(best_state if best_state is not None else model.state_dict())
     best.eval()
-    calibration = None
+    calibration = transport = None
     if params.calibrate_temperature and ctx.is_main and (stop_after_epoch is None or last_epoch == params.epochs):
         if frames.dim != 2:
-            calibration = calibrate_fluid_temperature(best, train_set, frames, params, dtype, device)
+            calibration, transport = calibrate_closed_fluid(best, train_set, frames, params, dtype, device)
         else:
             calibration = calibrate_model_temperature(best, train_set, frames, params, dtype, device)
     scales = {"length_um": frames.length_um, "time_s": frames.time_s}
     return TrainingResult(best, kwargs, history, best_epoch, best_metric, basis, scales, fingerprint,
-                          checkpoint_path, str(device), calibration)
+                          checkpoint_path, str(device), calibration, transport)
 
 
 def calibrate_model_temperature(model: MetriplecticModel, train_set: SnapshotPairDataset, frames: DatasetFrames,
@@ -848,55 +850,6 @@ def calibrate_model_temperature(model: MetriplecticModel, train_set: SnapshotPai
     else:
         log.info("temperature not calibrated: %s", record["reason"])
     return {"frames": length, **record}
-
-
-def calibrate_fluid_temperature(model: MetriplecticModel, train_set: SnapshotPairDataset, frames: DatasetFrames,
-                                params: TrainingParams, dtype: torch.dtype, device: torch.device) -> dict:
-    """Scale k_B so that settled rollouts of a closed periodic fluid keep the training block's kinetic energy.
-
-    Equipartition during training ties k_B to the temperatures of the data's
-    own configurations; a rollout's entropies then drift, and with them its
-    temperature (SP11: 5-13 % hotter after 1000 frames, and the hotter runs
-    the more mobile). Rollouts of calibration_frames frames from the first and
-    the middle training snapshot (common random numbers), measured after
-    calibration_settle frames: model over data of <m v^2>, matched by
-    `mpd.cage.bracketed_secant`. Training data only; the record says what it did.
-    """
-    from mpd.cage import bracketed_secant
-    from mpd.rollout import periodic_fluid_rollout
-
-    n_frames, settle = params.calibration_frames, params.calibration_settle
-    if n_frames <= settle or not len(train_set) or frames.boxes is None:
-        reason = f"calibration_frames {n_frames} must exceed calibration_settle {settle}, with a periodic dataset"
-        log.info("temperature not calibrated: %s", reason)
-        return {"calibrated": False, "reason": reason}
-    starts = sorted({0, len(train_set) // 2})
-    items = [train_set[k] for k in starts]
-    data_v2 = float(np.mean([float((item["v0"].double() ** 2).sum(-1).mean()) for item in
-                             (train_set[k] for k in range(len(train_set)))]))
-    k_B0 = float(model.k_B.detach())
-
-    def ratio() -> float:
-        values = []
-        for i, item in enumerate(items):
-            box = frames.boxes[int(item["frame"])]
-            result = periodic_fluid_rollout(model, item["x0"].double().numpy(), item["v0"].double().numpy(),
-                                            np.asarray(box.lengths), n_frames, seed=params.seed + i,
-                                            species=item["species"].numpy(), dtype=dtype, device=device)
-            table = result.frames
-            settled = table[table["t"] >= settle]
-            axes = [c for c in ("vx", "vy", "vz") if c in settled.columns]
-            values.append(float((settled[axes].to_numpy() ** 2).sum(-1).mean()))
-        return float(np.mean(values)) / data_v2
-
-    history, _ = bracketed_secant(model, ratio, check_response=False)
-    best = min(history, key=lambda h: abs(math.log(h["ratio"])))
-    record = {"method": "kinetic energy of settled rollouts (closed periodic fluid)", "k_B_trained": k_B0,
-              "k_B": best["k_B"], "scale": best["k_B"] / k_B0, "ratio": best["ratio"], "frames": n_frames,
-              "settle_frames": settle, "windows": len(items), "iterations": history, "calibrated": True}
-    log.info("temperature calibrated: k_B x %.3f (settled rollouts' kinetic energy, model / data: %.3f -> %.3f)",
-             record["scale"], history[0]["ratio"], record["ratio"])
-    return record
 
 
 def _duration(seconds: float) -> str:
@@ -999,6 +952,7 @@ def model_metadata(result: TrainingResult, config: ModelConfig, dataset_path, dt
         "best_epoch": result.best_epoch, "best_metric": result.best_metric, "selection_basis": result.selection_basis,
         "epochs_run": max(len(result.log) - 1, 0), "dtype": dtype, "device": result.device,
         "temperature_calibration": result.temperature_calibration,
+        "transport_calibration": result.transport_calibration,
         "versions": software_versions("torch", "numpy", "pandas"),
     }
 

@@ -54,11 +54,20 @@ class NoiseAmplitudes(nn.Module):
     def __init__(self, hidden: Sequence[int] = (32, 32)):
         super().__init__()
         self.net = mlp(2, hidden, 3)
+        # Mobility scale s: M = sum G G^T is quartic in the per-end factors, so factors times s^(1/4) scale
+        # M by s: friction and noise variance together, the fluctuation-dissipation balance untouched. Not
+        # trained; set by the transport calibration of a closed fluid (mpd.calibration), 1 otherwise.
+        self.register_buffer("mobility_scale", torch.ones(()))
 
     def forward(self, rho: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
         """rho (E,), T (E,) -> (E, 3) columns a, b, c."""
         raw = self.net(torch.stack([rho, torch.log(T)], dim=-1))
-        return F.softplus(raw) * cutoff_polynomial(rho)[:, None]
+        return F.softplus(raw) * cutoff_polynomial(rho)[:, None] * self.mobility_scale.to(rho.dtype) ** 0.25
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Models saved before the mobility scale existed had none: theirs is 1.
+        state_dict.setdefault(prefix + "mobility_scale", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class EntropyTeacher(nn.Module):
