@@ -24,6 +24,7 @@ import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analysis.compare import curve_error
@@ -32,7 +33,7 @@ from analysis.structure import rdf
 from mpd.atomic import atomic_write_bytes, atomic_write_json
 
 __all__ = ["METRICS", "MODELS", "PAPER_TABLE1", "compare_rollouts", "comparison_document", "comparison_table",
-           "read_comparisons", "rollout_errors", "twin_comparison", "write_table"]
+           "read_comparisons", "rollout_errors", "sampling_floor", "twin_comparison", "write_table"]
 
 METRICS = ("rdf", "msd", "vacf")
 #: model key -> name in the table (the learned model first, then the baselines)
@@ -95,15 +96,62 @@ def rollout_errors(truth: pd.DataFrame, rollout: pd.DataFrame, *, r_max: float, 
     return curve_errors(reference, rollout_curves(rollout, r_max=r_max, bins=bins, n_lags=n_lags, **where))
 
 
+#: Random halvings of the truth's particles that `sampling_floor` averages over.
+FLOOR_SPLITS = 4
+
+
+def sampling_floor(truth: pd.DataFrame, *, r_max: float, bins: int = 60, n_lags: int, lengths=None, box=None,
+                   window=None, splits: int = FLOOR_SPLITS, seed: int = 0) -> dict[str, float | None]:
+    """The relative L2 sampling noise of the truth's own curves: the error no model of this size can beat.
+
+    The particles are split at random into two halves, each half's curves
+    formed, and ||c_a - c_b|| / (2 ||c||) averaged over `splits` halvings: the
+    difference of two halves has four times the variance of the whole sample's
+    curve, so this estimates the whole curve's relative noise. A rollout of the
+    same number of particles carries the same noise, so even an exact model
+    scores about sqrt(2) times this floor; a published error below it cannot
+    be told from zero on this sample. None where a curve cannot be formed.
+    """
+    where = {"lengths": lengths, "box": box, "window": window}
+    full = rollout_curves(truth, r_max=r_max, bins=bins, n_lags=n_lags, **where)
+    ids = np.unique(truth["particle"].to_numpy())
+    rng = np.random.default_rng(seed)
+    values: dict[str, list[float]] = {metric: [] for metric in METRICS}
+    for _ in range(splits):
+        half = set(rng.permutation(ids)[: len(ids) // 2].tolist())
+        chosen = truth["particle"].isin(half)
+        a = rollout_curves(truth[chosen], r_max=r_max, bins=bins, n_lags=n_lags, **where)
+        b = rollout_curves(truth[~chosen], r_max=r_max, bins=bins, n_lags=n_lags, **where)
+        between = curve_errors(b, a)
+        for metric in METRICS:
+            if between[metric] is not None and full[metric] is not None:
+                # ||a - b|| / ||b|| x ||b|| / ||full||: the difference relative to the whole sample's curve
+                ratio = _curve_norm(b, metric) / _curve_norm(full, metric)
+                values[metric].append(0.5 * between[metric] * ratio)
+    return {metric: (float(np.mean(v)) if v else None) for metric, v in values.items()}
+
+
+def _curve_norm(curves: Mapping, metric: str) -> float:
+    table = curves[metric]
+    column = {"rdf": "g", "msd": "msd", "vacf": "vacf"}[metric]
+    if metric == "msd":
+        table = table[table["t"] > 0]
+    return float(np.linalg.norm(table[column].to_numpy(np.float64)))
+
+
 def comparison_document(experiment: str, case: str | None, errors: Mapping[str, Mapping | None], *,
-                        statuses: Mapping[str, str] | None = None, settings: Mapping | None = None) -> dict:
+                        statuses: Mapping[str, str] | None = None, settings: Mapping | None = None,
+                        floor: Mapping[str, float | None] | None = None) -> dict:
     """The content of ``results/{exp}/analysis/comparison.json``.
 
     errors: model key (``MODELS``) -> `rollout_errors` (None: the model did not
     run or its rollout is unusable). case: the paper's column (``SP11``, ``SP51``,
     ``colloids``) for the published values, or None. Targets: the learned model at
     or below the paper's errors; every baseline worse than the learned model on
-    every metric. A missing value is a miss, never a pass. statuses: model ->
+    every metric. A missing value is a miss, never a pass. floor: the truth's
+    `sampling_floor` per metric (recorded, and a published value below sqrt(2)
+    times it is flagged: on this sample it cannot be told from zero; the target
+    still counts as missed or met as measured). statuses: model ->
     ``completed`` or ``diverged`` (the rollout stopped early: its errors cover
     only the frames it wrote, so a diverged learned model misses every target
     and a diverged baseline counts as worse, whatever its partial errors).
@@ -122,9 +170,11 @@ def comparison_document(experiment: str, case: str | None, errors: Mapping[str, 
         published = paper.get("learned", {}).get(metric)
         if published is not None:
             value = learned.get(metric) if learned else None
+            floor_value = (floor or {}).get(metric)
             checks.append({"check": f"learned {metric} at or below the paper's", "metric": metric,
                            "model": "learned", "value": value, "bound": published,
-                           "met": value is not None and value <= published and usable.get("learned", False)})
+                           "met": value is not None and value <= published and usable.get("learned", False),
+                           "below_sampling_floor": floor_value is not None and published < math.sqrt(2) * floor_value})
     for model, values in ours.items():
         if model == "learned":
             continue
@@ -144,6 +194,9 @@ def comparison_document(experiment: str, case: str | None, errors: Mapping[str, 
                            "status": statuses[model]}
                    for model in errors},
         "paper": {model: {metric: values.get(metric) for metric in METRICS} for model, values in paper.items()},
+        "sampling_floor": {metric: _finite((floor or {}).get(metric)) for metric in METRICS},
+        "sampling_floor_note": "the truth's own relative L2 noise (analysis.table1.sampling_floor); an exact model "
+                               "of the same size scores about sqrt(2) times it",
         "targets": checks,
         "met": [c["check"] for c in checks if c["met"]],
         "missed": [c["check"] for c in checks if not c["met"]],
@@ -184,6 +237,7 @@ def comparison_table(documents: Iterable[Mapping]) -> pd.DataFrame:
                 ours = entry.get("errors", {}).get(metric)
                 row[f"{MODELS[model]}"] = ours
                 row[f"{MODELS[model]} (paper)"] = document.get("paper", {}).get(model, {}).get(metric)
+            row["truth sampling floor"] = (document.get("sampling_floor") or {}).get(metric)
             rows.append(row)
     table = pd.DataFrame(rows)
     # each model's rollout status, last: a value of a diverged rollout covers only the frames before it
@@ -212,6 +266,10 @@ def write_table(documents: list[Mapping], markdown_path, csv_path) -> pd.DataFra
         missed = document.get("missed", [])
         verdict = "every target met" if not missed else "missed: " + "; ".join(missed)
         lines.append(f"- {document['experiment']}: {verdict}")
+        unresolvable = [c["check"] for c in document.get("targets", []) if c.get("below_sampling_floor")]
+        if unresolvable:
+            lines.append(f"- {document['experiment']}: below sqrt(2) x the truth's sampling floor (an exact model of "
+                         f"this size would score about that): {'; '.join(unresolvable)}")
         for model, entry in document["models"].items():
             if entry.get("status") not in ("completed", None):
                 lines.append(f"- {document['experiment']}: the {MODELS[model]} rollout {entry['status']}; its "
@@ -259,9 +317,10 @@ def compare_rollouts(experiment: str, case: str | None, truth_path, metadata_pat
             continue
         curves[model] = rollout_curves(rollout, r_max=r_max, bins=bins, n_lags=split.rollout_frames, **where)
         errors[model] = curve_errors(curves["truth"], curves[model])
+    floor = sampling_floor(held, r_max=r_max, bins=bins, n_lags=split.rollout_frames, **where)
     document = comparison_document(experiment, case, errors, statuses=statuses, settings={
         **split.to_dict(), "rdf_r_max": r_max, "rdf_bins": bins,
-        "units": metadata.get("units", "µm, s")})
+        "units": metadata.get("units", "µm, s")}, floor=floor)
     missed = document["missed"]
     note = ("every target met" if not missed else "missed: " + "; ".join(missed)) + " | rollouts: " + ", ".join(
         f"{MODELS[m]} {s}" for m, s in statuses.items())

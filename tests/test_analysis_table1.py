@@ -119,3 +119,28 @@ def test_a_diverged_rollout_never_passes_on_its_partial_errors(tmp_path):
     table = write_table(read_comparisons([path]), tmp_path / "t.md", tmp_path / "t.csv")
     assert set(table["Ours rollout"]) == {"diverged"}
     assert "the Ours rollout diverged" in (tmp_path / "t.md").read_text()
+
+
+def test_sampling_floor_measures_the_truths_own_noise_and_flags_targets_below_it(tmp_path):
+    """Halves of one Brownian sample: the floor shrinks like 1/sqrt(N); a published value below it is flagged."""
+    from analysis.table1 import sampling_floor
+
+    small = sampling_floor(brownian_3d(n=100, frames=40, seed=2), r_max=3.0, bins=15, n_lags=39, lengths=(SIDE,) * 3)
+    large = sampling_floor(brownian_3d(n=1600, frames=40, seed=2), r_max=3.0, bins=15, n_lags=39,
+                           lengths=(SIDE,) * 3)
+    for metric in ("rdf", "msd", "vacf"):
+        assert 0 < large[metric] < small[metric]
+    assert large["msd"] == pytest.approx(small["msd"] / 4, rel=0.6)  # 16 times the particles: a quarter
+    # the floor is the whole sample's noise: two independent samples of the same size differ by about
+    # sqrt(2) times it
+    errors = rollout_errors(brownian_3d(n=100, frames=40, seed=2), brownian_3d(n=100, frames=40, seed=3),
+                            r_max=3.0, bins=15, lengths=(SIDE,) * 3)
+    assert errors["msd"] == pytest.approx(np.sqrt(2) * small["msd"], rel=0.7)
+    doc = comparison_document("sp11", "SP11", {"learned": {"rdf": 0.01, "msd": 0.2, "vacf": 0.1}},
+                              floor={"rdf": 0.001, "msd": 0.05, "vacf": 0.1})
+    flags = {c["metric"]: c["below_sampling_floor"] for c in doc["targets"] if c["model"] == "learned"}
+    assert flags == {"rdf": False, "msd": True}  # 0.047 < sqrt(2) x 0.05; 0.02 > sqrt(2) x 0.001
+    assert doc["sampling_floor"]["msd"] == 0.05 and "learned msd at or below the paper's" in doc["missed"]
+    table = write_table([doc], tmp_path / "t.md", tmp_path / "t.csv")
+    assert table.loc[table["metric"] == "msd", "truth sampling floor"].iloc[0] == 0.05
+    assert "below sqrt(2) x the truth's sampling floor" in (tmp_path / "t.md").read_text()
