@@ -74,7 +74,7 @@ def train_model(dataset_dir, out_dir, params=None, *, device=None, resume: bool 
 #: only after ~1200 steps: on SP11 (0.1 tau frames) 30 epochs left a rollout 5 times too mobile (RDF error
 #: 0.45, MSD 4.3), 300 epochs reach RDF 0.02-0.024, MSD 0.32-0.46, VACF 0.21 (two seeds; docs/training.md).
 CLOSED_BOX_EPOCHS = 300
-#: Temperature calibration of a closed periodic fluid (mpd.training.calibrate_fluid_temperature): its rollouts
+#: Calibration of a closed periodic fluid (mpd.calibration.calibrate_closed_fluid): its rollouts
 #: drift in temperature over hundreds of frames (SP11: 60 frames 1.4 % cold, 1000 frames 8 % hot), so the
 #: calibration rollouts run 200 frames and are measured after 100.
 CLOSED_BOX_CALIBRATION = {"calibration_frames": 200, "calibration_settle": 100}
