@@ -107,10 +107,11 @@ def sampling_floor(truth: pd.DataFrame, *, r_max: float, bins: int = 60, n_lags:
     The particles are split at random into two halves, each half's curves
     formed, and ||c_a - c_b|| / (2 ||c||) averaged over `splits` halvings: the
     difference of two halves has four times the variance of the whole sample's
-    curve, so this estimates the whole curve's relative noise. A rollout of the
-    same number of particles carries the same noise, so even an exact model
-    scores about sqrt(2) times this floor; a published error below it cannot
-    be told from zero on this sample. None where a curve cannot be formed.
+    curve, so this estimates the whole curve's relative noise. Two independent
+    samples of this size differ by about sqrt(2) times it (a rollout from the
+    truth's own starting configuration shares its early noise and can score
+    lower): a published error below that is within the noise of this sample.
+    An estimate, not a bound. None where a curve cannot be formed.
     """
     where = {"lengths": lengths, "box": box, "window": window}
     full = rollout_curves(truth, r_max=r_max, bins=bins, n_lags=n_lags, **where)
@@ -195,8 +196,8 @@ def comparison_document(experiment: str, case: str | None, errors: Mapping[str, 
                    for model in errors},
         "paper": {model: {metric: values.get(metric) for metric in METRICS} for model, values in paper.items()},
         "sampling_floor": {metric: _finite((floor or {}).get(metric)) for metric in METRICS},
-        "sampling_floor_note": "the truth's own relative L2 noise (analysis.table1.sampling_floor); an exact model "
-                               "of the same size scores about sqrt(2) times it",
+        "sampling_floor_note": "the truth's own relative L2 noise (analysis.table1.sampling_floor, an estimate); "
+                               "two independent samples of this size differ by about sqrt(2) times it",
         "targets": checks,
         "met": [c["check"] for c in checks if c["met"]],
         "missed": [c["check"] for c in checks if not c["met"]],
@@ -268,8 +269,8 @@ def write_table(documents: list[Mapping], markdown_path, csv_path) -> pd.DataFra
         lines.append(f"- {document['experiment']}: {verdict}")
         unresolvable = [c["check"] for c in document.get("targets", []) if c.get("below_sampling_floor")]
         if unresolvable:
-            lines.append(f"- {document['experiment']}: below sqrt(2) x the truth's sampling floor (an exact model of "
-                         f"this size would score about that): {'; '.join(unresolvable)}")
+            lines.append(f"- {document['experiment']}: within the truth's sampling noise (below sqrt(2) x its floor, "
+                         f"what two independent samples of this size differ by): {'; '.join(unresolvable)}")
         for model, entry in document["models"].items():
             if entry.get("status") not in ("completed", None):
                 lines.append(f"- {document['experiment']}: the {MODELS[model]} rollout {entry['status']}; its "

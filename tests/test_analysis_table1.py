@@ -143,4 +143,4 @@ def test_sampling_floor_measures_the_truths_own_noise_and_flags_targets_below_it
     assert doc["sampling_floor"]["msd"] == 0.05 and "learned msd at or below the paper's" in doc["missed"]
     table = write_table([doc], tmp_path / "t.md", tmp_path / "t.csv")
     assert table.loc[table["metric"] == "msd", "truth sampling floor"].iloc[0] == 0.05
-    assert "below sqrt(2) x the truth's sampling floor" in (tmp_path / "t.md").read_text()
+    assert "within the truth's sampling noise (below sqrt(2) x its floor" in (tmp_path / "t.md").read_text()
