@@ -93,3 +93,20 @@ def test_step_compiles_with_torchscript_and_matches_eager():
         b = euler_maruyama_step(model, state, pairs, 0.01, interior, torch.Generator().manual_seed(0), noise)
         for x, y in zip(a, b):
             torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("bath", [False, True])
+def test_one_pass_drift_and_noise_equal_the_separate_drift_and_noise(bath):
+    """The step evaluates energy, temperatures and amplitudes once (drift_and_noise); the result is the
+    drift and the noise computed separately, draw for draw (mpd.model.dynamics)."""
+    model = random_model(5, bath=bath)
+    state, pairs = random_system(5)
+    with torch.enable_grad():
+        f_v, f_S = model.drift(state, pairs, thermal=True)
+        dv, dS = model.noise(state, pairs, torch.Generator().manual_seed(7))
+        g_v, g_S, ev, eS = model.drift_and_noise(state, pairs, torch.Generator().manual_seed(7))
+        h_v, h_S, zv, zS = model.drift_and_noise(state, pairs, None, noise=False)
+        d_v, d_S = model.drift(state, pairs, thermal=False)
+    for a, b in ((f_v, g_v), (f_S, g_S), (dv, ev), (dS, eS), (d_v, h_v), (d_S, h_S)):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-14)
+    assert not zv.any() and not zS.any()

@@ -560,6 +560,14 @@ class MetriplecticModel(nn.Module):
         factors_i = self.amplitudes(distance / self.h, T[pairs.i])
         factors_j = self.amplitudes(distance / self.h, T[pairs.j])
         A, B, C = (factors_i * factors_j).unbind(-1)
+        return self._noise_of_pairs(state, pairs, T, e, u, A, B, C, dW, dV, dW_bath, dU_bath, create_graph)
+
+    def _noise_of_pairs(
+        self, state: State, pairs: PairTensors, T: torch.Tensor, e: torch.Tensor, u: torch.Tensor, A: torch.Tensor,
+        B: torch.Tensor, C: torch.Tensor, dW: torch.Tensor, dV: torch.Tensor, dW_bath: torch.Tensor | None,
+        dU_bath: torch.Tensor | None, create_graph: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`noise_from_increments` given the pairs' unit vectors e, relative velocities u and amplitudes."""
         dim = e.shape[-1]
         identity = torch.eye(dim, dtype=e.dtype, device=e.device)
         trace_dW = torch.diagonal(dW, dim1=-2, dim2=-1).sum(-1)
@@ -586,13 +594,9 @@ class MetriplecticModel(nn.Module):
             dS = dS + dS_bath
         return dv, dS
 
-    def noise(
-        self, state: State, pairs: PairTensors, generator: torch.Generator | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(dv~, dS~) per unit sqrt(dt): covariance 2 k_B M. Scale by sqrt(dt) to step.
-
-        Draw order: pair increments dW (E, D, D), dV (E,), then the bath's dW_bath (N, D), dU_bath (N,).
-        """
+    def _draw(self, state: State, pairs: PairTensors, generator: torch.Generator | None):
+        """The noise's unit increments, in the draw order: pair dW (E, D, D), dV (E,), then the bath's
+        dW_bath (N, D), dU_bath (N,)."""
         n_pairs, n, dim = pairs.i.shape[0], state.x.shape[0], state.x.shape[-1]
         dW = torch.randn([n_pairs, dim, dim], generator=generator, dtype=state.x.dtype, device=state.x.device)
         dV = torch.randn([n_pairs], generator=generator, dtype=state.x.dtype, device=state.x.device)
@@ -601,8 +605,39 @@ class MetriplecticModel(nn.Module):
         if self.has_bath:
             dW_bath = torch.randn([n, dim], generator=generator, dtype=state.x.dtype, device=state.x.device)
             dU_bath = torch.randn([n], generator=generator, dtype=state.x.dtype, device=state.x.device)
+        return dW, dV, dW_bath, dU_bath
+
+    def noise(
+        self, state: State, pairs: PairTensors, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dv~, dS~) per unit sqrt(dt): covariance 2 k_B M. Scale by sqrt(dt) to step.
+
+        Draw order: pair increments dW (E, D, D), dV (E,), then the bath's dW_bath (N, D), dU_bath (N,).
+        """
+        dW, dV, dW_bath, dU_bath = self._draw(state, pairs, generator)
         dv, dS = self.noise_from_increments(state, pairs, dW, dV, None, dW_bath, dU_bath)
         return dv.detach(), dS.detach()
+
+    def drift_and_noise(
+        self, state: State, pairs: PairTensors, generator: torch.Generator | None = None, noise: bool = True,
+        flow: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(f_v, f_S, dv~, dS~) of `drift(thermal=noise)` and `noise` from one evaluation of the energy,
+        the temperatures and the pair amplitudes (the two separately compute them twice).
+
+        The same draws as `noise` (zeros with noise=False), so a rollout is unchanged to round-off.
+        """
+        thermo, terms = self._terms(state, pairs, with_derivatives=noise, create_graph=False)
+        mass = self.particle_mass(pairs, state.x.shape[0], detach=True)
+        k_B = self.k_B.detach()
+        bath = self.bath_terms(thermo.T, noise, False)
+        f_v, f_S = assemble_drift(thermo, terms, pairs, mass, k_B if noise else None, bath, state.v, flow)
+        if not noise:
+            return f_v, f_S, torch.zeros_like(state.v), torch.zeros_like(state.S)
+        dW, dV, dW_bath, dU_bath = self._draw(state, pairs, generator)
+        dv, dS = self._noise_of_pairs(state, pairs, thermo.T, terms.e, terms.u, terms.A, terms.B, terms.C, dW, dV,
+                                      dW_bath, dU_bath, False)
+        return f_v, f_S, dv.detach(), dS.detach()
 
     def marginal_covariance(
         self, state: State, pairs: PairTensors, dt: float, create_graph: bool = False

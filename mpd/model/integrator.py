@@ -50,11 +50,7 @@ class EulerMaruyama(nn.Module):
         noise: bool = True,
         flow: torch.Tensor | None = None,
     ) -> State:
-        f_v, f_S = self.model.drift(state, pairs, thermal=noise, flow=flow)
-        if noise:
-            dv, dS = self.model.noise(state, pairs, generator)
-        else:
-            dv, dS = torch.zeros_like(state.v), torch.zeros_like(state.S)
+        f_v, f_S, dv, dS = self.model.drift_and_noise(state, pairs, generator, noise, flow)
         sqrt_dt = math.sqrt(dt)
         v_new = state.v + f_v * dt + dv * sqrt_dt
         x_new = state.x + v_new * dt

@@ -1,0 +1,44 @@
+"""The model benchmark measures what it says: the neighbour count it is asked for, memory in a fresh process."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_model.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_model", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("neighbours", [10, 19])
+def test_the_liquid_has_the_requested_neighbours_per_particle(bench, neighbours):
+    model = bench.build_model(torch.device("cpu"))
+    n, n_pairs, steps = bench.cases(2000, model, torch.device("cpu"), neighbours)
+    assert 2 * n_pairs / n == pytest.approx(neighbours, rel=0.1)
+    assert set(steps) == {"rollout_step", "training_step"}
+
+
+def test_timing_runs_no_helper_thread_and_memory_comes_from_a_fresh_process(bench, monkeypatch):
+    import threading
+
+    started = []
+    original = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda self: (started.append(self), original(self))[1])
+    timing = bench.time_step(lambda: sum(range(1000)), torch.device("cpu"), 3)
+    assert started == [] and timing["repeats"] == 3
+    assert timing["best_seconds_per_step"] <= timing["seconds_per_step"]
+    probe = bench.probe_in_subprocess(300, "training_step", "cpu", 19, 1)
+    assert probe["peak_memory_mb"] > 0 and probe["n_pairs"] > 0
+    assert probe["memory_measure"] == "resident-set growth, first step of a fresh process"
+    done = subprocess.run([sys.executable, str(BENCH), "--memory-probe", "300", "rollout_step", "cpu"],
+                                        capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1])["n_particles"] > 0
