@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpd.calibration import (CalibrationError, block_velocities, memory_lags, normalised_vacf, secant_scale)
+from mpd.calibration import CalibrationError, block_velocities, memory_lags, normalised_vacf, secant_scale
 
 
 class Dial:
@@ -100,7 +100,7 @@ def test_the_mobility_scale_multiplies_M_exactly_and_old_models_load_with_scale_
     model = random_model(3)
     state, pairs = random_system(3)
     before = model.pair_mobility(state, pairs)
-    f_v0, f_S0 = model.drift(state, pairs, thermal=False)
+    f_v0, _ = model.drift(state, pairs, thermal=False)
     model.amplitudes.mobility_scale.fill_(2.5)
     after = model.pair_mobility(state, pairs)
     assert torch.allclose(after, 2.5 * before, rtol=1e-12, atol=1e-15)

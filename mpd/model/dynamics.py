@@ -436,10 +436,22 @@ class MetriplecticModel(nn.Module):
         respect to S is T, and that of sum T is dT/dS, both exactly.
         """
         x_, S_ = _differentiable(x), _differentiable(S)
-        U = self.potential(x_, S_, pairs)
-        dU_dx, T = _required(torch.autograd.grad([U.sum()], [x_, S_], create_graph=True))
-        if with_dT_dS:
-            (dT_dS,) = _required(torch.autograd.grad([T.sum()], [S_], create_graph=create_graph, retain_graph=True))
+        V = self.volume(x_, pairs)
+        I = self.strain_invariant(x_, pairs) if self.solid else torch.zeros_like(V)
+        U = self.internal_energy(S_, V, I)
+        # Training (create_graph) differentiates T twice through the whole graph, which it keeps anyway
+        # for the parameters' gradients. A rollout needs no graph through the pairs: dT/dS is a derivative
+        # of the per-particle network alone (V and I do not depend on S), so it comes from a second,
+        # per-particle evaluation (measured at N = 1e5: 10 % faster, 22 % less memory; in training the
+        # second evaluation cost more than it saved).
+        dU_dx, T = _required(torch.autograd.grad([U.sum()], [x_, S_], create_graph=create_graph))
+        if with_dT_dS and create_graph:
+            (dT_dS,) = _required(torch.autograd.grad([T.sum()], [S_], create_graph=True, retain_graph=True))
+        elif with_dT_dS:
+            S2 = S_.detach().requires_grad_(True)
+            (T2,) = _required(torch.autograd.grad([self.internal_energy(S2, V.detach(), I.detach()).sum()], [S2],
+                                                  create_graph=True))
+            (dT_dS,) = _required(torch.autograd.grad([T2.sum()], [S2]))
         else:
             dT_dS = torch.zeros_like(T)
         if not create_graph:
