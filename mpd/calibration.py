@@ -238,7 +238,7 @@ def calibrate_closed_fluid(model, train_set, frames, params, dtype: torch.dtype,
         passes["temperature_again"] = secant_scale(
             set_k_B, lambda: rollout_statistics()[0], k_B1, TEMPERATURE_BOUNDS, TEMPERATURE_EXPONENT, key="k_B")[0]
         scale = float(model.amplitudes.mobility_scale)
-        v2_ratio, gk_ratio = rollout_statistics()
+        gk_ratio = rollout_statistics()[1]
         transport = {
             "method": "running Green-Kubo integral of the normalised VACF up to the data's memory time, settled "
                       "rollouts against the training split (mpd.calibration)",
