@@ -470,19 +470,18 @@ class MetriplecticModel(nn.Module):
         n_pairs = pairs.i.shape[0]
         # both ends in one batch: row k < E is end i, row E + k is end j
         T_ends = torch.cat([thermo.T[pairs.i], thermo.T[pairs.j]])
-        if with_derivatives:
-            T_ends = _differentiable(T_ends)
-        factors = self.amplitudes(torch.cat([rho, rho]), T_ends)  # (2E, 3): a, b, c
+        rho_ends = torch.cat([rho, rho])
+        # each factor row depends on its own T only: its T-derivative comes along the forward pass
+        # (forward mode); d(f_i f_j)/dT_i = f_i' f_j. Without create_graph nothing differentiates the
+        # amplitudes any further: no graph is recorded for them.
+        if create_graph:
+            factors, d_factors = self._amplitudes(rho_ends, T_ends, with_derivatives)
+        else:
+            with torch.no_grad():
+                factors, d_factors = self._amplitudes(rho_ends, T_ends, with_derivatives)
         f_i, f_j = factors[:n_pairs], factors[n_pairs:]
         amplitude = f_i * f_j  # (E, 3): A, B, C symmetric in i, j
         if with_derivatives:
-            # each factor row depends on its own T only, so d(sum column)/dT_ends is
-            # the per-row derivative; d(f_i f_j)/dT_i = f_i' f_j
-            columns: list[torch.Tensor] = []
-            for k in range(3):
-                grads = torch.autograd.grad([factors[:, k].sum()], [T_ends], create_graph=create_graph, retain_graph=True)
-                columns.append(_required(grads)[0])
-            d_factors = torch.stack(columns, dim=-1)
             d_amp_dTi = d_factors[:n_pairs] * f_j
             d_amp_dTj = f_i * d_factors[n_pairs:]
         else:
@@ -511,6 +510,13 @@ class MetriplecticModel(nn.Module):
             mass[pairs.i],
             mass[pairs.j],
         )
+
+    def _amplitudes(self, rho: torch.Tensor, T: torch.Tensor, with_derivatives: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(factors a, b, c (E, 3), their T-derivatives, zeros without with_derivatives)."""
+        if with_derivatives:
+            return self.amplitudes.with_T_derivative(rho, T)
+        factors = self.amplitudes(rho, T)
+        return factors, torch.zeros_like(factors)
 
     def _terms(self, state: State, pairs: PairTensors, with_derivatives: bool, create_graph: bool):
         thermo = self.thermodynamics(state.x, state.S, pairs, with_dT_dS=with_derivatives, create_graph=create_graph)
