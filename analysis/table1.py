@@ -65,17 +65,25 @@ def rollout_curves(traj: pd.DataFrame, *, r_max: float, bins: int = 60, n_lags: 
     return curves
 
 
+#: metric -> (abscissa, value) columns of its curve
+CURVE_COLUMNS = {"rdf": ("r", "g"), "msd": ("t", "msd"), "vacf": ("t", "vacf")}
+
+
+def _compared(curve: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The part of a curve its error compares: MSD without lag 0 (zero in both: no information, and it
+    would only dilute the norm)."""
+    return curve[curve["t"] > 0] if metric == "msd" else curve
+
+
 def curve_errors(reference: Mapping, candidate: Mapping) -> dict[str, float | None]:
     """Relative L2 errors of `rollout_curves` of a candidate against a reference's (None: no curve)."""
     errors: dict[str, float | None] = {}
-    columns = {"rdf": ("r", "g"), "msd": ("t", "msd"), "vacf": ("t", "vacf")}
-    for metric, (x, y) in columns.items():
+    for metric, (x, y) in CURVE_COLUMNS.items():
         ref, cand = reference.get(metric), candidate.get(metric)
         if ref is None or cand is None:
             errors[metric] = None
             continue
-        if metric == "msd":  # lag 0 is zero in both: no information, and it would only dilute the norm
-            ref, cand = ref[ref["t"] > 0], cand[cand["t"] > 0]
+        ref, cand = _compared(ref, metric), _compared(cand, metric)
         errors[metric] = _finite(curve_error(ref[x], ref[y], cand[x], cand[y]))
     return errors
 
@@ -133,11 +141,8 @@ def sampling_floor(truth: pd.DataFrame, *, r_max: float, bins: int = 60, n_lags:
 
 
 def _curve_norm(curves: Mapping, metric: str) -> float:
-    table = curves[metric]
-    column = {"rdf": "g", "msd": "msd", "vacf": "vacf"}[metric]
-    if metric == "msd":
-        table = table[table["t"] > 0]
-    return float(np.linalg.norm(table[column].to_numpy(np.float64)))
+    values = _compared(curves[metric], metric)[CURVE_COLUMNS[metric][1]]
+    return float(np.linalg.norm(values.to_numpy(np.float64)))
 
 
 def comparison_document(experiment: str, case: str | None, errors: Mapping[str, Mapping | None], *,

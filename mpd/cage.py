@@ -394,7 +394,7 @@ def calibrate_temperature(model: MetriplecticModel, windows: Sequence[CageWindow
         return {**record, "k_B": k_B0, "scale": 1.0, "ratio": history[0]["ratio"], "calibrated": False,
                 "reason": f"the cage responds to k_B with exponent {gave_up['response']:.2f} < {MIN_RESPONSE}: "
                           "its relative motion is the drive's, not the noise's"}
-    best = min(history, key=lambda h: abs(math.log(h["ratio"])))
+    best = min((h for h in history if h["ratio"] is not None), key=lambda h: abs(math.log(h["ratio"])))
     return {**record, "k_B": best["k_B"], "scale": best["k_B"] / k_B0, "ratio": best["ratio"], "calibrated": True}
 
 

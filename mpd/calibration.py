@@ -148,6 +148,8 @@ def memory_lags(c: np.ndarray, cap: int) -> int:
 def block_velocities(train_set) -> np.ndarray:
     """The training split's velocities as (frames, particles, D) over its longest run of consecutive frames.
 
+    train_set: the dataset, or a list of its items.
+
     A closed box has the same particles in every frame; rows are matched by particle id.
     """
     frames = np.array([int(train_set[k]["frame"]) for k in range(len(train_set))])
@@ -185,10 +187,10 @@ def calibrate_closed_fluid(model, train_set, frames, params, dtype: torch.dtype,
         reason = f"calibration_frames {n_frames} must exceed calibration_settle {settle}, with a periodic dataset"
         log.info("temperature not calibrated: %s", reason)
         return {"calibrated": False, "reason": reason}, None
-    starts = sorted({0, len(train_set) // 2})
-    items = [train_set[k] for k in starts]
-    data_v = block_velocities(train_set)
-    data_v2 = float(np.mean([float((train_set[k]["v0"].double() ** 2).sum(-1).mean()) for k in range(len(train_set))]))
+    every_item = [train_set[k] for k in range(len(train_set))]  # read once: a dataset item is a file read
+    items = [every_item[k] for k in sorted({0, len(every_item) // 2})]
+    data_v = block_velocities(every_item)
+    data_v2 = float(np.mean([float((item["v0"].double() ** 2).sum(-1).mean()) for item in every_item]))
     cap = max(1, min((n_frames - settle) // 4, data_v.shape[0] // 2))
     data_c = normalised_vacf(data_v, cap)
     lags = memory_lags(data_c, cap)

@@ -132,7 +132,6 @@ class SnapshotPairDataset(Dataset):
             item["box1"] = meta[["lx1", "ly1", "xy1"]].to_numpy(np.float64)
         return self._tensors(item, col, meta)
 
-
     def _tensors(self, item: dict, col: dict, meta) -> dict:
         """The item's vectors (nondimensional unless asked otherwise) and labels as tensors."""
         if self.nondimensional:

@@ -416,10 +416,15 @@ class MetriplecticModel(nn.Module):
             U = U + self.U_dev(S, I)
         return U
 
-    def potential(self, x: torch.Tensor, S: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
-        """U_i per particle, (N,): a function of the pair separations only."""
+    def volume_and_invariant(self, x: torch.Tensor, pairs: PairTensors) -> tuple[torch.Tensor, torch.Tensor]:
+        """(V_i, I_i), the arguments of U besides S (I zero for solid=False)."""
         V = self.volume(x, pairs)
         I = self.strain_invariant(x, pairs) if self.solid else torch.zeros_like(V)
+        return V, I
+
+    def potential(self, x: torch.Tensor, S: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
+        """U_i per particle, (N,): a function of the pair separations only."""
+        V, I = self.volume_and_invariant(x, pairs)
         return self.internal_energy(S, V, I)
 
     def energy(self, state: State, pairs: PairTensors) -> torch.Tensor:
@@ -436,8 +441,7 @@ class MetriplecticModel(nn.Module):
         respect to S is T, and that of sum T is dT/dS, both exactly.
         """
         x_, S_ = _differentiable(x), _differentiable(S)
-        V = self.volume(x_, pairs)
-        I = self.strain_invariant(x_, pairs) if self.solid else torch.zeros_like(V)
+        V, I = self.volume_and_invariant(x_, pairs)
         U = self.internal_energy(S_, V, I)
         # Training (create_graph) differentiates T twice through the whole graph, which it keeps anyway
         # for the parameters' gradients. A rollout needs no graph through the pairs: dT/dS is a derivative
@@ -549,6 +553,13 @@ class MetriplecticModel(nn.Module):
         bath's friction (None: at rest); ignored without a bath.
         """
         thermo, terms = self._terms(state, pairs, with_derivatives=thermal, create_graph=create_graph)
+        return self._drift_of_terms(thermo, terms, state, pairs, thermal, create_graph, flow)
+
+    def _drift_of_terms(
+        self, thermo: Thermodynamics, terms: PairTerms, state: State, pairs: PairTensors, thermal: bool,
+        create_graph: bool, flow: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`drift` given the energy's and the pairs' terms (`_terms`)."""
         mass = self.particle_mass(pairs, state.x.shape[0], detach=not create_graph)
         k_B = self.k_B if create_graph else self.k_B.detach()
         bath = self.bath_terms(thermo.T, thermal, create_graph)
@@ -646,10 +657,7 @@ class MetriplecticModel(nn.Module):
         The same draws as `noise` (zeros with noise=False), so a rollout is unchanged to round-off.
         """
         thermo, terms = self._terms(state, pairs, with_derivatives=noise, create_graph=False)
-        mass = self.particle_mass(pairs, state.x.shape[0], detach=True)
-        k_B = self.k_B.detach()
-        bath = self.bath_terms(thermo.T, noise, False)
-        f_v, f_S = assemble_drift(thermo, terms, pairs, mass, k_B if noise else None, bath, state.v, flow)
+        f_v, f_S = self._drift_of_terms(thermo, terms, state, pairs, noise, False, flow)
         if not noise:
             return f_v, f_S, torch.zeros_like(state.v), torch.zeros_like(state.S)
         dW, dV, dW_bath, dU_bath = self._draw(state, pairs, generator)

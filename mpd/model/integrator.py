@@ -123,8 +123,7 @@ def restore_energy(model: MetriplecticModel, state: State, pairs: PairTensors, e
     """
     with torch.enable_grad():
         x, S = state.x.detach(), state.S.detach()
-        volume = model.volume(x, pairs).detach()
-        invariant = model.strain_invariant(x, pairs).detach() if model.solid else torch.zeros_like(volume)
+        volume, invariant = (t.detach() for t in model.volume_and_invariant(x, pairs))
         target = float(energy) - _kinetic64(model, state, pairs)
         shift = torch.zeros((), dtype=S.dtype, device=S.device)
         eps = torch.finfo(S.dtype).eps
