@@ -26,17 +26,22 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from .bath import Bath, BathTerms, bath_drift, bath_marginal, bath_noise
+from .fused import pair_drift, pair_kicks, pair_marginal
 from .geometry import (
     PairTensors,
     VolumeKernel,
     pair_relative_velocities,
     pair_separations,
     particle_density,
+    strain_force,
     strain_invariant,
+    strain_invariant_and_gradient,
 )
+from .layers import recompute_activations
 from .monotonic import DeviatoricEnergy, VolumetricEnergy
 from .networks import EntropyTeacher, NoiseAmplitudes, PositiveScalar
 
@@ -54,6 +59,19 @@ class Thermodynamics(NamedTuple):
     force: torch.Tensor  # (N, D) -dU/dx_i of the total potential (conservative force)
     T: torch.Tensor  # (N,)   temperature dU_i/dS_i
     dT_dS: torch.Tensor  # (N,)   dT_i/dS_i = d^2U_i/dS_i^2 (zero when not requested)
+
+
+class EnergyTerms(NamedTuple):
+    """The energy's first derivatives by the fused evaluation (`MetriplecticModel.energy_terms`)."""
+
+    U: torch.Tensor  # (N,)   internal energy U_i
+    force: torch.Tensor  # (N, D) the strain part of -dU/dx (the pairs' volume part comes with the pair pass)
+    T: torch.Tensor  # (N,)   temperature dU_i/dS_i
+    dT_dS: torch.Tensor  # (N,)   dT_i/dS_i (zero when not requested)
+    pressure_weight: torch.Tensor  # (N,) dU_i/dV_i V_i^2
+    e: torch.Tensor  # (E, D) unit separations
+    distance: torch.Tensor  # (E,) |r_ij|
+    dW_dr: torch.Tensor  # (E,) the volume kernel's slope at |r_ij|
 
 
 class PairTerms(NamedTuple):
@@ -379,6 +397,11 @@ class MetriplecticModel(nn.Module):
         # absolute units, and the calibrated scale is of order 100).
         self.log_mass = PositiveScalar(mass)
         self.species_log_mass = nn.Parameter(torch.zeros(self.n_species))
+        # Pairs per chunk of the fused evaluation (drift_and_noise, predictive_moments): small enough that a
+        # chunk's (2 x chunk, 32) activations stay in a core's cache, large enough that the per-operation
+        # overhead does not show (measured at N = 1e4: 8192 is 5x faster than one pass over all pairs).
+        self.pair_chunk = 8192
+        self.recompute_activations = "auto"  # in training: mpd.model.layers.recompute_activations
 
     # -- scalars --------------------------------------------------------------
     @property
@@ -651,19 +674,196 @@ class MetriplecticModel(nn.Module):
         self, state: State, pairs: PairTensors, generator: torch.Generator | None = None, noise: bool = True,
         flow: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(f_v, f_S, dv~, dS~) of `drift(thermal=noise)` and `noise` from one evaluation of the energy,
-        the temperatures and the pair amplitudes (the two separately compute them twice).
+        """(f_v, f_S, dv~, dS~) of `drift(thermal=noise)` and `noise`, by the fused first-order evaluation.
 
-        The same draws as `noise` (zeros with noise=False), so a rollout is unchanged to round-off.
+        The same draws as `noise` (zeros with noise=False), and the same drift and noise to round-off:
+        forces and the amplitudes' T-derivatives by forward mode (`energy_terms`), the pairs' algebra
+        in cache-sized chunks (`mpd.model.fused`), no autograd over pairs. The rollout's step.
         """
-        thermo, terms = self._terms(state, pairs, with_derivatives=noise, create_graph=False)
-        f_v, f_S = self._drift_of_terms(thermo, terms, state, pairs, noise, False, flow)
-        if not noise:
-            return f_v, f_S, torch.zeros_like(state.v), torch.zeros_like(state.S)
-        dW, dV, dW_bath, dU_bath = self._draw(state, pairs, generator)
-        dv, dS = self._noise_of_pairs(state, pairs, thermo.T, terms.e, terms.u, terms.A, terms.B, terms.C, dW, dV,
-                                      dW_bath, dU_bath, False)
-        return f_v, f_S, dv.detach(), dS.detach()
+        n = state.x.shape[0]
+        thermo = self.energy_terms(state.x, state.S, pairs, noise, False)
+        mass = self.particle_mass(pairs, n, detach=True)
+        k_B = self.k_B.detach()
+        dW: torch.Tensor | None = None
+        dV: torch.Tensor | None = None
+        dW_bath: torch.Tensor | None = None
+        dU_bath: torch.Tensor | None = None
+        if noise:
+            dW, dV, dW_bath, dU_bath = self._draw(state, pairs, generator)
+        bath = self.bath_terms(thermo.T, noise, False)  # autograd for its T-derivative: outside no_grad
+        with torch.no_grad():
+            sums = self._pair_sums(state.v, pairs, thermo, 1.0 / mass, k_B if noise else None, noise, dW, dV, False,
+                                   False)
+        f_v = (thermo.force + sums[0]) / mass[:, None]
+        f_S = sums[1]
+        dv, dS = sums[2] / mass[:, None], sums[3] / thermo.T  # zeros without noise
+        if bath is not None:
+            background = torch.zeros_like(state.v) if flow is None else flow
+            bath_v, bath_S = bath_drift(bath, thermo.T, thermo.dT_dS, state.v, background, k_B if noise else None)
+            f_v, f_S = f_v + bath_v, f_S + bath_S
+            if noise:
+                assert dW_bath is not None and dU_bath is not None
+                dv_bath, dS_bath = bath_noise(bath, thermo.T, mass, k_B, dW_bath, dU_bath)
+                dv, dS = dv + dv_bath, dS + dS_bath
+        return f_v.detach(), f_S.detach(), dv.detach(), dS.detach()
+
+    # -- the fused first-order evaluation ----------------------------------------------
+    def energy_terms(
+        self, x: torch.Tensor, S: torch.Tensor, pairs: PairTensors, with_dT_dS: bool, create_graph: bool
+    ) -> EnergyTerms:
+        """The energy's first derivatives without autograd over the pairs (`EnergyTerms`).
+
+        The pairs' volume force is left to the pair pass: V_k = 1/d_k and d_k = W(0) + sum W(|r|), so
+            -dU/dx_i = sum over pairs (i, j) of (dU_i/dV_i V_i^2 + dU_j/dV_j V_j^2) W'(|r_ij|) e_ij
+        (and minus that for j); W' comes with W from one forward-mode pass over chunks of pairs. The
+        strain part is closed form (`mpd.model.geometry.strain_force`), and the energy networks carry
+        their input derivatives forward too (`with_derivatives`): T = dU/dS, dU/dV, dU/dI and dT/dS.
+        No autograd is needed: without create_graph nothing is recorded; with it (training) the graph
+        through the parameters and S is kept (x is data), and in a large batch the kernel chunks are
+        recomputed in backward rather than stored (`recompute_activations`).
+        """
+        if create_graph:
+            terms = self._energy_terms(x, S, pairs, with_dT_dS, True)
+        else:
+            with torch.no_grad():
+                terms = self._energy_terms(x, S, pairs, with_dT_dS, False)
+        return terms
+
+    def _energy_terms(
+        self, x: torch.Tensor, S: torch.Tensor, pairs: PairTensors, with_dT_dS: bool, recording: bool
+    ) -> EnergyTerms:
+        n = x.shape[0]
+        r = pair_separations(x, pairs)
+        distance = torch.linalg.vector_norm(r, dim=-1)
+        e = r / distance[:, None]
+        W, dW_dr = self._kernel_with_slope(
+            distance, pairs.pair_kind, recording and recompute_activations(self.recompute_activations, distance.shape[0]))
+        V = 1.0 / particle_density(W, self.kernel(distance.new_zeros(1)), pairs, n)
+        if self.solid:
+            I, G = strain_invariant_and_gradient(x.detach(), pairs, self.collinear_tol)
+        else:
+            I, G = torch.zeros_like(V), torch.zeros(n, x.shape[-1], x.shape[-1], dtype=x.dtype, device=x.device)
+        U, T, dU_dV, dT_dS = self.U_vol.with_derivatives(S, V)
+        force = torch.zeros_like(x)
+        if self.solid:
+            U_dev, T_dev, dU_dI, dT_dS_dev = self.U_dev.with_derivatives(S, I)
+            U, T, dT_dS = U + U_dev, T + T_dev, dT_dS + dT_dS_dev
+            force = strain_force(G, dU_dI, pairs)
+        if not with_dT_dS:
+            dT_dS = torch.zeros_like(T)
+        return EnergyTerms(U, force, T, dT_dS, dU_dV * V * V, e, distance, dW_dr)
+
+    def _kernel_with_slope(self, distance: torch.Tensor, kind: torch.Tensor,
+                           checkpoint: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W, dW/dr) of every pair, chunk by chunk."""
+        values: list[torch.Tensor] = []
+        slopes: list[torch.Tensor] = []
+        n_pairs = distance.shape[0]
+        for start in range(0, n_pairs, self.pair_chunk):
+            stop = min(start + self.pair_chunk, n_pairs)
+            if checkpoint and not torch.jit.is_scripting():
+                W, dW = self._recomputed_kernel(distance[start:stop], kind[start:stop])
+            else:
+                W, dW = self.kernel.with_r_derivative(distance[start:stop], kind[start:stop])
+            values.append(W)
+            slopes.append(dW)
+        if n_pairs == 0:
+            return distance, distance
+        return torch.cat(values), torch.cat(slopes)
+
+    @torch.jit.unused
+    def _recomputed_kernel(self, distance: torch.Tensor, kind: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.utils.checkpoint.checkpoint(self.kernel.with_r_derivative, distance, kind, use_reentrant=False)
+
+    def _pair_chunk(
+        self, e: torch.Tensor, u: torch.Tensor, rho: torch.Tensor, dW_dr: torch.Tensor, i: torch.Tensor,
+        j: torch.Tensor, particles: torch.Tensor, k_B: torch.Tensor | None, with_derivatives: bool,
+        dW: torch.Tensor | None, dV: torch.Tensor | None, marginal: bool,
+    ) -> list[torch.Tensor]:
+        """What one chunk's pairs add to their ends i and to their ends j, (C, K) each, in the columns
+        momentum drift (D; incl. the volume force), entropy drift (1), with increments m dv~ (D) and
+        T dS~ (1), with marginal Pi (D x D, flattened), -/+ Pi u (D) and q/4 + C^2 (1).
+
+        particles: (N, 4) columns T, dT/dS, 1/m, dU/dV V^2, gathered once per end."""
+        n_rows = i.shape[0]
+        ends_i, ends_j = particles.index_select(0, i), particles.index_select(0, j)
+        T_i, T_j = ends_i[:, 0], ends_j[:, 0]
+        # both ends in one batch: row k < C is end i, row C + k is end j; d(f_i f_j)/dT_i = f_i' f_j
+        rho_ends, T_ends = torch.cat([rho, rho]), torch.cat([T_i, T_j])
+        if with_derivatives:
+            factors, d_factors = self.amplitudes.with_T_derivative(rho_ends, T_ends)
+        else:
+            factors = self.amplitudes(rho_ends, T_ends)
+            d_factors = torch.zeros_like(factors)
+        f_i, f_j = factors[:n_rows], factors[n_rows:]
+        amp = f_i * f_j
+        to_p, to_S_i, to_S_j = pair_drift(e, u, T_i, T_j, ends_i[:, 1], ends_j[:, 1], amp, d_factors[:n_rows] * f_j,
+                                          f_i * d_factors[n_rows:], 0.5 * (ends_i[:, 2] + ends_j[:, 2]), k_B)
+        to_p = to_p + ((ends_i[:, 3] + ends_j[:, 3]) * dW_dr)[:, None] * e
+        # what each end receives, side by side, so that one index_add per end sums the chunk
+        to_i, to_j = [to_p, to_S_i[:, None]], [-to_p, to_S_j[:, None]]
+        if dW is not None and dV is not None and k_B is not None:
+            kick, heat_i, heat_j = pair_kicks(e, u, amp, dW, dV, torch.sqrt(2 * k_B))
+            to_i += [kick, heat_i[:, None]]
+            to_j += [-kick, heat_j[:, None]]
+        if marginal:
+            Pi, Pi_u, entropy_diagonal = pair_marginal(e, u, amp)
+            Pi_flat = Pi.reshape(n_rows, -1)
+            to_i += [Pi_flat, -Pi_u, entropy_diagonal[:, None]]
+            to_j += [Pi_flat, Pi_u, entropy_diagonal[:, None]]
+        return [torch.cat(to_i, dim=-1), torch.cat(to_j, dim=-1)]
+
+    @torch.jit.unused
+    def _recomputed_pair_chunk(self, *args) -> list[torch.Tensor]:
+        return torch.utils.checkpoint.checkpoint(self._pair_chunk, *args, use_reentrant=False)
+
+    def _pair_sums(
+        self, v: torch.Tensor, pairs: PairTensors, terms: EnergyTerms, inverse_mass: torch.Tensor, k_B: torch.Tensor | None, with_derivatives: bool, dW: torch.Tensor | None, dV: torch.Tensor | None,
+        marginal: bool, checkpoint: bool,
+    ) -> list[torch.Tensor]:
+        """The chunks' outputs summed per particle: [momentum drift of the pairs (N, D), entropy drift (N,),
+        m dv~ (N, D), T dS~ (N,), sum Pi (N, D, D), sum -/+ Pi u (N, D), sum q/4 + C^2 (N,)]
+        (zeros for the parts not asked for)."""
+        n, dim = v.shape[0], v.shape[-1]
+        e, dW_dr, T = terms.e, terms.dW_dr, terms.T
+        u_all = pair_relative_velocities(v, pairs)
+        rho_all = terms.distance / self.h
+        noise = dW is not None and dV is not None and k_B is not None
+        width = dim + 1 + (dim + 1 if noise else 0) + (dim * dim + dim + 1 if marginal else 0)
+        sums = torch.zeros(n, width, dtype=v.dtype, device=v.device)
+        particles = torch.stack([T, terms.dT_dS, inverse_mass, terms.pressure_weight], dim=-1)
+        recording = torch.is_grad_enabled()
+        n_pairs = pairs.i.shape[0]
+        for start in range(0, n_pairs, self.pair_chunk):
+            stop = min(start + self.pair_chunk, n_pairs)
+            i, j = pairs.i[start:stop], pairs.j[start:stop]
+            dW_c: torch.Tensor | None = None
+            dV_c: torch.Tensor | None = None
+            if dW is not None and dV is not None:
+                dW_c, dV_c = dW[start:stop], dV[start:stop]
+            if checkpoint and not torch.jit.is_scripting():
+                out = self._recomputed_pair_chunk(e[start:stop], u_all[start:stop], rho_all[start:stop],
+                                                  dW_dr[start:stop], i, j, particles, k_B, with_derivatives, dW_c,
+                                                  dV_c, marginal)
+            else:
+                out = self._pair_chunk(e[start:stop], u_all[start:stop], rho_all[start:stop], dW_dr[start:stop], i, j,
+                                       particles, k_B, with_derivatives, dW_c, dV_c, marginal)
+            if recording:
+                sums = sums.index_add(0, i, out[0]).index_add(0, j, out[1])
+            else:
+                sums.index_add_(0, i, out[0]).index_add_(0, j, out[1])
+        zero_v, zero_S = torch.zeros_like(v), torch.zeros_like(T)
+        to_p, to_S = sums[:, :dim], sums[:, dim]
+        kicks, T_dS, column = zero_v, zero_S, dim + 1
+        if noise:
+            kicks, T_dS, column = sums[:, column:column + dim], sums[:, column + dim], column + dim + 1
+        Pi_sum = torch.zeros(n, dim, dim, dtype=v.dtype, device=v.device)
+        Pi_u_sum, entropy_diagonal = zero_v, zero_S
+        if marginal:
+            Pi_sum = sums[:, column:column + dim * dim].reshape(n, dim, dim)
+            Pi_u_sum = sums[:, column + dim * dim:column + dim * dim + dim]
+            entropy_diagonal = sums[:, column + dim * dim + dim]
+        return [to_p, to_S, kicks, T_dS, Pi_sum, Pi_u_sum, entropy_diagonal]
 
     def marginal_covariance(
         self, state: State, pairs: PairTensors, dt: float, create_graph: bool = False
@@ -734,13 +934,10 @@ class MetriplecticModel(nn.Module):
         label_variance: likewise for the entropy labels, the resolution of the
         teacher's closure (docs/training.md, entropy_resolution).
         """
-        thermo, terms = self._terms(state_t, pairs, with_derivatives=True, create_graph=True)
-        mass, k_B = self.particle_mass(pairs, state_t.x.shape[0]), self.k_B
-        bath = self.bath_terms(thermo.T, True, True)
-        f_v, f_S = assemble_drift(thermo, terms, pairs, mass, k_B, bath, state_t.v, flow)
+        f_v, f_S, M = self.fused_moments(state_t, pairs, flow)
         mean = torch.cat([state_t.v + f_v * dt, (state_t.S + f_S * dt)[:, None]], dim=-1)
         target = torch.cat([state_t1.v, state_t1.S[:, None]], dim=-1)
-        covariance = 2 * k_B * dt * self.marginal_mobility(thermo, terms, pairs, mass, True)
+        covariance = 2 * self.k_B * dt * M
         if observation_variance > 0 or label_variance > 0:
             dim = state_t.v.shape[-1]
             observation = torch.zeros_like(covariance[0])
@@ -752,6 +949,38 @@ class MetriplecticModel(nn.Module):
             target, mean, covariance = target[interior], mean[interior], covariance[interior]
         return target - mean, covariance
 
+    @torch.jit.unused
+    def fused_moments(self, state: State, pairs: PairTensors,
+                      flow: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(f_v, f_S, M_ii) with graph, by the fused evaluation: `drift(thermal=True)` and
+        `marginal_mobility` to round-off, for training (in a large batch the pair chunks are recomputed in
+        backward: `recompute_activations`)."""
+        n, dim = state.x.shape[0], state.x.shape[-1]
+        thermo = self.energy_terms(state.x, state.S, pairs, True, True)
+        mass, k_B = self.particle_mass(pairs, n), self.k_B
+        inverse_mass = 1.0 / mass
+        sums = self._pair_sums(state.v, pairs, thermo, inverse_mass, k_B, True, None, None, True,
+                               recompute_activations(self.recompute_activations, pairs.i.shape[0]))
+        f_v = (thermo.force + sums[0]) * inverse_mass[:, None]
+        f_S = sums[1]
+        bath = self.bath_terms(thermo.T, True, True)
+        if bath is not None:
+            background = torch.zeros_like(state.v) if flow is None else flow
+            bath_v, bath_S = bath_drift(bath, thermo.T, thermo.dT_dS, state.v, background, k_B)
+            f_v, f_S = f_v + bath_v, f_S + bath_S
+        velocity_block = sums[4] * (inverse_mass * inverse_mass)[:, None, None]
+        beside = sums[5] * (0.5 * inverse_mass / thermo.T)[:, None]
+        entropy_block = sums[6] / (thermo.T * thermo.T)
+        M = torch.cat([torch.cat([velocity_block, beside[:, :, None]], dim=-1),
+                       torch.cat([beside, entropy_block[:, None]], dim=-1)[:, None, :]], dim=1)
+        if bath is not None:
+            vv, SS = bath_marginal(bath, thermo.T, mass)
+            extra = torch.zeros_like(M)
+            extra[:, :dim, :dim] = vv[:, None, None] * torch.eye(dim, dtype=M.dtype, device=M.device)
+            extra[:, dim, dim] = SS
+            M = M + extra
+        return f_v, f_S, M
+
     # -- self-supervision -------------------------------------------------------------
     def teacher_entropy(self, x: torch.Tensor, v: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
         """S_i from the edge-convolution teacher, standardised with its running statistics.
@@ -762,6 +991,7 @@ class MetriplecticModel(nn.Module):
 
 
 __all__ = [
+    "EnergyTerms",
     "MetriplecticModel",
     "PairTerms",
     "State",

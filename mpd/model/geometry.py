@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .layers import mlp
+
 
 class PairTensors(NamedTuple):
     """Neighbour pairs and strain bonds as tensors (unordered, i < j).
@@ -116,17 +118,18 @@ def make_pairs(
 
 def pair_separations(x: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
     """r_ij = x_i - x_j + shift_ij, (E, D), differentiable in x."""
-    return x[pairs.i] - x[pairs.j] + pairs.shift
+    # index_select, not x[i]: the same values, three times faster on CPU (issue 14)
+    return x.index_select(0, pairs.i) - x.index_select(0, pairs.j) + pairs.shift
 
 
 def pair_relative_velocities(v: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
     """v_ij = v_i - v_j + shift_rate_ij, (E, D): the velocity of i relative to the image of j it interacts with."""
-    return v[pairs.i] - v[pairs.j] + pairs.shift_rate
+    return v.index_select(0, pairs.i) - v.index_select(0, pairs.j) + pairs.shift_rate
 
 
 def bond_separations(x: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
     """Current separations of the strain bonds, (B, D), differentiable in x."""
-    return x[pairs.bond_i] - x[pairs.bond_j] + pairs.bond_shift
+    return x.index_select(0, pairs.bond_i) - x.index_select(0, pairs.bond_j) + pairs.bond_shift
 
 
 def sum_to_both_ends(values: torch.Tensor, i: torch.Tensor, j: torch.Tensor, n_particles: int) -> torch.Tensor:
@@ -154,23 +157,37 @@ class VolumeKernel(nn.Module):
         super().__init__()
         self.h = float(h)
         self.n_species = int(n_species)
-        layers: list[nn.Module] = []
-        width = 1 + (self.n_species if self.n_species > 1 else 0)
-        for n_out in hidden:
-            layers += [nn.Linear(width, n_out), nn.SiLU()]
-            width = n_out
-        layers.append(nn.Linear(width, 1))
-        self.log_shape = nn.Sequential(*layers)
+        self.log_shape = mlp(1 + (self.n_species if self.n_species > 1 else 0), hidden, 1)
+
+    def _features(self, rho: torch.Tensor, kind: torch.Tensor | None) -> torch.Tensor:
+        features = rho.unsqueeze(-1)
+        if self.n_species > 1:
+            if kind is None:
+                kind = torch.zeros(rho.shape[0], self.n_species, dtype=rho.dtype, device=rho.device)
+            features = torch.cat([features, kind], dim=-1)
+        return features
 
     def forward(self, r: torch.Tensor, kind: torch.Tensor | None = None) -> torch.Tensor:
         """W at distances r (E,) for pairs of the given kind (E, n_species); kind None: the self term (no kind)."""
         rho = r / self.h
-        features = rho.unsqueeze(-1)
-        if self.n_species > 1:
-            if kind is None:
-                kind = torch.zeros(r.shape[0], self.n_species, dtype=r.dtype, device=r.device)
-            features = torch.cat([features, kind], dim=-1)
-        return torch.exp(self.log_shape(features).squeeze(-1)) * cutoff_polynomial(rho)
+        return torch.exp(self.log_shape(self._features(rho, kind)).squeeze(-1)) * cutoff_polynomial(rho)
+
+    def with_r_derivative(self, r: torch.Tensor, kind: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W, dW/dr) at distances r (E,), from one forward pass carrying the tangent along r (forward mode).
+
+        W = exp(g(rho)) (1 - rho^2) inside the cut-off, so dW/dr = exp(g) [g'(rho) (1 - rho^2) - 2 rho] / h
+        there and 0 beyond it (where the clamp holds W at zero).
+        """
+        rho = r / self.h
+        features = self._features(rho, kind)
+        tangent = torch.zeros_like(features)
+        tangent[:, 0] = 1.0
+        g, dg = self.log_shape.with_tangent(features, tangent)
+        shape = torch.exp(g.squeeze(-1))
+        inside = 1.0 - rho * rho
+        cutoff = torch.clamp(inside, min=0.0)
+        slope = torch.where(inside > 0, dg.squeeze(-1) * inside - 2.0 * rho, torch.zeros_like(rho))
+        return shape * cutoff, shape * slope / self.h
 
 
 def particle_density(W_ij: torch.Tensor, W_self: torch.Tensor, pairs: PairTensors, n_particles: int) -> torch.Tensor:
@@ -211,6 +228,13 @@ def local_deformation_gradient(
     mask it with `valid`) and no gradient can become NaN. No Tikhonov term:
     one small enough not to bias F would sit below float32 resolution.
     """
+    F, _, valid = _fitted_deformation(x, pairs, collinear_tol)
+    return F, valid
+
+
+def _fitted_deformation(x: torch.Tensor, pairs: PairTensors,
+                        collinear_tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(F, Y_safe, valid) of `local_deformation_gradient`; Y_safe is Y_i, or the identity where not valid."""
     dim, n = x.shape[-1], x.shape[0]
     d, d0 = bond_separations(x, pairs), pairs.bond_r_ref
     X = sum_to_both_ends(d[:, :, None] * d0[:, None, :], pairs.bond_i, pairs.bond_j, n)
@@ -221,7 +245,7 @@ def local_deformation_gradient(
     Y_safe = torch.where(valid[:, None, None], Y, identity)
     # F = X Y^{-1}  <=>  Y F^T = X^T (Y symmetric)
     F = torch.linalg.solve(Y_safe, X.transpose(-1, -2)).transpose(-1, -2)
-    return F, valid
+    return F, Y_safe, valid
 
 
 def deviatoric_strain_invariant(F: torch.Tensor) -> torch.Tensor:
@@ -253,6 +277,41 @@ def strain_invariant(x: torch.Tensor, pairs: PairTensors, collinear_tol: float =
     return torch.where(valid, deviatoric_strain_invariant(F), torch.zeros_like(F[:, 0, 0]))
 
 
+def strain_invariant_and_gradient(x: torch.Tensor, pairs: PairTensors,
+                                  collinear_tol: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor]:
+    """(I_i as `strain_invariant`, G_i (N, D, D)): dI_k/dd_b = G_k d0_b for each bond b of k.
+
+    Closed form, first order (no autograd over the bonds). With E = (F^T F - 1)/2
+    and dev E traceless, dI = dev E : dE = (F dev E) : dF, and F = X Y^{-1} with
+    X_k = sum over k's bonds of d d0^T, so a bond b = (i, j) moves I_k (k = i, j) by
+        dI_k = dd_b . (F_k dev E_k Y_k^{-1} d0_b),   G_k = F_k dev E_k Y_k^{-1},
+    zero where the neighbourhood is not valid (as I_k is). `strain_force` turns it into forces.
+    """
+    F, Y_safe, valid = _fitted_deformation(x, pairs, collinear_tol)
+    zero = torch.zeros_like(F[:, 0, 0])
+    I = torch.where(valid, deviatoric_strain_invariant(F), zero)
+    dim = F.shape[-1]
+    identity = torch.eye(dim, dtype=F.dtype, device=F.device)
+    E = 0.5 * (F.transpose(-1, -2) @ F - identity)
+    dev_E = E - torch.diagonal(E, dim1=-2, dim2=-1).sum(-1)[:, None, None] / dim * identity
+    # (F dev E Y^{-1})^T = Y^{-1} (F dev E)^T: Y symmetric
+    G = torch.linalg.solve(Y_safe, (F @ dev_E).transpose(-1, -2)).transpose(-1, -2)
+    return I, torch.where(valid[:, None, None], G, torch.zeros_like(G))
+
+
+def strain_force(G: torch.Tensor, dU_dI: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
+    """-d(sum_k U_k)/dx through the strain invariants, (N, D), given dU_k/dI_k and G of `strain_invariant_and_gradient`.
+
+    dU/dd_b = (H_i + H_j) d0_b with H_k = dU/dI_k G_k; the force is -dU/dd_b on
+    bond_i and +dU/dd_b on bond_j (d_b = x_i - x_j + shift).
+    """
+    H = dU_dI[:, None, None] * G
+    dU_dd = ((H.index_select(0, pairs.bond_i) + H.index_select(0, pairs.bond_j))
+             @ pairs.bond_r_ref[:, :, None]).squeeze(-1)
+    out = torch.zeros(G.shape[0], G.shape[-1], dtype=G.dtype, device=G.device)
+    return out.index_add(0, pairs.bond_i, -dU_dd).index_add(0, pairs.bond_j, dU_dd)
+
+
 __all__ = [
     "PairTensors",
     "VolumeKernel",
@@ -266,6 +325,8 @@ __all__ = [
     "pair_separations",
     "particle_density",
     "particle_volume",
+    "strain_force",
     "strain_invariant",
+    "strain_invariant_and_gradient",
     "sum_to_both_ends",
 ]

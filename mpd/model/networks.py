@@ -5,20 +5,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
-from .geometry import PairTensors, cutoff_polynomial, pair_relative_velocities, pair_separations, sum_to_both_ends
-
-
-def mlp(n_in: int, hidden: Sequence[int], n_out: int, out_bias: bool = True) -> nn.Sequential:
-    """Plain MLP with SiLU: smooth, because forces and div(M) differentiate through it."""
-    layers: list[nn.Module] = []
-    width = n_in
-    for n_hidden in hidden:
-        layers += [nn.Linear(width, n_hidden), nn.SiLU()]
-        width = n_hidden
-    layers.append(nn.Linear(width, n_out, bias=out_bias))
-    return nn.Sequential(*layers)
+from .geometry import PairTensors, cutoff_polynomial, pair_relative_velocities, pair_separations
+from .layers import mlp, recompute_activations
 
 
 class PositiveScalar(nn.Module):
@@ -67,23 +58,13 @@ class NoiseAmplitudes(nn.Module):
     def with_T_derivative(self, rho: torch.Tensor, T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(factors, d factors / dT), both (E, 3), from one forward pass carrying the tangent along.
 
-        Forward-mode by hand through Linear and SiLU (the only layers `mlp` builds): the tangent of
-        the input (rho, log T) along T is (0, 1/T). Ordinary operations, so a training graph
+        Forward mode (`mpd.model.layers.MLP.with_tangent`): the tangent of the input (rho, log T)
+        along T is (0, 1/T). Ordinary operations, so a training graph
         differentiates it like the factors themselves, with no double backward (issue 14: three
         backward passes for the three columns cost a quarter of a rollout step).
         """
-        h = torch.stack([rho, torch.log(T)], dim=-1)
-        dh = torch.stack([torch.zeros_like(rho), 1.0 / T], dim=-1)
-        linear = True  # `mlp` alternates Linear and SiLU (TorchScript's isinstance does not refine in this loop)
-        for layer in self.net:
-            if linear:  # the tangent goes through the weights only: layer(dh) - layer(0)
-                dh = layer(dh) - layer(torch.zeros_like(dh[:1]))
-                h = layer(h)
-            else:  # SiLU: d/dz z sigmoid(z) = sigmoid(z) (1 + z (1 - sigmoid(z)))
-                sig = torch.sigmoid(h)
-                dh = dh * sig * (1.0 + h * (1.0 - sig))
-                h = h * sig
-            linear = not linear
+        h, dh = self.net.with_tangent(torch.stack([rho, torch.log(T)], dim=-1),
+                                      torch.stack([torch.zeros_like(rho), 1.0 / T], dim=-1))
         scale = cutoff_polynomial(rho)[:, None] * self.mobility_scale.to(rho.dtype) ** 0.25
         return F.softplus(h) * scale, torch.sigmoid(h) * dh * scale
 
@@ -126,6 +107,9 @@ class EntropyTeacher(nn.Module):
         self.n_species = int(n_species)
         n_features = 1 + (2 if self.use_velocities else 0) + (self.n_species if self.n_species > 1 else 0)
         self.message = mlp(n_features, hidden, message_width)
+        self.message_width = int(message_width)
+        self.pair_chunk = 8192
+        self.recompute_activations = "auto"  # mpd.model.layers.recompute_activations
         # no output bias: a constant in s is removed by the standardisation (a parameter without gradient)
         self.node = mlp(message_width, hidden, 1, out_bias=False)
         self.register_buffer("running_mean", torch.zeros(()))
@@ -145,8 +129,28 @@ class EntropyTeacher(nn.Module):
                                  dim=-1)
         if self.n_species > 1:
             features = torch.cat([features, pairs.pair_kind], dim=-1)
-        messages = self.message(features) * (cutoff_polynomial(rho) ** 2)[:, None]
-        return self.node(sum_to_both_ends(messages, pairs.i, pairs.j, x.shape[0])).squeeze(-1)
+        # Chunks of pairs, so that the (chunk, 64) activations stay in cache; in a large training batch each
+        # chunk is recomputed in backward rather than stored (mpd.model.layers.recompute_activations; issue 14:
+        # the teacher's activations were a third of a training step's memory).
+        weight = cutoff_polynomial(rho) ** 2
+        n_pairs = features.shape[0]
+        summed = features.new_zeros(x.shape[0], self.message_width)
+        recompute = torch.is_grad_enabled() and recompute_activations(self.recompute_activations, n_pairs)
+        for start in range(0, n_pairs, self.pair_chunk):
+            stop = min(start + self.pair_chunk, n_pairs)
+            if torch.jit.is_scripting() or not recompute:
+                messages = self._messages(features[start:stop], weight[start:stop])
+            else:
+                messages = self._recomputed_messages(features[start:stop], weight[start:stop])
+            summed = summed.index_add(0, pairs.i[start:stop], messages).index_add(0, pairs.j[start:stop], messages)
+        return self.node(summed).squeeze(-1)
+
+    def _messages(self, features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self.message(features) * weight[:, None]
+
+    @torch.jit.unused
+    def _recomputed_messages(self, features: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return torch.utils.checkpoint.checkpoint(self._messages, features, weight, use_reentrant=False)
 
     @staticmethod
     @torch.jit.unused

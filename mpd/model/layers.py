@@ -1,0 +1,161 @@
+"""The plain MLP of the model's learned shapes, with forward-mode derivatives along one input direction.
+
+The volume kernel W(r), the noise amplitudes (a, b, c)(rho, T) and the bath are
+SiLU MLPs. Forces and div(M) need their derivatives with respect to one input
+(r for W, T for the amplitudes). Reverse mode gets them by a backward pass over
+every pair, and training then differentiates that backward pass once more (a
+double backward, the bulk of a training step's time and memory: issue 14).
+Forward mode carries the tangent along the forward pass instead: one more
+matrix product per layer and a few elementwise terms, and ordinary operations
+that a training graph differentiates like the values themselves.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MLP(nn.Sequential):
+    """Linear, SiLU, Linear, SiLU, ..., Linear (an nn.Sequential: its state-dict keys are the usual 0.weight ...)."""
+
+    def with_tangent(self, h: torch.Tensor, dh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output, its directional derivative) for the input h and the input tangent dh, same shape.
+
+        Linear: the tangent goes through the weights only. SiLU: d/dz z sigmoid(z) = sigmoid(z) (1 + z (1 - sigmoid(z))).
+        In place where no graph is recorded (rollouts), which halves the time on a chunk of pairs.
+        """
+        if not torch.jit.is_scripting() and torch.is_grad_enabled():
+            params = self._linear_parameters()
+            if params is not None and (h.requires_grad or dh.requires_grad or params[0].requires_grad):
+                return _TangentMLPFunction.apply(h, dh, *params)
+        linear = True  # layers alternate (TorchScript's isinstance does not refine in this loop)
+        for layer in self:
+            if linear:
+                if torch.jit.is_scripting():  # no layer.weight on a module of unknown type: W dh = layer(dh) - layer(0)
+                    dh = layer(dh) - layer(torch.zeros_like(dh[:1]))
+                else:
+                    dh = F.linear(dh, layer.weight)
+                h = layer(h)
+            else:  # silu'(h) = sig + silu (1 - sig), in four passes over the chunk (seven written out plainly)
+                sig = torch.sigmoid(h)
+                h = h * sig
+                slope = torch.addcmul(h, h, sig, value=-1.0).add_(sig)
+                dh = slope * dh if torch.is_grad_enabled() else slope.mul_(dh)
+            linear = not linear
+        return h, dh
+
+    @torch.jit.unused
+    def _linear_parameters(self) -> list[torch.Tensor] | None:
+        """[W_1, b_1, W_2, b_2, ...] of the Linear layers, or None when one has no bias."""
+        params: list[torch.Tensor] = []
+        for layer in self:
+            if isinstance(layer, nn.Linear):
+                if layer.bias is None:
+                    return None
+                params += [layer.weight, layer.bias]
+        return params
+
+
+# Training keeps every activation of the pair networks for its backward pass, about 8 kB per pair (issue 14).
+# Above this many pairs in one training batch the pair chunks are recomputed in backward instead (activation
+# checkpointing): a little over 1 kB per pair, for about 1.5x the step time. Below it memory is not the limit.
+RECOMPUTE_ABOVE_PAIRS = 250_000
+RECOMPUTE_MODES = ("auto", "always", "never")
+
+
+def recompute_activations(mode: str, n_pairs: int, threshold: int = RECOMPUTE_ABOVE_PAIRS) -> bool:
+    """Whether to recompute a training step's pair chunks in backward: mode "always", "never" or "auto"
+    (above RECOMPUTE_ABOVE_PAIRS pairs)."""
+    if mode == "always":
+        return True
+    if mode == "never":
+        return False
+    return n_pairs > threshold
+
+
+def _silu_slopes(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(silu(z), silu'(z), silu''(z)): with s = sigmoid(z), silu' = s + silu (1 - s), silu'' = s (1 - s) (2 + z (1 - 2 s))."""
+    sig = torch.sigmoid(z)
+    value = z * sig
+    first = torch.addcmul(value, value, sig, value=-1.0).add_(sig)
+    one_minus = 1.0 - sig
+    second = (one_minus * sig).mul_(torch.addcmul(torch.full_like(z, 2.0), z, one_minus - sig))
+    return value, first, second
+
+
+class _TangentMLPFunction(torch.autograd.Function):
+    """`MLP.with_tangent` with a hand-written backward, for training.
+
+    Autograd would keep every intermediate of the SiLU tangents and run a dozen
+    generic elementwise backward nodes per layer; this keeps each hidden layer's
+    pre-activation z and its tangent dz only (two (rows, width) tensors) and
+    recomputes the rest. Backward, with g_z and g_dz the gradients reaching a
+    layer's output and its tangent:
+        dL/dW = g_z^T a + g_dz^T da,  dL/db = sum g_z,  g_a = g_z W,  g_da = g_dz W
+    and through a SiLU (a = silu(z), da = silu'(z) dz):
+        g_z <- g_a silu'(z) + g_da silu''(z) dz,   g_dz <- g_da silu'(z).
+    Not differentiable twice (training differentiates the loss once).
+    """
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, dh: torch.Tensor, *params: torch.Tensor):
+        a, da = h, dh
+        saved = [h, dh]
+        n_layers = len(params) // 2
+        for layer in range(n_layers):
+            W, b = params[2 * layer], params[2 * layer + 1]
+            z, dz = torch.addmm(b, a, W.t()), da @ W.t()
+            if layer == n_layers - 1:
+                a, da = z, dz
+                break
+            saved += [z, dz]
+            a, slope, _ = _silu_slopes(z)
+            da = slope.mul_(dz)
+        ctx.save_for_backward(*saved, *params)
+        ctx.n_layers = n_layers
+        return a, da
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_z: torch.Tensor, g_dz: torch.Tensor):
+        n_layers = ctx.n_layers
+        saved = ctx.saved_tensors
+        h, dh = saved[0], saved[1]
+        activations = saved[2:2 + 2 * (n_layers - 1)]
+        params = saved[2 + 2 * (n_layers - 1):]
+        grads: list[torch.Tensor | None] = [None] * len(params)
+        g_h = g_dh = None
+        for layer in reversed(range(n_layers)):
+            W = params[2 * layer]
+            if layer == 0:
+                a, da = h, dh
+            else:
+                z, dz = activations[2 * (layer - 1)], activations[2 * (layer - 1) + 1]
+                a, first, second = _silu_slopes(z)
+                da = first * dz
+            grads[2 * layer] = torch.addmm(g_dz.t() @ da, g_z.t(), a)
+            grads[2 * layer + 1] = g_z.sum(0)
+            g_a, g_da = g_z @ W, g_dz @ W
+            if layer == 0:
+                g_h, g_dh = g_a, g_da
+            else:
+                g_z = torch.addcmul(g_a * first, g_da * second, dz)
+                g_dz = g_da.mul_(first)
+        return (g_h, g_dh, *grads)
+
+
+def mlp(n_in: int, hidden: Sequence[int], n_out: int, out_bias: bool = True) -> MLP:
+    """Plain MLP with SiLU: smooth, because forces and div(M) differentiate through it."""
+    layers: list[nn.Module] = []
+    width = n_in
+    for n_hidden in hidden:
+        layers += [nn.Linear(width, n_hidden), nn.SiLU()]
+        width = n_hidden
+    layers.append(nn.Linear(width, n_out, bias=out_bias))
+    return MLP(*layers)
+
+
+__all__ = ["MLP", "RECOMPUTE_ABOVE_PAIRS", "RECOMPUTE_MODES", "mlp", "recompute_activations"]
