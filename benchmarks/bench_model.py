@@ -54,6 +54,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mpd.allocator import retain_freed_memory
 from mpd.atomic import atomic_write_bytes, atomic_write_json
 from mpd.geometry.domain import Box
 from mpd.model import MetriplecticModel, State, euler_maruyama_step
@@ -268,6 +269,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--neighbours", type=float, default=NEIGHBOURS, help="neighbours within h per particle")
     parser.add_argument("--memory-probe", nargs=3, metavar=("N", "KIND", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    retain_freed_memory()  # as every workflow rule does (mpd.allocator)
     if args.memory_probe:
         n_target, kind, device = args.memory_probe
         print(json.dumps(memory_probe(int(n_target), kind, device, args.neighbours, args.threads)))

@@ -191,7 +191,7 @@ class VerletList:
         if self.needs_rebuild(x, box):
             self.build(x, box)
         shift = self.shifts(box, x.dtype, x.device)
-        r = x[self._i] - x[self._j] + shift
+        r = x.index_select(0, self._i) - x.index_select(0, self._j) + shift
         keep = torch.linalg.vector_norm(r, dim=-1) < self.cutoff
         if present is not None:
             keep = keep & present[self._i] & present[self._j]
@@ -199,7 +199,11 @@ class VerletList:
             image = self._nm[:, 1]
         else:
             image = torch.zeros(len(self._i), dtype=x.dtype, device=x.device)
-        return self._i[keep], self._j[keep], shift[keep], image[keep].to(x.dtype)
+        # one nonzero and index_select per array: boolean masks would search the mask four times
+        kept = keep.nonzero().squeeze(1)
+        return (self._i.index_select(0, kept), self._j.index_select(0, kept),
+                shift.index_select(0, kept),
+                image.index_select(0, kept).to(x.dtype))
 
 
 __all__ = ["VerletList", "concatenate_pairs", "minimum_image_shift", "reference_bonds", "snapshot_pairs"]

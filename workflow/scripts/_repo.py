@@ -18,14 +18,16 @@ def start_rule(snakemake, threads: int | None = None) -> logging.Logger:
 
     Computation keeps to the rule's `threads` (or `threads`, e.g. 1 for a rule
     that parallelises with processes) for torch, BLAS, OpenMP and OpenCV alike
-    (`mpd.threads`). Logs go to the rule's log file (when it has one) and to
+    (`mpd.threads`), and freed memory stays in the process (`mpd.allocator`). Logs go to the rule's log file (when it has one) and to
     stderr; a clear error of the packages (mpd.errors) ends the script as one
     line on the console, its traceback in the log file, and any other error
     (a bug) leaves its traceback in the log file too.
     """
+    from mpd.allocator import retain_freed_memory
     from mpd.threads import limit_threads
 
     limit_threads(int(snakemake.threads if threads is None else threads))
+    retain_freed_memory()  # a model step's temporaries are not page-faulted in afresh every step
     return setup_logging(snakemake)
 
 
