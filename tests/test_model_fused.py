@@ -237,3 +237,24 @@ def test_freed_memory_is_retained_once_per_process_on_glibc():
     except OSError:
         has_mallopt = False
     assert applied == has_mallopt
+
+
+def test_first_layer_backward_differentiates_twice_as_forces_need():
+    torch.manual_seed(2)
+    net = mlp(2, (6,), 1).double()
+    x = torch.randn(9, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda x: net(x), (x,))
+    (force,) = torch.autograd.grad(net(x).sum(), x, create_graph=True)
+    (want,) = torch.autograd.grad(force.pow(2).sum(), net[0].weight)
+    plain = torch.nn.Sequential(*net)  # torch's own Linear backward
+    (force,) = torch.autograd.grad(plain(x).sum(), x, create_graph=True)
+    (got,) = torch.autograd.grad(force.pow(2).sum(), net[0].weight)
+    assert torch.allclose(got, want, rtol=1e-13, atol=0)
+
+
+def test_tangent_mlp_refuses_a_second_derivative_instead_of_getting_it_wrong():
+    net = mlp(2, (4,), 3).double()
+    h = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    value, tangent = net.with_tangent(h, torch.ones_like(h))
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        torch.autograd.grad(tangent.sum(), h, create_graph=True)

@@ -21,6 +21,24 @@ from torch import nn
 class MLP(nn.Sequential):
     """Linear, SiLU, Linear, SiLU, ..., Linear (an nn.Sequential: its state-dict keys are the usual 0.weight ...)."""
 
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        first = True
+        for layer in self:
+            if torch.jit.is_scripting():
+                h = layer(h)
+            elif first and torch.is_grad_enabled():  # training: the first layer's backward with thin products
+                h = self._first_layer(layer, h)
+            else:
+                h = layer(h)
+            first = False
+        return h
+
+    @torch.jit.unused
+    def _first_layer(self, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        if isinstance(layer, nn.Linear) and layer.bias is not None and layer.in_features < layer.out_features:
+            return _ThinInputLinear.apply(h, layer.weight, layer.bias)
+        return layer(h)
+
     def with_tangent(self, h: torch.Tensor, dh: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(output, its directional derivative) for the input h and the input tangent dh, same shape.
 
@@ -86,6 +104,38 @@ def _silu_slopes(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     return value, first, second
 
 
+def _weight_gradient(g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """g^T a, (out, in), for many rows. With few inputs (the first layer: rho, log T) the product is
+    taken as (a^T g)^T: the BLAS's (out, rows) x (rows, 2) runs at a tenth of its speed (measured
+    0.44 ms against 0.07 ms for 16384 rows)."""
+    if a.shape[-1] < g.shape[-1]:
+        return (a.t() @ g).t()
+    return g.t() @ a
+
+
+def _input_gradient(g: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """g W, (rows, in); as (W^T g^T)^T when the layer has few inputs (0.31 ms against 0.16 ms)."""
+    if W.shape[1] < W.shape[0]:
+        return (W.t() @ g.t()).t()
+    return g @ W
+
+
+class _ThinInputLinear(torch.autograd.Function):
+    """F.linear whose backward takes the thin products of `_weight_gradient` and `_input_gradient`
+    (a first layer with a handful of inputs; PyTorch's own backward runs them at a tenth of the speed)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor):
+        ctx.save_for_backward(x, W)
+        return torch.addmm(b, x, W.t())
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):  # plain differentiable operations: forces differentiate through it again
+        x, W = ctx.saved_tensors
+        g_x = _input_gradient(g, W) if ctx.needs_input_grad[0] else None
+        return g_x, _weight_gradient(g, x), g.sum(0)
+
+
 class _TangentMLPFunction(torch.autograd.Function):
     """`MLP.with_tangent` with a hand-written backward, for training.
 
@@ -97,7 +147,7 @@ class _TangentMLPFunction(torch.autograd.Function):
         dL/dW = g_z^T a + g_dz^T da,  dL/db = sum g_z,  g_a = g_z W,  g_da = g_dz W
     and through a SiLU (a = silu(z), da = silu'(z) dz):
         g_z <- g_a silu'(z) + g_da silu''(z) dz,   g_dz <- g_da silu'(z).
-    Not differentiable twice (training differentiates the loss once).
+    Not differentiable twice (training differentiates the loss once): asked to, it raises.
     """
 
     @staticmethod
@@ -119,8 +169,10 @@ class _TangentMLPFunction(torch.autograd.Function):
         return a, da
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, g_z: torch.Tensor, g_dz: torch.Tensor):
+        if torch.is_grad_enabled():  # create_graph: a silent first-order answer would drop a path of the second
+            raise RuntimeError("MLP.with_tangent cannot differentiate twice in training mode; evaluate it under "
+                               "torch.no_grad() or differentiate the network by autograd instead")
         n_layers = ctx.n_layers
         saved = ctx.saved_tensors
         h, dh = saved[0], saved[1]
@@ -136,12 +188,15 @@ class _TangentMLPFunction(torch.autograd.Function):
                 z, dz = activations[2 * (layer - 1)], activations[2 * (layer - 1) + 1]
                 a, first, second = _silu_slopes(z)
                 da = first * dz
-            grads[2 * layer] = torch.addmm(g_dz.t() @ da, g_z.t(), a)
+            grads[2 * layer] = _weight_gradient(g_z, a) + _weight_gradient(g_dz, da)
             grads[2 * layer + 1] = g_z.sum(0)
-            g_a, g_da = g_z @ W, g_dz @ W
             if layer == 0:
-                g_h, g_dh = g_a, g_da
+                if ctx.needs_input_grad[0]:
+                    g_h = _input_gradient(g_z, W)
+                if ctx.needs_input_grad[1]:
+                    g_dh = _input_gradient(g_dz, W)
             else:
+                g_a, g_da = g_z @ W, g_dz @ W
                 g_z = torch.addcmul(g_a * first, g_da * second, dz)
                 g_dz = g_da.mul_(first)
         return (g_h, g_dh, *grads)
