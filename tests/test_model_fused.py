@@ -255,6 +255,27 @@ def test_first_layer_backward_differentiates_twice_as_forces_need():
 def test_tangent_mlp_refuses_a_second_derivative_instead_of_getting_it_wrong():
     net = mlp(2, (4,), 3).double()
     h = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
-    value, tangent = net.with_tangent(h, torch.ones_like(h))
+    _, tangent = net.with_tangent(h, torch.ones_like(h))
     with pytest.raises(RuntimeError, match="differentiate twice"):
         torch.autograd.grad(tangent.sum(), h, create_graph=True)
+
+
+@pytest.mark.parametrize("solid", [True, False])
+def test_three_dimensions_match_the_reference(solid):
+    rng = np.random.default_rng(3)
+    x_ref = rng.uniform(0, 2.2, size=(30, 3))
+    x = x_ref + 0.05 * rng.normal(size=x_ref.shape)
+    i, j = np.triu_indices(30, k=1)
+    near = np.linalg.norm(x[i] - x[j], axis=1) < 1.0
+    bonded = np.linalg.norm(x_ref[i] - x_ref[j], axis=1) < 1.0
+    pairs = make_pairs(i[near], j[near], np.zeros((near.sum(), 3)),
+                       bonds=(i[bonded], j[bonded], x_ref[i[bonded]] - x_ref[j[bonded]]), dim=3)
+    model = random_model(5, dim=3, n_species=1, solid=solid, bath=True)
+    model.pair_chunk = 16
+    state = State(torch.as_tensor(x), torch.as_tensor(rng.normal(size=(30, 3))), torch.as_tensor(rng.normal(size=30)))
+    fused = model.drift_and_noise(state, pairs, torch.Generator().manual_seed(2))
+    reference = (*model.drift(state, pairs), *model.noise(state, pairs, torch.Generator().manual_seed(2)))
+    for a, b in zip(fused, reference):
+        assert relative(a, b) < 1e-12
+    M = model.fused_moments(state, pairs)[2]
+    assert relative(M, model.marginal_covariance(state, pairs, 1.0) / (2 * model.k_B.detach())) < 1e-12

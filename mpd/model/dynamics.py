@@ -780,14 +780,15 @@ class MetriplecticModel(nn.Module):
         j: torch.Tensor, particles: torch.Tensor, k_B: torch.Tensor | None, with_derivatives: bool,
         dW: torch.Tensor | None, dV: torch.Tensor | None, marginal: bool,
     ) -> list[torch.Tensor]:
-        """What one chunk's pairs add to their ends i and to their ends j, (C, K) each, in the columns
+        """What one chunk's pairs add to their ends i and to their ends j, (K, C) each, in the rows
         momentum drift (D; incl. the volume force), entropy drift (1), with increments m dv~ (D) and
         T dS~ (1), with marginal Pi (D x D, flattened), -/+ Pi u (D) and q/4 + C^2 (1).
 
-        particles: (N, 4) columns T, dT/dS, 1/m, dU/dV V^2, gathered once per end."""
+        e, u: (D, C); dW: (D, D, C); particles: (4, N) rows T, dT/dS, 1/m, dU/dV V^2, gathered once per end."""
         n_rows = i.shape[0]
-        ends_i, ends_j = particles.index_select(0, i), particles.index_select(0, j)
-        T_i, T_j = ends_i[:, 0], ends_j[:, 0]
+        dim = e.shape[0]
+        ends_i, ends_j = particles.index_select(1, i), particles.index_select(1, j)
+        T_i, T_j = ends_i[0], ends_j[0]
         # both ends in one batch: row k < C is end i, row C + k is end j; d(f_i f_j)/dT_i = f_i' f_j
         rho_ends, T_ends = torch.cat([rho, rho]), torch.cat([T_i, T_j])
         if with_derivatives:
@@ -795,23 +796,24 @@ class MetriplecticModel(nn.Module):
         else:
             factors = self.amplitudes(rho_ends, T_ends)
             d_factors = torch.zeros_like(factors)
-        f_i, f_j = factors[:n_rows], factors[n_rows:]
+        factors, d_factors = factors.t(), d_factors.t()  # (3, 2C): rows a, b, c
+        f_i, f_j = factors[:, :n_rows], factors[:, n_rows:]
         amp = f_i * f_j
-        to_p, to_S_i, to_S_j = pair_drift(e, u, T_i, T_j, ends_i[:, 1], ends_j[:, 1], amp, d_factors[:n_rows] * f_j,
-                                          f_i * d_factors[n_rows:], 0.5 * (ends_i[:, 2] + ends_j[:, 2]), k_B)
-        to_p = to_p + ((ends_i[:, 3] + ends_j[:, 3]) * dW_dr)[:, None] * e
-        # what each end receives, side by side, so that one index_add per end sums the chunk
-        to_i, to_j = [to_p, to_S_i[:, None]], [-to_p, to_S_j[:, None]]
+        to_p, to_S_i, to_S_j = pair_drift(e, u, T_i, T_j, ends_i[1], ends_j[1], amp, d_factors[:, :n_rows] * f_j,
+                                          f_i * d_factors[:, n_rows:], 0.5 * (ends_i[2] + ends_j[2]), k_B)
+        to_p = to_p + ((ends_i[3] + ends_j[3]) * dW_dr) * e
+        # what each end receives, stacked, so that one index_add per end sums the chunk
+        to_i, to_j = [to_p, to_S_i[None]], [-to_p, to_S_j[None]]
         if dW is not None and dV is not None and k_B is not None:
             kick, heat_i, heat_j = pair_kicks(e, u, amp, dW, dV, torch.sqrt(2 * k_B))
-            to_i += [kick, heat_i[:, None]]
-            to_j += [-kick, heat_j[:, None]]
+            to_i += [kick, heat_i[None]]
+            to_j += [-kick, heat_j[None]]
         if marginal:
             Pi, Pi_u, entropy_diagonal = pair_marginal(e, u, amp)
-            Pi_flat = Pi.reshape(n_rows, -1)
-            to_i += [Pi_flat, -Pi_u, entropy_diagonal[:, None]]
-            to_j += [Pi_flat, Pi_u, entropy_diagonal[:, None]]
-        return [torch.cat(to_i, dim=-1), torch.cat(to_j, dim=-1)]
+            Pi_flat = Pi.reshape(dim * dim, n_rows)
+            to_i += [Pi_flat, -Pi_u, entropy_diagonal[None]]
+            to_j += [Pi_flat, Pi_u, entropy_diagonal[None]]
+        return [torch.cat(to_i, dim=0), torch.cat(to_j, dim=0)]
 
     @torch.jit.unused
     def _recomputed_pair_chunk(self, *args) -> list[torch.Tensor]:
@@ -825,13 +827,15 @@ class MetriplecticModel(nn.Module):
         m dv~ (N, D), T dS~ (N,), sum Pi (N, D, D), sum -/+ Pi u (N, D), sum q/4 + C^2 (N,)]
         (zeros for the parts not asked for)."""
         n, dim = v.shape[0], v.shape[-1]
-        e, dW_dr, T = terms.e, terms.dW_dr, terms.T
-        u_all = pair_relative_velocities(v, pairs)
+        dW_dr, T = terms.dW_dr, terms.T
+        e = terms.e.t().contiguous()  # (D, E): one contiguous row per component (mpd.model.fused)
+        u_all = pair_relative_velocities(v, pairs).t().contiguous()
         rho_all = terms.distance / self.h
         noise = dW is not None and dV is not None and k_B is not None
+        dW_rows = dW.permute(1, 2, 0).contiguous() if dW is not None else None  # (D, D, E), the same draws
         width = dim + 1 + (dim + 1 if noise else 0) + (dim * dim + dim + 1 if marginal else 0)
-        sums = torch.zeros(n, width, dtype=v.dtype, device=v.device)
-        particles = torch.stack([T, terms.dT_dS, inverse_mass, terms.pressure_weight], dim=-1)
+        sums = torch.zeros(width, n, dtype=v.dtype, device=v.device)
+        particles = torch.stack([T, terms.dT_dS, inverse_mass, terms.pressure_weight])
         recording = torch.is_grad_enabled()
         n_pairs = pairs.i.shape[0]
         for start in range(0, n_pairs, self.pair_chunk):
@@ -839,30 +843,30 @@ class MetriplecticModel(nn.Module):
             i, j = pairs.i[start:stop], pairs.j[start:stop]
             dW_c: torch.Tensor | None = None
             dV_c: torch.Tensor | None = None
-            if dW is not None and dV is not None:
-                dW_c, dV_c = dW[start:stop], dV[start:stop]
+            if dW_rows is not None and dV is not None:
+                dW_c, dV_c = dW_rows[:, :, start:stop], dV[start:stop]
             if checkpoint and not torch.jit.is_scripting():
-                out = self._recomputed_pair_chunk(e[start:stop], u_all[start:stop], rho_all[start:stop],
+                out = self._recomputed_pair_chunk(e[:, start:stop], u_all[:, start:stop], rho_all[start:stop],
                                                   dW_dr[start:stop], i, j, particles, k_B, with_derivatives, dW_c,
                                                   dV_c, marginal)
             else:
-                out = self._pair_chunk(e[start:stop], u_all[start:stop], rho_all[start:stop], dW_dr[start:stop], i, j,
-                                       particles, k_B, with_derivatives, dW_c, dV_c, marginal)
+                out = self._pair_chunk(e[:, start:stop], u_all[:, start:stop], rho_all[start:stop], dW_dr[start:stop],
+                                       i, j, particles, k_B, with_derivatives, dW_c, dV_c, marginal)
             if recording:
-                sums = sums.index_add(0, i, out[0]).index_add(0, j, out[1])
+                sums = sums.index_add(1, i, out[0]).index_add(1, j, out[1])
             else:
-                sums.index_add_(0, i, out[0]).index_add_(0, j, out[1])
+                sums.index_add_(1, i, out[0]).index_add_(1, j, out[1])
         zero_v, zero_S = torch.zeros_like(v), torch.zeros_like(T)
-        to_p, to_S = sums[:, :dim], sums[:, dim]
-        kicks, T_dS, column = zero_v, zero_S, dim + 1
+        to_p, to_S = sums[:dim].t(), sums[dim]
+        kicks, T_dS, row = zero_v, zero_S, dim + 1
         if noise:
-            kicks, T_dS, column = sums[:, column:column + dim], sums[:, column + dim], column + dim + 1
+            kicks, T_dS, row = sums[row:row + dim].t(), sums[row + dim], row + dim + 1
         Pi_sum = torch.zeros(n, dim, dim, dtype=v.dtype, device=v.device)
         Pi_u_sum, entropy_diagonal = zero_v, zero_S
         if marginal:
-            Pi_sum = sums[:, column:column + dim * dim].reshape(n, dim, dim)
-            Pi_u_sum = sums[:, column + dim * dim:column + dim * dim + dim]
-            entropy_diagonal = sums[:, column + dim * dim + dim]
+            Pi_sum = sums[row:row + dim * dim].t().reshape(n, dim, dim)
+            Pi_u_sum = sums[row + dim * dim:row + dim * dim + dim].t()
+            entropy_diagonal = sums[row + dim * dim + dim]
         return [to_p, to_S, kicks, T_dS, Pi_sum, Pi_u_sum, entropy_diagonal]
 
     def marginal_covariance(

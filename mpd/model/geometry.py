@@ -236,9 +236,18 @@ def _fitted_deformation(x: torch.Tensor, pairs: PairTensors,
                         collinear_tol: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(F, Y_safe, valid) of `local_deformation_gradient`; Y_safe is Y_i, or the identity where not valid."""
     dim, n = x.shape[-1], x.shape[0]
-    d, d0 = bond_separations(x, pairs), pairs.bond_r_ref
-    X = sum_to_both_ends(d[:, :, None] * d0[:, None, :], pairs.bond_i, pairs.bond_j, n)
-    Y = sum_to_both_ends(d0[:, :, None] * d0[:, None, :], pairs.bond_i, pairs.bond_j, n)
+    # the outer products d d0^T and d0 d0^T of every bond as rows (2 D^2, B), summed to both ends in one
+    # pass: broadcast (B, D, D) products and (B, 4) index_adds are several times slower on CPU (issue 14)
+    d, d0 = bond_separations(x, pairs).t(), pairs.bond_r_ref.t()
+    rows: list[torch.Tensor] = []
+    for left in (d, d0):  # X's rows, then Y's
+        for a in range(dim):
+            for b in range(dim):
+                rows.append(left[a] * d0[b])
+    products = torch.stack(rows)
+    sums = products.new_zeros(2 * dim * dim, n).index_add_(1, pairs.bond_i, products).index_add_(1, pairs.bond_j,
+                                                                                                products)
+    X, Y = sums[:dim * dim].t().reshape(n, dim, dim), sums[dim * dim:].t().reshape(n, dim, dim)
     mean_eigenvalue = torch.diagonal(Y, dim1=-2, dim2=-1).sum(-1) / dim
     valid = (mean_eigenvalue > 0) & (torch.linalg.det(Y) > collinear_tol * mean_eigenvalue**dim)
     identity = torch.eye(dim, dtype=x.dtype, device=x.device)
