@@ -94,16 +94,6 @@ def recompute_activations(mode: str, n_pairs: int, threshold: int = RECOMPUTE_AB
     return n_pairs > threshold
 
 
-def _silu_slopes(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(silu(z), silu'(z), silu''(z)): with s = sigmoid(z), silu' = s + silu (1 - s), silu'' = s (1 - s) (2 + z (1 - 2 s))."""
-    sig = torch.sigmoid(z)
-    value = z * sig
-    first = torch.addcmul(value, value, sig, value=-1.0).add_(sig)
-    one_minus = 1.0 - sig
-    second = (one_minus * sig).mul_(torch.addcmul(torch.full_like(z, 2.0), z, one_minus - sig))
-    return value, first, second
-
-
 def _weight_gradient(g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """g^T a, (out, in), for many rows. With few inputs (the first layer: rho, log T) the product is
     taken as (a^T g)^T: the BLAS's (out, rows) x (rows, 2) runs at a tenth of its speed (measured
@@ -162,8 +152,9 @@ class _TangentMLPFunction(torch.autograd.Function):
                 a, da = z, dz
                 break
             saved += [z, dz]
-            a, slope, _ = _silu_slopes(z)
-            da = slope.mul_(dz)
+            sig = torch.sigmoid(z)
+            a = z * sig
+            da = torch.addcmul(a, a, sig, value=-1.0).add_(sig).mul_(dz)  # silu'(z) dz, no graph in here
         ctx.save_for_backward(*saved, *params)
         ctx.n_layers = n_layers
         return a, da
@@ -186,7 +177,9 @@ class _TangentMLPFunction(torch.autograd.Function):
                 a, da = h, dh
             else:
                 z, dz = activations[2 * (layer - 1)], activations[2 * (layer - 1) + 1]
-                a, first, second = _silu_slopes(z)
+                sig = torch.sigmoid(z)
+                a = z * sig
+                first = torch.addcmul(a, a, sig, value=-1.0).add_(sig)
                 da = first * dz
             grads[2 * layer] = _weight_gradient(g_z, a) + _weight_gradient(g_dz, da)
             grads[2 * layer + 1] = g_z.sum(0)
@@ -195,9 +188,10 @@ class _TangentMLPFunction(torch.autograd.Function):
                     g_h = _input_gradient(g_z, W)
                 if ctx.needs_input_grad[1]:
                     g_dh = _input_gradient(g_dz, W)
-            else:
+            else:  # in place where nothing else holds the tensor: the backward records no graph
                 g_a, g_da = g_z @ W, g_dz @ W
-                g_z = torch.addcmul(g_a * first, g_da * second, dz)
+                second = torch.addcmul(sig, sig, sig, value=-1.0).mul_(sig.mul(-2.0).add_(1.0).mul_(z).add_(2.0))
+                g_z = torch.addcmul(second.mul_(dz).mul_(g_da), g_a, first)
                 g_dz = g_da.mul_(first)
         return (g_h, g_dh, *grads)
 
