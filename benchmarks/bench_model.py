@@ -15,7 +15,10 @@ the reference configuration of the strain bonds. Default network widths
 * rollout step: `VerletList.update` (no rebuild: the usual case) + one
   `euler_maruyama_step` with noise;
 * training step: teacher at t and t+1 + the Gaussian NLL + backward (no
-  optimiser update), as in `mpd.training`.
+  optimiser update), as in `mpd.training`, with the default activation
+  recomputation ("auto": only above `mpd.model.layers.RECOMPUTE_ABOVE_PAIRS`
+  pairs); training_step_recompute: the same with recomputation always on
+  (the memory-lean mode; slower).
 
 Measured honestly:
 * time: one warm-up step, then the repeats with nothing else running in the
@@ -188,14 +191,52 @@ def cases(n: int, model: MetriplecticModel, device: torch.device, neighbours: fl
         verlet.update(x, None, box)
         euler_maruyama_step(model, State(x, v, S), pairs, 1.0, interior, gen, noise=True)
 
-    def training_step():
+    def training_step(recompute: str = "auto"):
+        model.recompute_activations = model.teacher.recompute_activations = recompute
         model.zero_grad(set_to_none=True)
         S0 = model.teacher_entropy(x, v, pairs)
         S1 = model.teacher_entropy(x, v1, pairs)
         loss = model.nll(State(x, v, S0), State(x, v1, S1), pairs, 1.0, interior)
         loss.backward()
+        model.recompute_activations = model.teacher.recompute_activations = "auto"
 
-    return n, len(pairs.i), {"rollout_step": rollout_step, "training_step": training_step}
+    return n, len(pairs.i), {"rollout_step": rollout_step, "training_step": training_step,
+                             "training_step_recompute": lambda: training_step("always")}
+
+
+#: issue 14's targets: one CPU thread, float32, about 19 neighbours; rates in particle-steps per CPU second
+#: (the issue measured CPU time, medians), memory as the first step's resident-set growth per pair
+TARGETS = [
+    {"what": "rollout step at N = 1e4", "device": "cpu", "kind": "rollout_step", "n": 10_000,
+     "key": "cpu_particle_steps_per_s", "at_least": 1.4e5},
+    {"what": "training step at N = 1e4", "device": "cpu", "kind": "training_step", "n": 10_000,
+     "key": "cpu_particle_steps_per_s", "at_least": 3.4e4},
+    {"what": "training memory per pair at N = 1e5 (default: recomputation on at this size)", "device": "cpu",
+     "kind": "training_step", "n": 100_000, "key": "memory_bytes_per_pair", "at_most": 5000},
+    {"what": "training memory per pair at N = 1e4 with recomputation on", "device": "cpu",
+     "kind": "training_step_recompute", "n": 10_000, "key": "memory_bytes_per_pair", "at_most": 5000},
+    {"what": "GPU rollout step at N = 1e6", "device": "cuda", "kind": "rollout_step", "n": 1_000_000,
+     "key": "particle_steps_per_s", "at_least": 1e7},
+]
+
+
+def target_results(rows) -> list[dict]:
+    """Each target with the measured value of the row of its (device, kind) nearest its N, and "met",
+    "missed" or "not measured" (no such row: e.g. no GPU, or --quick)."""
+    out = []
+    for target in TARGETS:
+        candidates = [r for r in rows if r["device"] == target["device"] and r["kind"] == target["kind"]
+                      and r.get(target["key"]) is not None and 0.5 < r["n_particles"] / target["n"] < 2]
+        entry = {k: v for k, v in target.items()}
+        if not candidates:
+            entry.update(measured=None, n_particles=None, verdict="not measured")
+        else:
+            row = min(candidates, key=lambda r: abs(np.log(r["n_particles"] / target["n"])))
+            value = row[target["key"]]
+            met = value >= target["at_least"] if "at_least" in target else value <= target["at_most"]
+            entry.update(measured=value, n_particles=row["n_particles"], verdict="met" if met else "missed")
+        out.append(entry)
+    return out
 
 
 def fitted_exponent(rows, device: str, kind: str, key: str = "seconds_per_step") -> float | None:
@@ -229,6 +270,12 @@ def markdown_table(result: dict) -> str:
         f"{key} {value:.2f}" for key, value in result["scaling_exponent"].items() if value is not None)]
     skipped = [r for r in result["results"] if r["peak_memory_mb"] is None]
     lines += [f"- {r['device']} {r['kind']} N={r['n_particles']}: {r['memory_measure']}" for r in skipped]
+    lines += ["", "Targets (issue 14):", "", "| target | wanted | measured | N | result |", "|---|---|---|---|---|"]
+    for t in result.get("targets", []):
+        wanted = f">= {t['at_least']:.3g}" if "at_least" in t else f"<= {t['at_most']:.3g}"
+        measured = "–" if t["measured"] is None else f"{t['measured']:.3g}"
+        unit = " B/pair" if "bytes" in t["key"] else " particle-steps/s"
+        lines.append(f"| {t['what']} | {wanted}{unit} | {measured} | {t['n_particles'] or '–'} | {t['verdict']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -316,7 +363,7 @@ def main(argv=None) -> dict:
                       f"{n / timing['seconds_per_step']:10.0f} particle-steps/s "
                       f"{'-' if mb is None else f'{mb:9.1f} MB'}", flush=True)
     devices_run = sorted({r["device"] for r in rows})
-    kinds = ("rollout_step", "training_step")
+    kinds = ("rollout_step", "training_step", "training_step_recompute")
     exponents = {f"{d}/{k}": fitted_exponent(rows, d, k) for d in devices_run for k in kinds}
     cpu_exponents = {f"{d}/{k}": fitted_exponent(rows, d, k, "cpu_seconds_per_step")
                      for d in devices_run if d == "cpu" for k in kinds}
@@ -329,12 +376,14 @@ def main(argv=None) -> dict:
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "timing": "median of the repeats after one warm-up step; CPU seconds of this process with no helper thread",
         "quick": args.quick, "results": rows, "scaling_exponent": exponents,
-        "scaling_exponent_cpu_time": cpu_exponents,
+        "scaling_exponent_cpu_time": cpu_exponents, "targets": target_results(rows),
     }
     atomic_write_json(result, args.out)
     atomic_write_bytes(markdown_table(result).encode(), args.out.with_suffix(".md"))
     print("scaling exponents (wall seconds ~ N^k):", json.dumps(exponents))
     print("scaling exponents (CPU seconds ~ N^k):", json.dumps(cpu_exponents))
+    for t in result["targets"]:
+        print(f"target {t['what']}: {t['verdict']} ({t['measured']})")
     return result
 
 
