@@ -25,6 +25,7 @@ AUTO = "auto"
 SCHEDULES = ("cosine", "step", "constant")
 SELECTION_METRICS = ("rollout", "val_loss")
 DTYPES = ("float32", "float64")
+RECOMPUTE_MODES = ("auto", "always", "never")  # as mpd.model.layers.RECOMPUTE_MODES (no torch import here)
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -102,6 +103,8 @@ class TrainingParams(_FromConfig):
     calibration_settle: int = 20      # frames a calibration rollout runs before it is measured
     calibration_lag: int = 10         # frames of the measured relative displacements
     calibrate_mobility: bool = True   # closed fluids: after k_B, scale M so settled rollouts' VACF integral matches
+    recompute_activations: str = "auto"  # "auto" (above 250k pairs per batch), "always" or "never": recompute the pair
+    #                                      networks in backward instead of storing them (less memory, slower step)
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,8 @@ _TUPLES = ("kernel_hidden", "energy_hidden", "amplitude_hidden", "teacher_hidden
 _POSITIVE_INTS = ("epochs", "batch_size", "step_epochs", "selection_starts", "selection_steps", "substeps",
                   "cage_steps", "cage_every", "calibration_frames", "calibration_lag")
 _OPTIONAL_POSITIVE_INTS = ("max_val_pairs", "num_threads", "n_frames", "box_n_frames")
-_CHOICES = {"schedule": SCHEDULES, "selection_metric": SELECTION_METRICS, "dtype": DTYPES, "device": DEVICES}
+_CHOICES = {"schedule": SCHEDULES, "selection_metric": SELECTION_METRICS, "dtype": DTYPES, "device": DEVICES,
+            "recompute_activations": RECOMPUTE_MODES}
 
 
 def _build(cls, values, where: str):

@@ -646,6 +646,7 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
         kwargs = dict(checkpoint["model_kwargs"])
         model = build_model(kwargs, dtype, device)
         model.load_state_dict(checkpoint["model"])
+        model.set_recompute_activations(params.recompute_activations)
         optimizer, scheduler = make_optimizer(model, params)
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -669,6 +670,7 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
             solid = False
         kwargs = model_kwargs(network, velocity_scale, frames.n_species, frames.dim, solid)
         model = build_model(kwargs, dtype, device)
+        model.set_recompute_activations(params.recompute_activations)
         batch = collate_snapshots([train_set[k] for k in range(min(params.batch_size, len(train_set)))])
         pairs_t, pairs_t1 = batch_pairs(batch, frames, dtype, device)
         batch = batch_to(batch, device)

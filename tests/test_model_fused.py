@@ -237,6 +237,11 @@ def test_recomputation_keeps_far_less_for_backward():
 
 
 def test_recomputation_policy():
+    model = random_model(0)
+    model.set_recompute_activations("always")
+    assert model.recompute_activations == model.teacher.recompute_activations == "always"
+    with pytest.raises(ValueError, match="recompute_activations must be one of auto, always, never"):
+        model.set_recompute_activations("sometimes")
     assert recompute_activations("always", 1) and not recompute_activations("never", 10**9)
     assert not recompute_activations("auto", RECOMPUTE_ABOVE_PAIRS)
     assert recompute_activations("auto", RECOMPUTE_ABOVE_PAIRS + 1)

@@ -283,3 +283,23 @@ def test_a_frame_without_features_is_skipped_by_geometry_and_training(tmp_path):
     assert 5 not in frames and 6 not in frames and {4, 7} <= set(frames)
     result = train(geometry, tmp_path / "model", small_config(epochs=1))
     assert np.isfinite(result.log[-1]["train_loss"]) and np.isfinite(result.log[-1]["val_loss"])
+
+
+def test_recomputing_activations_trains_the_same_model(lattice_dataset, tmp_path, monkeypatch):
+    """recompute_activations changes memory and time, never the result (float64: to round-off)."""
+    _, geometry = lattice_dataset
+    from mpd.model import dynamics
+
+    calls = []
+    original = dynamics.MetriplecticModel._recomputed_pair_chunk
+    monkeypatch.setattr(dynamics.MetriplecticModel, "_recomputed_pair_chunk",
+                        lambda self, *a: (calls.append(1), original(self, *a))[1])
+    states = {}
+    for mode in ("never", "always"):
+        calls.clear()
+        result = train(geometry, tmp_path / mode, small_config(epochs=2, recompute_activations=mode,
+                                                               calibrate_temperature=False))
+        states[mode] = ({k: v.detach().clone() for k, v in result.model.state_dict().items()}, len(calls))
+    assert states["never"][1] == 0 and states["always"][1] > 0
+    for key, value in states["never"][0].items():
+        assert torch.allclose(value.double(), states["always"][0][key].double(), rtol=1e-9, atol=1e-12), key

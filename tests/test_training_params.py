@@ -47,6 +47,7 @@ def test_each_part_rejects_unknown_keys_and_names_its_section():
         ({"network": {"k_B_init": "guess"}}, "model.network.k_B_init"),
         ({"rollout": {"skin": -0.1}}, "model.rollout.skin"),
         ({"rollout": {"device": "tpu"}}, "model.rollout.device"),
+        ({"training": {"recompute_activations": "sometimes"}}, "model.training.recompute_activations"),
     ],
 )
 def test_out_of_range_values_are_rejected_by_both_the_dataclasses_and_the_schema(section, key):
@@ -91,3 +92,12 @@ def test_training_hash_ignores_progress_and_device_but_not_hyperparameters():
         base.training_hash())
     assert ModelConfig.from_config({"training": {"learning_rate": 0.01}}).training_hash() != base.training_hash()
     assert ModelConfig.from_config({"rollout": {"skin": 0.5}}).training_hash() == base.training_hash()
+
+
+def test_recompute_modes_of_the_config_are_the_models():
+    from mpd.model.layers import RECOMPUTE_MODES
+    from mpd.params import RECOMPUTE_MODES as CONFIG_MODES
+
+    assert CONFIG_MODES == RECOMPUTE_MODES
+    assert ModelConfig.from_config({"training": {"recompute_activations": "always"}}).training.recompute_activations == (
+        "always")

@@ -160,7 +160,8 @@ class EntropyTeacher(nn.Module):
                 h = torch.utils.checkpoint.checkpoint(lambda f, w: hidden(f) * w, chunk, w, use_reentrant=False)
             else:
                 h = hidden(chunk) * w
-            summed = summed.index_add(0, pairs.i[start:stop], h).index_add(0, pairs.j[start:stop], h)
+            # in place: an out-of-place chain keeps every intermediate (N, 64) sum alive until backward
+            summed.index_add_(0, pairs.i[start:stop], h).index_add_(0, pairs.j[start:stop], h)
         weight_sum = sum_to_both_ends(weight, pairs.i, pairs.j, n_particles)
         return F.linear(summed, last.weight) + weight_sum[:, None] * last.bias
 
