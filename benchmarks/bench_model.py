@@ -361,7 +361,7 @@ def main(argv=None) -> dict:
                 print(f"{device.type:4s} {kind:13s} N={n:>8d} pairs={n_pairs:>9d} ({2 * n_pairs / n:4.1f} neighbours) "
                       f"{timing['seconds_per_step']:9.4f} s (cpu {timing['cpu_seconds_per_step']:8.3f} s) "
                       f"{n / timing['seconds_per_step']:10.0f} particle-steps/s "
-                      f"{'-' if mb is None else f'{mb:9.1f} MB'}", flush=True)
+                      f"{memory['memory_measure'] if mb is None else f'{mb:9.1f} MB'}", flush=True)
     devices_run = sorted({r["device"] for r in rows})
     kinds = ("rollout_step", "training_step", "training_step_recompute")
     exponents = {f"{d}/{k}": fitted_exponent(rows, d, k) for d in devices_run for k in kinds}
