@@ -130,9 +130,9 @@ class _TangentMLPFunction(torch.autograd.Function):
     """`MLP.with_tangent` with a hand-written backward, for training.
 
     Autograd would keep every intermediate of the SiLU tangents and run a dozen
-    generic elementwise backward nodes per layer; this keeps each hidden layer's
-    pre-activation z and its tangent dz only (two (rows, width) tensors) and
-    recomputes the rest. Backward, with g_z and g_dz the gradients reaching a
+    generic elementwise backward nodes per layer; this keeps four (rows, width)
+    tensors per hidden layer (the pre-activation z, its tangent dz, sigmoid(z)
+    and silu'(z)) and recomputes the rest. Backward, with g_z and g_dz the gradients reaching a
     layer's output and its tangent:
         dL/dW = g_z^T a + g_dz^T da,  dL/db = sum g_z,  g_a = g_z W,  g_da = g_dz W
     and through a SiLU (a = silu(z), da = silu'(z) dz):
@@ -151,10 +151,11 @@ class _TangentMLPFunction(torch.autograd.Function):
             if layer == n_layers - 1:
                 a, da = z, dz
                 break
-            saved += [z, dz]
             sig = torch.sigmoid(z)
             a = z * sig
-            da = torch.addcmul(a, a, sig, value=-1.0).add_(sig).mul_(dz)  # silu'(z) dz, no graph in here
+            first = torch.addcmul(a, a, sig, value=-1.0).add_(sig)  # silu'(z)
+            saved += [z, dz, sig, first]
+            da = first * dz
         ctx.save_for_backward(*saved, *params)
         ctx.n_layers = n_layers
         return a, da
@@ -167,8 +168,8 @@ class _TangentMLPFunction(torch.autograd.Function):
         n_layers = ctx.n_layers
         saved = ctx.saved_tensors
         h, dh = saved[0], saved[1]
-        activations = saved[2:2 + 2 * (n_layers - 1)]
-        params = saved[2 + 2 * (n_layers - 1):]
+        activations = saved[2:2 + 4 * (n_layers - 1)]
+        params = saved[2 + 4 * (n_layers - 1):]
         grads: list[torch.Tensor | None] = [None] * len(params)
         g_h = g_dh = None
         for layer in reversed(range(n_layers)):
@@ -176,11 +177,8 @@ class _TangentMLPFunction(torch.autograd.Function):
             if layer == 0:
                 a, da = h, dh
             else:
-                z, dz = activations[2 * (layer - 1)], activations[2 * (layer - 1) + 1]
-                sig = torch.sigmoid(z)
-                a = z * sig
-                first = torch.addcmul(a, a, sig, value=-1.0).add_(sig)
-                da = first * dz
+                z, dz, sig, first = activations[4 * (layer - 1):4 * layer]
+                a, da = z * sig, first * dz
             grads[2 * layer] = _weight_gradient(g_z, a) + _weight_gradient(g_dz, da)
             grads[2 * layer + 1] = g_z.sum(0)
             if layer == 0:
@@ -190,7 +188,8 @@ class _TangentMLPFunction(torch.autograd.Function):
                     g_dh = _input_gradient(g_dz, W)
             else:  # in place where nothing else holds the tensor: the backward records no graph
                 g_a, g_da = g_z @ W, g_dz @ W
-                second = torch.addcmul(sig, sig, sig, value=-1.0).mul_(sig.mul(-2.0).add_(1.0).mul_(z).add_(2.0))
+                # silu'' = sig (1 - sig) (2 + z (1 - 2 sig)) = (sig - sig^2) (2 + z - 2 a)
+                second = torch.addcmul(sig, sig, sig, value=-1.0).mul_(torch.add(z, a, alpha=-2.0).add_(2.0))
                 g_z = torch.addcmul(second.mul_(dz).mul_(g_da), g_a, first)
                 g_dz = g_da.mul_(first)
         return (g_h, g_dh, *grads)
