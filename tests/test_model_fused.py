@@ -168,6 +168,12 @@ def test_energy_derivatives_by_forward_mode_match_autograd(energy):
     (d2U_dS2,) = torch.autograd.grad(dU_dS.sum(), S)
     for got, want in zip(net.with_derivatives(S, y), (U, dU_dS, dU_dy, d2U_dS2)):
         assert torch.allclose(got, want, rtol=1e-12, atol=1e-14)
+    with torch.no_grad():  # the rollout's in-place path
+        for got, want in zip(net.with_derivatives(S, y), (U, dU_dS, dU_dy, d2U_dS2)):
+            assert torch.allclose(got, want, rtol=1e-12, atol=1e-14)
+        inside = net.with_derivatives(S.clamp(-1, 1), y)  # no pre-activation beyond 20: the shortcut
+    for got, want in zip(inside, net.with_derivatives(S.clamp(-1, 1), y)):
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-14)
 
 
 def test_strain_force_in_closed_form_is_minus_the_gradient_of_the_strain_energy():

@@ -108,9 +108,16 @@ class ConvexLayer(nn.Module):
             d_pre = d_pre + skip.t()[:, None, :]
         sig = torch.sigmoid(pre)
         beyond = pre > 20.0
-        slope = torch.where(beyond, torch.ones_like(sig), sig)
-        curvature = torch.where(beyond, torch.zeros_like(sig), sig * (1.0 - sig))
-        return F.softplus(pre), slope * d_pre, curvature * d_pre[0] * d_pre[0] + slope * d2_pre
+        if bool(beyond.any()):
+            slope = torch.where(beyond, torch.ones_like(sig), sig)
+            curvature = torch.where(beyond, torch.zeros_like(sig), sig * (1.0 - sig))
+        else:  # the usual case: no pre-activation on softplus's linear branch
+            slope, curvature = sig, torch.addcmul(sig, sig, sig, value=-1.0)
+        if torch.is_grad_enabled():
+            return F.softplus(pre), slope * d_pre, torch.addcmul(slope * d2_pre, curvature * d_pre[0], d_pre[0])
+        # rollouts: in place, no graph (a sixth fewer passes over the (k, N, width) tangents)
+        d2_out = d2_pre.mul_(slope).addcmul_(curvature.mul_(d_pre[0]), d_pre[0])  # before d_pre changes
+        return F.softplus(pre), d_pre.mul_(slope), d2_out
 
 
 class MonotoneConvexNet(nn.Module):
