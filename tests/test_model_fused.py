@@ -305,3 +305,10 @@ def test_three_dimensions_match_the_reference(solid):
         assert relative(a, b) < 1e-12
     M = model.fused_moments(state, pairs)[2]
     assert relative(M, model.marginal_covariance(state, pairs, 1.0) / (2 * model.k_B.detach())) < 1e-12
+
+
+def test_chunks_are_cache_sized_on_cpu_and_large_on_an_accelerator():
+    from mpd.model.layers import chunk_rows
+
+    assert chunk_rows(8192, torch.device("cpu")) == 8192
+    assert chunk_rows(8192, torch.device("cuda")) == 1 << 20

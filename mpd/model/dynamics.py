@@ -41,7 +41,7 @@ from .geometry import (
     strain_invariant,
     strain_invariant_and_gradient,
 )
-from .layers import RECOMPUTE_MODES, recompute_activations
+from .layers import RECOMPUTE_MODES, chunk_rows, recompute_activations
 from .monotonic import DeviatoricEnergy, VolumetricEnergy
 from .networks import EntropyTeacher, NoiseAmplitudes, PositiveScalar
 
@@ -767,8 +767,9 @@ class MetriplecticModel(nn.Module):
         values: list[torch.Tensor] = []
         slopes: list[torch.Tensor] = []
         n_pairs = distance.shape[0]
-        for start in range(0, n_pairs, self.pair_chunk):
-            stop = min(start + self.pair_chunk, n_pairs)
+        per_chunk = chunk_rows(self.pair_chunk, distance.device)
+        for start in range(0, n_pairs, per_chunk):
+            stop = min(start + per_chunk, n_pairs)
             if checkpoint and not torch.jit.is_scripting():
                 W, dW = self._recomputed_kernel(distance[start:stop], kind[start:stop])
             else:
@@ -845,8 +846,9 @@ class MetriplecticModel(nn.Module):
         sums = torch.zeros(width, n, dtype=v.dtype, device=v.device)
         particles = torch.stack([T, terms.dT_dS, inverse_mass, terms.pressure_weight])
         n_pairs = pairs.i.shape[0]
-        for start in range(0, n_pairs, self.pair_chunk):
-            stop = min(start + self.pair_chunk, n_pairs)
+        per_chunk = chunk_rows(self.pair_chunk, v.device)
+        for start in range(0, n_pairs, per_chunk):
+            stop = min(start + per_chunk, n_pairs)
             i, j = pairs.i[start:stop], pairs.j[start:stop]
             dW_c: torch.Tensor | None = None
             dV_c: torch.Tensor | None = None

@@ -77,6 +77,13 @@ class MLP(nn.Sequential):
         return params
 
 
+def chunk_rows(chunk: int, device: torch.device) -> int:
+    """Pairs per chunk on `device`: `chunk` on CPU, where it keeps a chunk's activations in cache; on an
+    accelerator at least 2^20, since there each chunk is a round of kernel launches and the cache argument
+    does not apply (not measured: no GPU was lent while this was written)."""
+    return chunk if device.type == "cpu" else max(chunk, 1 << 20)
+
+
 # Training keeps every activation of the pair networks for its backward pass, about 8 kB per pair (issue 14).
 # Above this many pairs in one training batch the pair chunks are recomputed in backward instead (activation
 # checkpointing): a little over 1 kB per pair, for about 1.5x the step time. Below it memory is not the limit.
@@ -206,4 +213,4 @@ def mlp(n_in: int, hidden: Sequence[int], n_out: int, out_bias: bool = True) -> 
     return MLP(*layers)
 
 
-__all__ = ["MLP", "RECOMPUTE_ABOVE_PAIRS", "RECOMPUTE_MODES", "mlp", "recompute_activations"]
+__all__ = ["MLP", "RECOMPUTE_ABOVE_PAIRS", "RECOMPUTE_MODES", "chunk_rows", "mlp", "recompute_activations"]

@@ -9,7 +9,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from .geometry import PairTensors, cutoff_polynomial, pair_relative_velocities, pair_separations, sum_to_both_ends
-from .layers import mlp, recompute_activations
+from .layers import chunk_rows, mlp, recompute_activations
 
 
 class PositiveScalar(nn.Module):
@@ -133,8 +133,9 @@ class EntropyTeacher(nn.Module):
         n_pairs = features.shape[0]
         if torch.jit.is_scripting():
             summed = features.new_zeros(x.shape[0], self.message_width)
-            for start in range(0, n_pairs, self.pair_chunk):
-                stop = min(start + self.pair_chunk, n_pairs)
+            per_chunk = chunk_rows(self.pair_chunk, features.device)
+            for start in range(0, n_pairs, per_chunk):
+                stop = min(start + per_chunk, n_pairs)
                 messages = self._messages(features[start:stop], weight[start:stop])
                 summed = summed.index_add(0, pairs.i[start:stop], messages).index_add(0, pairs.j[start:stop], messages)
         else:
@@ -153,8 +154,9 @@ class EntropyTeacher(nn.Module):
         n_pairs = features.shape[0]
         recompute = torch.is_grad_enabled() and recompute_activations(self.recompute_activations, n_pairs)
         summed = features.new_zeros(n_particles, last.in_features)
-        for start in range(0, n_pairs, self.pair_chunk):
-            stop = min(start + self.pair_chunk, n_pairs)
+        per_chunk = chunk_rows(self.pair_chunk, features.device)
+        for start in range(0, n_pairs, per_chunk):
+            stop = min(start + per_chunk, n_pairs)
             chunk, w = features[start:stop], weight[start:stop, None]
             if recompute:
                 h = torch.utils.checkpoint.checkpoint(lambda f, w: hidden(f) * w, chunk, w, use_reentrant=False)
