@@ -84,9 +84,10 @@ def chunk_rows(chunk: int, device: torch.device) -> int:
     return chunk if device.type == "cpu" else max(chunk, 1 << 20)
 
 
-# Training keeps every activation of the pair networks for its backward pass, about 8 kB per pair (issue 14).
-# Above this many pairs in one training batch the pair chunks are recomputed in backward instead (activation
-# checkpointing): a little over 1 kB per pair, for about 1.5x the step time. Below it memory is not the limit.
+# Training keeps every activation of the pair networks for its backward pass: a step's peak is about 7.5 kB
+# per pair (issue 14, benchmarks/results/model.md). Above this many pairs in one training batch the pair chunks
+# are recomputed in backward instead (activation checkpointing): about 2-5 kB per pair, for up to 1.4x the
+# step time. Below it memory is not the limit (250 000 pairs: under 2 GB either way).
 RECOMPUTE_ABOVE_PAIRS = 250_000
 RECOMPUTE_MODES = ("auto", "always", "never")
 
