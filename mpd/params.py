@@ -103,6 +103,7 @@ class TrainingParams(_FromConfig):
     calibration_settle: int = 20      # frames a calibration rollout runs before it is measured
     calibration_lag: int = 10         # frames of the measured relative displacements
     calibrate_mobility: bool = True   # closed fluids: after k_B, scale M so settled rollouts' VACF integral matches
+    compile_pairs: bool = False       # torch.compile the pair chunks (needs a C++ compiler): ~1.15x faster steps after ~30 s
     recompute_activations: str = "auto"  # "auto" (above 250k pairs per batch), "always" or "never": recompute the pair
     #                                      networks in backward instead of storing them (less memory, slower step)
 
@@ -144,12 +145,13 @@ class ModelConfig(_FromConfig):
         return to_dict(self)
 
     def training_hash(self) -> str:
-        """Hash of what determines a training run (network and training, less progress/device/threads).
+        """Hash of what determines a training run (network and training, less how it is computed: progress,
+        device, threads, compilation, activation recomputation).
 
         A checkpoint is resumed only when this matches, so a changed
         hyperparameter never continues an old run.
         """
-        ignored = ("progress", "device", "num_threads")
+        ignored = ("progress", "device", "num_threads", "compile_pairs", "recompute_activations")
         training = {k: v for k, v in to_dict(self.training).items() if k not in ignored}
         return config_hash({"network": to_dict(self.network), "training": training})
 
@@ -206,7 +208,7 @@ def _problem(name: str, value) -> str | None:
     if name in ("k_B_init", "mass_init", "teacher_velocity_scale"):
         return None if value == AUTO or (_is_number(value) and value > 0) else "must be a positive number or 'auto'"
     if name in ("solid", "progress", "noise", "bath", "teacher_velocities", "calibrate_temperature",
-                "calibrate_mobility"):
+                "calibrate_mobility", "compile_pairs"):
         return None if isinstance(value, bool) else "must be true or false"
     if name in _POSITIVE_INTS:
         return None if _is_int(value) and value >= 1 else "must be an integer >= 1"

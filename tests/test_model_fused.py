@@ -312,3 +312,46 @@ def test_chunks_are_cache_sized_on_cpu_and_large_on_an_accelerator():
 
     assert chunk_rows(8192, torch.device("cpu")) == 8192
     assert chunk_rows(8192, torch.device("cuda")) == 1 << 20
+
+
+def _has_cxx() -> bool:
+    import shutil
+
+    return shutil.which("g++") is not None or shutil.which("c++") is not None
+
+
+@pytest.mark.skipif(not _has_cxx(), reason="torch.compile on CPU needs a C++ compiler (g++)")
+def test_compiled_pair_chunks_give_the_same_likelihood_and_gradients():
+    model, state, pairs, flow = system(2, True, True, 9)
+    loss, grads = likelihood_gradients(model, state, pairs, flow, fused=True)
+    model.compile_pairs()
+    try:
+        compiled_loss, compiled_grads = likelihood_gradients(model, state, pairs, flow, fused=True)
+        from mpd.model import compiled
+
+        assert all(f.proven for f in compiled._compiled[model].values()), "compiled, not fallen back"
+    finally:
+        model.compile_pairs(False)
+    assert abs(float(compiled_loss - loss)) <= 1e-12 * abs(float(loss))
+    for got, want in zip(compiled_grads, grads):
+        if want is not None:
+            assert torch.allclose(got, want, rtol=1e-9, atol=1e-13)
+
+
+def test_a_failed_compilation_warns_and_runs_uncompiled(monkeypatch, caplog):
+    from mpd.model import compiled
+
+    def broken(function, **kwargs):
+        def call(*args):
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+        return call
+
+    monkeypatch.setattr(compiled.torch, "compile", broken)
+    model, state, pairs, flow = system(3, False, True, 7)
+    loss, _ = likelihood_gradients(model, state, pairs, flow, fused=True)
+    model.compile_pairs()
+    with caplog.at_level("WARNING"):
+        fallback_loss, _ = likelihood_gradients(model, state, pairs, flow, fused=True)
+    model.compile_pairs(False)
+    assert float(fallback_loss) == float(loss)
+    assert "torch.compile of MetriplecticModel.pair_chunk failed (RuntimeError: InvalidCxxCompiler" in caplog.text

@@ -291,9 +291,10 @@ def test_recomputing_activations_trains_the_same_model(lattice_dataset, tmp_path
     from mpd.model import dynamics
 
     calls = []
-    original = dynamics.MetriplecticModel._recomputed_pair_chunk
-    monkeypatch.setattr(dynamics.MetriplecticModel, "_recomputed_pair_chunk",
-                        lambda self, *a: (calls.append(1), original(self, *a))[1])
+    original = dynamics.MetriplecticModel._eager_pair_chunk
+    monkeypatch.setattr(dynamics.MetriplecticModel, "_eager_pair_chunk",
+                        lambda self, checkpoint, *a: (calls.append(1) if checkpoint else None,
+                                                      original(self, checkpoint, *a))[1])
     states = {}
     for mode in ("never", "always"):
         calls.clear()

@@ -48,6 +48,7 @@ def test_each_part_rejects_unknown_keys_and_names_its_section():
         ({"rollout": {"skin": -0.1}}, "model.rollout.skin"),
         ({"rollout": {"device": "tpu"}}, "model.rollout.device"),
         ({"training": {"recompute_activations": "sometimes"}}, "model.training.recompute_activations"),
+        ({"training": {"compile_pairs": "yes"}}, "model.training.compile_pairs"),
     ],
 )
 def test_out_of_range_values_are_rejected_by_both_the_dataclasses_and_the_schema(section, key):
@@ -92,6 +93,8 @@ def test_training_hash_ignores_progress_and_device_but_not_hyperparameters():
         base.training_hash())
     assert ModelConfig.from_config({"training": {"learning_rate": 0.01}}).training_hash() != base.training_hash()
     assert ModelConfig.from_config({"rollout": {"skin": 0.5}}).training_hash() == base.training_hash()
+    how = {"compile_pairs": True, "recompute_activations": "always"}  # how it is computed, not what
+    assert ModelConfig.from_config({"training": how}).training_hash() == base.training_hash()
 
 
 def test_recompute_modes_of_the_config_are_the_models():

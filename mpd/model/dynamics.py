@@ -29,6 +29,7 @@ import torch
 import torch.utils.checkpoint
 from torch import nn
 
+from . import compiled
 from .bath import Bath, BathTerms, bath_drift, bath_marginal, bath_noise
 from .fused import pair_drift, pair_kicks, pair_marginal
 from .geometry import (
@@ -338,6 +339,12 @@ def _required(grads: list[torch.Tensor | None]) -> list[torch.Tensor]:
 def _differentiable(t: torch.Tensor) -> torch.Tensor:
     """t itself when it already carries a graph (training: keep it), else a fresh leaf."""
     return t if t.requires_grad else t.detach().requires_grad_(True)
+
+
+def _kernel_with_r_derivative(model: MetriplecticModel, distance: torch.Tensor,
+                              kind: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """model.kernel.with_r_derivative as a function of the model (what `mpd.model.compiled` compiles)."""
+    return model.kernel.with_r_derivative(distance, kind)
 
 
 # ---------------------------------------------------------------------------
@@ -770,10 +777,10 @@ class MetriplecticModel(nn.Module):
         per_chunk = chunk_rows(self.pair_chunk, distance.device)
         for start in range(0, n_pairs, per_chunk):
             stop = min(start + per_chunk, n_pairs)
-            if checkpoint and not torch.jit.is_scripting():
-                W, dW = self._recomputed_kernel(distance[start:stop], kind[start:stop])
-            else:
+            if torch.jit.is_scripting():
                 W, dW = self.kernel.with_r_derivative(distance[start:stop], kind[start:stop])
+            else:
+                W, dW = self._kernel_chunk(checkpoint, distance[start:stop], kind[start:stop])
             values.append(W)
             slopes.append(dW)
         if n_pairs == 0:
@@ -781,8 +788,14 @@ class MetriplecticModel(nn.Module):
         return torch.cat(values), torch.cat(slopes)
 
     @torch.jit.unused
-    def _recomputed_kernel(self, distance: torch.Tensor, kind: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.utils.checkpoint.checkpoint(self.kernel.with_r_derivative, distance, kind, use_reentrant=False)
+    def _kernel_chunk(self, checkpoint: bool, distance: torch.Tensor,
+                      kind: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W, dW/dr) of one chunk outside TorchScript: compiled when asked (`compile_pairs`), recomputed in
+        backward with checkpoint."""
+        run = compiled.function(self, "kernel", _kernel_with_r_derivative)
+        if checkpoint:
+            return torch.utils.checkpoint.checkpoint(run, self, distance, kind, use_reentrant=False)
+        return run(self, distance, kind)
 
     def _pair_chunk(
         self, e: torch.Tensor, u: torch.Tensor, rho: torch.Tensor, dW_dr: torch.Tensor, i: torch.Tensor,
@@ -825,8 +838,22 @@ class MetriplecticModel(nn.Module):
         return [torch.cat(to_i, dim=0), torch.cat(to_j, dim=0)]
 
     @torch.jit.unused
-    def _recomputed_pair_chunk(self, *args) -> list[torch.Tensor]:
-        return torch.utils.checkpoint.checkpoint(self._pair_chunk, *args, use_reentrant=False)
+    def _eager_pair_chunk(self, checkpoint: bool, *args) -> list[torch.Tensor]:
+        """`_pair_chunk` outside TorchScript: compiled when asked (`compile_pairs`), recomputed in backward with
+        checkpoint."""
+        run = compiled.function(self, "pair_chunk", MetriplecticModel._pair_chunk)
+        if checkpoint:
+            return torch.utils.checkpoint.checkpoint(run, self, *args, use_reentrant=False)
+        return run(self, *args)
+
+    @torch.jit.unused
+    def compile_pairs(self, enable: bool = True) -> None:
+        """torch.compile the pair chunks (training's `compile` setting; `mpd.model.compiled`): the same results
+        to round-off, fused elementwise loops, about 30 s of compilation per process and dtype."""
+        if enable:
+            compiled.enable(self, {"pair_chunk": MetriplecticModel._pair_chunk, "kernel": _kernel_with_r_derivative})
+        else:
+            compiled.disable(self)
 
     def _pair_sums(
         self, v: torch.Tensor, pairs: PairTensors, terms: EnergyTerms, inverse_mass: torch.Tensor, k_B: torch.Tensor | None, with_derivatives: bool, dW: torch.Tensor | None, dV: torch.Tensor | None,
@@ -854,13 +881,13 @@ class MetriplecticModel(nn.Module):
             dV_c: torch.Tensor | None = None
             if dW_rows is not None and dV is not None:
                 dW_c, dV_c = dW_rows[:, :, start:stop], dV[start:stop]
-            if checkpoint and not torch.jit.is_scripting():
-                out = self._recomputed_pair_chunk(e[:, start:stop], u_all[:, start:stop], rho_all[start:stop],
-                                                  dW_dr[start:stop], i, j, particles, k_B, with_derivatives, dW_c,
-                                                  dV_c, marginal)
-            else:
+            if torch.jit.is_scripting():
                 out = self._pair_chunk(e[:, start:stop], u_all[:, start:stop], rho_all[start:stop], dW_dr[start:stop],
                                        i, j, particles, k_B, with_derivatives, dW_c, dV_c, marginal)
+            else:
+                out = self._eager_pair_chunk(checkpoint, e[:, start:stop], u_all[:, start:stop], rho_all[start:stop],
+                                             dW_dr[start:stop], i, j, particles, k_B, with_derivatives, dW_c, dV_c,
+                                             marginal)
             # in place also when recording: an out-of-place chain keeps every intermediate (K, N) sum alive
             # until backward (measured: one per chunk, 6 GB for the teacher at N = 1e5)
             sums.index_add_(1, i, out[0]).index_add_(1, j, out[1])
