@@ -18,7 +18,10 @@ the reference configuration of the strain bonds. Default network widths
   optimiser update), as in `mpd.training`, with the default activation
   recomputation ("auto": only above `mpd.model.layers.RECOMPUTE_ABOVE_PAIRS`
   pairs); training_step_recompute: the same with recomputation always on
-  (the memory-lean mode; slower).
+  (the memory-lean mode; slower); training_step_compiled: the default with
+  `model.training.compile_pairs` (torch.compile; the warm-up step compiles,
+  its seconds recorded as warmup_seconds, and the memory probe measures
+  the step after it: compilation is a one-off per process).
 
 Measured honestly:
 * time: one warm-up step, then the repeats with nothing else running in the
@@ -60,7 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mpd.allocator import retain_freed_memory
 from mpd.atomic import atomic_write_bytes, atomic_write_json
 from mpd.geometry.domain import Box
-from mpd.model import MetriplecticModel, State, euler_maruyama_step
+from mpd.model import MetriplecticModel, State, compiled, euler_maruyama_step
 from mpd.pairs import VerletList, snapshot_pairs
 from mpd.params import NetworkParams
 
@@ -136,8 +139,10 @@ def time_step(fn, device: torch.device, repeats: int) -> dict:
     because on a shared machine the wall clock also measures the neighbours'
     load; no measuring thread runs meanwhile, so they are the step's own.
     """
+    t0 = time.perf_counter()
     fn()
     _sync(device)
+    warmup = time.perf_counter() - t0
     walls, cpus = [], []
     for _ in range(repeats):
         t0, c0 = time.perf_counter(), time.process_time()
@@ -148,7 +153,7 @@ def time_step(fn, device: torch.device, repeats: int) -> dict:
     median = statistics.median(walls)
     at_median = cpus[min(range(len(walls)), key=lambda k: abs(walls[k] - median))]
     return {"seconds_per_step": median, "best_seconds_per_step": min(walls), "cpu_seconds_per_step": at_median,
-            "repeats": repeats}
+            "repeats": repeats, "warmup_seconds": warmup}
 
 
 def peak_memory_of_first_step(fn, device: torch.device) -> tuple[float, str]:
@@ -188,10 +193,13 @@ def cases(n: int, model: MetriplecticModel, device: torch.device, neighbours: fl
     verlet.update(x, None, box)  # the build is not part of a typical step
 
     def rollout_step():
+        model.compile_pairs(False)
         verlet.update(x, None, box)
         euler_maruyama_step(model, State(x, v, S), pairs, 1.0, interior, gen, noise=True)
 
-    def training_step(recompute: str = "auto"):
+    def training_step(recompute: str = "auto", keep_compiled: bool = False):
+        if not keep_compiled:
+            model.compile_pairs(False)
         model.recompute_activations = model.teacher.recompute_activations = recompute
         model.zero_grad(set_to_none=True)
         S0 = model.teacher_entropy(x, v, pairs)
@@ -200,8 +208,14 @@ def cases(n: int, model: MetriplecticModel, device: torch.device, neighbours: fl
         loss.backward()
         model.recompute_activations = model.teacher.recompute_activations = "auto"
 
+    def compiled_training_step():  # stays compiled for its repeats; the other steps switch it off
+        if not compiled.is_enabled(model):
+            model.compile_pairs()
+        training_step(keep_compiled=True)
+
     return n, len(pairs.i), {"rollout_step": rollout_step, "training_step": training_step,
-                             "training_step_recompute": lambda: training_step("always")}
+                             "training_step_recompute": lambda: training_step("always"),
+                             "training_step_compiled": compiled_training_step}
 
 
 #: issue 14's targets: one CPU thread, float32, about 19 neighbours; rates in particle-steps per CPU second
@@ -211,6 +225,8 @@ TARGETS = [
      "key": "cpu_particle_steps_per_s", "at_least": 1.4e5},
     {"what": "training step at N = 1e4", "device": "cpu", "kind": "training_step", "n": 10_000,
      "key": "cpu_particle_steps_per_s", "at_least": 3.4e4},
+    {"what": "training step at N = 1e4, compiled (model.training.compile_pairs)", "device": "cpu",
+     "kind": "training_step_compiled", "n": 10_000, "key": "cpu_particle_steps_per_s", "at_least": 3.4e4},
     {"what": "training memory per pair at N = 1e5 (default: recomputation on at this size)", "device": "cpu",
      "kind": "training_step", "n": 100_000, "key": "memory_bytes_per_pair", "at_most": 5000},
     {"what": "training memory per pair at N = 1e4 with recomputation on", "device": "cpu",
@@ -280,10 +296,14 @@ def markdown_table(result: dict) -> str:
 
 
 def memory_probe(n_target: int, kind: str, device: str, neighbours: float, threads: int) -> dict:
-    """Run in a fresh process: build the case, then the peak memory of its first `kind` step (JSON line)."""
+    """Run in a fresh process: build the case, then the peak memory of its first `kind` step (JSON line);
+    for the compiled step, of the step after the one that compiles."""
     torch.set_num_threads(threads)
     dev = torch.device(device)
-    n, n_pairs, steps = cases(n_target, build_model(dev), dev, neighbours)
+    model = build_model(dev)
+    n, n_pairs, steps = cases(n_target, model, dev, neighbours)
+    if kind == "training_step_compiled":
+        steps[kind]()  # compiles
     mb, how = peak_memory_of_first_step(steps[kind], dev)
     return {"n_particles": n, "n_pairs": n_pairs, "peak_memory_mb": mb, "memory_measure": how}
 
@@ -363,7 +383,7 @@ def main(argv=None) -> dict:
                       f"{n / timing['seconds_per_step']:10.0f} particle-steps/s "
                       f"{memory['memory_measure'] if mb is None else f'{mb:9.1f} MB'}", flush=True)
     devices_run = sorted({r["device"] for r in rows})
-    kinds = ("rollout_step", "training_step", "training_step_recompute")
+    kinds = ("rollout_step", "training_step", "training_step_recompute", "training_step_compiled")
     exponents = {f"{d}/{k}": fitted_exponent(rows, d, k) for d in devices_run for k in kinds}
     cpu_exponents = {f"{d}/{k}": fitted_exponent(rows, d, k, "cpu_seconds_per_step")
                      for d in devices_run if d == "cpu" for k in kinds}

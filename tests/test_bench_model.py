@@ -24,7 +24,7 @@ def test_the_liquid_has_the_requested_neighbours_per_particle(bench, neighbours)
     model = bench.build_model(torch.device("cpu"))
     n, n_pairs, steps = bench.cases(2000, model, torch.device("cpu"), neighbours)
     assert 2 * n_pairs / n == pytest.approx(neighbours, rel=0.1)
-    assert set(steps) == {"rollout_step", "training_step", "training_step_recompute"}
+    assert set(steps) == {"rollout_step", "training_step", "training_step_recompute", "training_step_compiled"}
 
 
 def test_timing_runs_no_helper_thread_and_memory_comes_from_a_fresh_process(bench, monkeypatch):
@@ -54,7 +54,8 @@ def test_targets_are_judged_from_the_rows_nearest_their_size(bench):
     ]
     verdicts = {t["kind"] + str(t["n"]): t["verdict"] for t in bench.target_results(rows)}
     assert verdicts == {"rollout_step10000": "met", "training_step10000": "missed", "training_step100000": "met",
-                        "training_step_recompute10000": "not measured", "rollout_step1000000": "not measured"}
+                        "training_step_recompute10000": "not measured", "training_step_compiled10000": "not measured",
+                        "rollout_step1000000": "not measured"}
     table = bench.markdown_table({"machine": {"torch_threads": 1, "cpu_count": 2, "torch": "x"},
                                   "neighbours_per_particle_target": 19, "results": [], "scaling_exponent": {},
                                   "targets": bench.target_results(rows)})
