@@ -20,8 +20,9 @@ the reference configuration of the strain bonds. Default network widths
   pairs); training_step_recompute: the same with recomputation always on
   (the memory-lean mode; slower); training_step_compiled: the default with
   `model.training.compile_pairs` (torch.compile; the warm-up step compiles,
-  its seconds recorded as warmup_seconds, and the memory probe measures
-  the step after it: compilation is a one-off per process).
+  its seconds recorded as warmup_seconds; the memory probe compiles on a
+  small system first and measures the first step at the full size:
+  compilation is a one-off per process).
 
 Measured honestly:
 * time: one warm-up step, then the repeats with nothing else running in the
@@ -297,14 +298,16 @@ def markdown_table(result: dict) -> str:
 
 def memory_probe(n_target: int, kind: str, device: str, neighbours: float, threads: int) -> dict:
     """Run in a fresh process: build the case, then the peak memory of its first `kind` step (JSON line);
-    for the compiled step, of the step after the one that compiles."""
+    for the compiled step, compiled first on a small system."""
     torch.set_num_threads(threads)
     dev = torch.device(device)
     model = build_model(dev)
+    if kind == "training_step_compiled":  # compile on a small system first (dynamic shapes: once for all sizes)
+        cases(300, model, dev, neighbours)[2][kind]()
     n, n_pairs, steps = cases(n_target, model, dev, neighbours)
-    if kind == "training_step_compiled":
-        steps[kind]()  # compiles
     mb, how = peak_memory_of_first_step(steps[kind], dev)
+    if kind == "training_step_compiled":
+        how += " (compiled beforehand on 300 particles)"
     return {"n_particles": n, "n_pairs": n_pairs, "peak_memory_mb": mb, "memory_measure": how}
 
 

@@ -350,6 +350,9 @@ def test_a_failed_compilation_warns_and_runs_uncompiled(monkeypatch, caplog):
     model, state, pairs, flow = system(3, False, True, 7)
     loss, _ = likelihood_gradients(model, state, pairs, flow, fused=True)
     model.compile_pairs()
+    import torch._inductor.config as inductor_config
+
+    assert inductor_config.compile_threads == torch.get_num_threads()  # no more compile workers than threads
     with caplog.at_level("WARNING"):
         fallback_loss, _ = likelihood_gradients(model, state, pairs, flow, fused=True)
     model.compile_pairs(False)

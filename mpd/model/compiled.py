@@ -50,7 +50,14 @@ class CompiledOrPlain:
 
 
 def enable(module: torch.nn.Module, functions: dict[str, Callable]) -> None:
-    """Compile `functions` (name -> function(module, *args)) for this module instance."""
+    """Compile `functions` (name -> function(module, *args)) for this module instance.
+
+    Inductor compiles in parallel worker processes, as many as the machine has cores by default: it is held
+    to the threads this process was given (`torch.get_num_threads`, which `mpd.threads.limit_threads` sets).
+    """
+    import torch._inductor.config as inductor_config
+
+    inductor_config.compile_threads = max(1, torch.get_num_threads())
     _compiled[module] = {name: CompiledOrPlain(f, f"{type(module).__name__}.{name}") for name, f in functions.items()}
 
 
