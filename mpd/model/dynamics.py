@@ -341,6 +341,18 @@ def _differentiable(t: torch.Tensor) -> torch.Tensor:
     return t if t.requires_grad else t.detach().requires_grad_(True)
 
 
+def _with_bath_marginal(M: torch.Tensor, bath: BathTerms | None, T: torch.Tensor, mass: torch.Tensor) -> torch.Tensor:
+    """M_ii (N, D+1, D+1) plus the bath's diagonal share (gamma T_b / m on the velocities, kappa / T^2 on S)."""
+    if bath is None:
+        return M
+    vv, SS = bath_marginal(bath, T, mass)
+    dim = M.shape[-1] - 1
+    extra = torch.zeros_like(M)
+    extra[:, :dim, :dim] = vv[:, None, None] * torch.eye(dim, dtype=M.dtype, device=M.device)
+    extra[:, dim, dim] = SS
+    return M + extra
+
+
 def _kernel_with_r_derivative(model: MetriplecticModel, distance: torch.Tensor,
                               kind: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """model.kernel.with_r_derivative as a function of the model (what `mpd.model.compiled` compiles)."""
@@ -848,8 +860,8 @@ class MetriplecticModel(nn.Module):
 
     @torch.jit.unused
     def compile_pairs(self, enable: bool = True) -> None:
-        """torch.compile the pair chunks (training's `compile` setting; `mpd.model.compiled`): the same results
-        to round-off, fused elementwise loops, about 30 s of compilation per process and dtype."""
+        """torch.compile the pair chunks and the kernel (`model.training.compile_pairs`; `mpd.model.compiled`):
+        the same results to round-off, fused elementwise loops, about 30 s of compilation per process and dtype."""
         if enable:
             compiled.enable(self, {"pair_chunk": MetriplecticModel._pair_chunk, "kernel": _kernel_with_r_derivative})
         else:
@@ -917,17 +929,8 @@ class MetriplecticModel(nn.Module):
     def marginal_mobility(self, thermo: Thermodynamics, terms: PairTerms, pairs: PairTensors, mass: torch.Tensor,
                           create_graph: bool) -> torch.Tensor:
         """M_ii of the pairs plus the bath's diagonal share, (N, D+1, D+1); mass: each particle's, (N,)."""
-        M = marginal_mobility(terms, pairs, thermo.T.shape[0])
-        bath = self.bath_terms(thermo.T, False, create_graph)
-        if bath is not None:
-            vv, SS = bath_marginal(bath, thermo.T, mass)
-            dim = M.shape[-1] - 1
-            identity = torch.eye(dim, dtype=M.dtype, device=M.device)
-            extra = torch.zeros_like(M)
-            extra[:, :dim, :dim] = vv[:, None, None] * identity
-            extra[:, dim, dim] = SS
-            M = M + extra
-        return M
+        return _with_bath_marginal(marginal_mobility(terms, pairs, thermo.T.shape[0]),
+                                   self.bath_terms(thermo.T, False, create_graph), thermo.T, mass)
 
     def nll(
         self,
@@ -994,7 +997,7 @@ class MetriplecticModel(nn.Module):
         """(f_v, f_S, M_ii) with graph, by the fused evaluation: `drift(thermal=True)` and
         `marginal_mobility` to round-off, for training (in a large batch the pair chunks are recomputed in
         backward: `recompute_activations`)."""
-        n, dim = state.x.shape[0], state.x.shape[-1]
+        n = state.x.shape[0]
         thermo = self.energy_terms(state.x, state.S, pairs, True, True)
         mass, k_B = self.particle_mass(pairs, n), self.k_B
         inverse_mass = 1.0 / mass
@@ -1012,13 +1015,7 @@ class MetriplecticModel(nn.Module):
         entropy_block = sums[6] / (thermo.T * thermo.T)
         M = torch.cat([torch.cat([velocity_block, beside[:, :, None]], dim=-1),
                        torch.cat([beside, entropy_block[:, None]], dim=-1)[:, None, :]], dim=1)
-        if bath is not None:
-            vv, SS = bath_marginal(bath, thermo.T, mass)
-            extra = torch.zeros_like(M)
-            extra[:, :dim, :dim] = vv[:, None, None] * torch.eye(dim, dtype=M.dtype, device=M.device)
-            extra[:, dim, dim] = SS
-            M = M + extra
-        return f_v, f_S, M
+        return f_v, f_S, _with_bath_marginal(M, bath, thermo.T, mass)
 
     # -- self-supervision -------------------------------------------------------------
     def teacher_entropy(self, x: torch.Tensor, v: torch.Tensor, pairs: PairTensors) -> torch.Tensor:
