@@ -646,8 +646,6 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
         kwargs = dict(checkpoint["model_kwargs"])
         model = build_model(kwargs, dtype, device)
         model.load_state_dict(checkpoint["model"])
-        model.set_recompute_activations(params.recompute_activations)
-        model.compile_pairs(params.compile_pairs)
         optimizer, scheduler = make_optimizer(model, params)
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -671,8 +669,6 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
             solid = False
         kwargs = model_kwargs(network, velocity_scale, frames.n_species, frames.dim, solid)
         model = build_model(kwargs, dtype, device)
-        model.set_recompute_activations(params.recompute_activations)
-        model.compile_pairs(params.compile_pairs)
         batch = collate_snapshots([train_set[k] for k in range(min(params.batch_size, len(train_set)))])
         pairs_t, pairs_t1 = batch_pairs(batch, frames, dtype, device)
         batch = batch_to(batch, device)
@@ -686,6 +682,8 @@ def _train(config, dataset_path, checkpoint_path, work_dir, device, dtype, resum
         set_positive_scalar(model.log_k_B, float(k_B))
         optimizer, scheduler = make_optimizer(model, params)
         start_epoch, history, best_state, best_metric, best_epoch = 0, [], None, math.inf, 0
+    model.set_recompute_activations(params.recompute_activations)  # how the steps compute, not what
+    model.compile_pairs(params.compile_pairs)
 
     if ctx.active:
         ddp.broadcast_module(model)  # identical by construction; rank 0's values make sure of it

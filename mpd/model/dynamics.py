@@ -603,13 +603,6 @@ class MetriplecticModel(nn.Module):
         bath's friction (None: at rest); ignored without a bath.
         """
         thermo, terms = self._terms(state, pairs, with_derivatives=thermal, create_graph=create_graph)
-        return self._drift_of_terms(thermo, terms, state, pairs, thermal, create_graph, flow)
-
-    def _drift_of_terms(
-        self, thermo: Thermodynamics, terms: PairTerms, state: State, pairs: PairTensors, thermal: bool,
-        create_graph: bool, flow: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`drift` given the energy's and the pairs' terms (`_terms`)."""
         mass = self.particle_mass(pairs, state.x.shape[0], detach=not create_graph)
         k_B = self.k_B if create_graph else self.k_B.detach()
         bath = self.bath_terms(thermo.T, thermal, create_graph)
@@ -639,14 +632,6 @@ class MetriplecticModel(nn.Module):
         factors_i = self.amplitudes(distance / self.h, T[pairs.i])
         factors_j = self.amplitudes(distance / self.h, T[pairs.j])
         A, B, C = (factors_i * factors_j).unbind(-1)
-        return self._noise_of_pairs(state, pairs, T, e, u, A, B, C, dW, dV, dW_bath, dU_bath, create_graph)
-
-    def _noise_of_pairs(
-        self, state: State, pairs: PairTensors, T: torch.Tensor, e: torch.Tensor, u: torch.Tensor, A: torch.Tensor,
-        B: torch.Tensor, C: torch.Tensor, dW: torch.Tensor, dV: torch.Tensor, dW_bath: torch.Tensor | None,
-        dU_bath: torch.Tensor | None, create_graph: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`noise_from_increments` given the pairs' unit vectors e, relative velocities u and amplitudes."""
         dim = e.shape[-1]
         identity = torch.eye(dim, dtype=e.dtype, device=e.device)
         trace_dW = torch.diagonal(dW, dim1=-2, dim2=-1).sum(-1)
@@ -824,12 +809,7 @@ class MetriplecticModel(nn.Module):
         ends_i, ends_j = particles.index_select(1, i), particles.index_select(1, j)
         T_i, T_j = ends_i[0], ends_j[0]
         # both ends in one batch: row k < C is end i, row C + k is end j; d(f_i f_j)/dT_i = f_i' f_j
-        rho_ends, T_ends = torch.cat([rho, rho]), torch.cat([T_i, T_j])
-        if with_derivatives:
-            factors, d_factors = self.amplitudes.with_T_derivative(rho_ends, T_ends)
-        else:
-            factors = self.amplitudes(rho_ends, T_ends)
-            d_factors = torch.zeros_like(factors)
+        factors, d_factors = self._amplitudes(torch.cat([rho, rho]), torch.cat([T_i, T_j]), with_derivatives)
         factors, d_factors = factors.t(), d_factors.t()  # (3, 2C): rows a, b, c
         f_i, f_j = factors[:, :n_rows], factors[:, n_rows:]
         amp = f_i * f_j
@@ -868,7 +848,8 @@ class MetriplecticModel(nn.Module):
             compiled.disable(self)
 
     def _pair_sums(
-        self, v: torch.Tensor, pairs: PairTensors, terms: EnergyTerms, inverse_mass: torch.Tensor, k_B: torch.Tensor | None, with_derivatives: bool, dW: torch.Tensor | None, dV: torch.Tensor | None,
+        self, v: torch.Tensor, pairs: PairTensors, terms: EnergyTerms, inverse_mass: torch.Tensor,
+        k_B: torch.Tensor | None, with_derivatives: bool, dW: torch.Tensor | None, dV: torch.Tensor | None,
         marginal: bool, checkpoint: bool,
     ) -> list[torch.Tensor]:
         """The chunks' outputs summed per particle: [momentum drift of the pairs (N, D), entropy drift (N,),

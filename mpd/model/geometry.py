@@ -267,11 +267,16 @@ def deviatoric_strain_invariant(F: torch.Tensor) -> torch.Tensor:
     strain sym(F) - I: a rigid rotation of the neighbourhood costs no energy,
     so the conservative forces conserve angular momentum too.
     """
+    dev_E = deviatoric_green_lagrange(F)
+    return 0.5 * (dev_E * dev_E).sum((-2, -1))
+
+
+def deviatoric_green_lagrange(F: torch.Tensor) -> torch.Tensor:
+    """dev E, the traceless part of the Green-Lagrange strain E = (F^T F - I)/2, (..., D, D)."""
     dim = F.shape[-1]
     identity = torch.eye(dim, dtype=F.dtype, device=F.device)
     E = 0.5 * (F.transpose(-1, -2) @ F - identity)
-    dev_E = E - torch.diagonal(E, dim1=-2, dim2=-1).sum(-1)[..., None, None] / dim * identity
-    return 0.5 * (dev_E * dev_E).sum((-2, -1))
+    return E - torch.diagonal(E, dim1=-2, dim2=-1).sum(-1)[..., None, None] / dim * identity
 
 
 def strain_invariant(x: torch.Tensor, pairs: PairTensors, collinear_tol: float = 1e-2) -> torch.Tensor:
@@ -297,12 +302,8 @@ def strain_invariant_and_gradient(x: torch.Tensor, pairs: PairTensors,
     zero where the neighbourhood is not valid (as I_k is). `strain_force` turns it into forces.
     """
     F, Y_safe, valid = _fitted_deformation(x, pairs, collinear_tol)
-    zero = torch.zeros_like(F[:, 0, 0])
-    I = torch.where(valid, deviatoric_strain_invariant(F), zero)
-    dim = F.shape[-1]
-    identity = torch.eye(dim, dtype=F.dtype, device=F.device)
-    E = 0.5 * (F.transpose(-1, -2) @ F - identity)
-    dev_E = E - torch.diagonal(E, dim1=-2, dim2=-1).sum(-1)[:, None, None] / dim * identity
+    dev_E = deviatoric_green_lagrange(F)
+    I = torch.where(valid, 0.5 * (dev_E * dev_E).sum((-2, -1)), torch.zeros_like(F[:, 0, 0]))
     # (F dev E Y^{-1})^T = Y^{-1} (F dev E)^T: Y symmetric
     G = torch.linalg.solve(Y_safe, (F @ dev_E).transpose(-1, -2)).transpose(-1, -2)
     return I, torch.where(valid[:, None, None], G, torch.zeros_like(G))
@@ -326,6 +327,7 @@ __all__ = [
     "VolumeKernel",
     "bond_separations",
     "cutoff_polynomial",
+    "deviatoric_green_lagrange",
     "deviatoric_strain_invariant",
     "local_deformation_gradient",
     "make_pairs",

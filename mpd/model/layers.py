@@ -57,10 +57,8 @@ class MLP(nn.Sequential):
                 else:
                     dh = F.linear(dh, layer.weight)
                 h = layer(h)
-            else:  # silu'(h) = sig + silu (1 - sig), in four passes over the chunk (seven written out plainly)
-                sig = torch.sigmoid(h)
-                h = h * sig
-                slope = torch.addcmul(h, h, sig, value=-1.0).add_(sig)
+            else:
+                _, h, slope = _silu_and_slope(h)
                 dh = slope * dh if torch.is_grad_enabled() else slope.mul_(dh)
             linear = not linear
         return h, dh
@@ -75,6 +73,14 @@ class MLP(nn.Sequential):
                     return None
                 params += [layer.weight, layer.bias]
         return params
+
+
+def _silu_and_slope(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(sigmoid(z), silu(z), silu'(z)), with silu' = sig + silu (1 - sig): four passes over z (seven written
+    out plainly)."""
+    sig = torch.sigmoid(z)
+    value = z * sig
+    return sig, value, torch.addcmul(value, value, sig, value=-1.0).add_(sig)
 
 
 def chunk_rows(chunk: int, device: torch.device) -> int:
@@ -159,9 +165,7 @@ class _TangentMLPFunction(torch.autograd.Function):
             if layer == n_layers - 1:
                 a, da = z, dz
                 break
-            sig = torch.sigmoid(z)
-            a = z * sig
-            first = torch.addcmul(a, a, sig, value=-1.0).add_(sig)  # silu'(z)
+            sig, a, first = _silu_and_slope(z)
             saved += [z, dz, sig, first]
             da = first * dz
         ctx.save_for_backward(*saved, *params)
