@@ -201,13 +201,13 @@ def cases(n: int, model: MetriplecticModel, device: torch.device, neighbours: fl
     def training_step(recompute: str = "auto", keep_compiled: bool = False):
         if not keep_compiled:
             model.compile_pairs(False)
-        model.recompute_activations = model.teacher.recompute_activations = recompute
+        model.set_recompute_activations(recompute)
         model.zero_grad(set_to_none=True)
         S0 = model.teacher_entropy(x, v, pairs)
         S1 = model.teacher_entropy(x, v1, pairs)
         loss = model.nll(State(x, v, S0), State(x, v1, S1), pairs, 1.0, interior)
         loss.backward()
-        model.recompute_activations = model.teacher.recompute_activations = "auto"
+        model.set_recompute_activations("auto")
 
     def compiled_training_step():  # stays compiled for its repeats; the other steps switch it off
         if not compiled.is_enabled(model):
