@@ -177,7 +177,6 @@ def rollout_displacements(model: MetriplecticModel, window: CageWindow, generato
         S = model.teacher_entropy(x, v, pairs).detach()
     displacement = torch.zeros_like(x)
     out = [displacement]
-    dtype, device = x.dtype, x.device
     for k in range(n_steps):
         pairs = _pairs(model, x, window, k)
         if k > 0:  # prescribed particles take the teacher's entropy of the frame, as in a rollout
@@ -185,19 +184,14 @@ def rollout_displacements(model: MetriplecticModel, window: CageWindow, generato
                 S = torch.where(window.predicted, S, model.teacher_entropy(x.detach(), v.detach(), pairs))
         flow = _affine(window.flows[k], x.detach())
         state = State(x, v, S)
-        f_v, f_S = model.drift(state, pairs, thermal=noise, create_graph=create_graph, flow=flow)
-        if noise:
-            n, n_pairs, dim = x.shape[0], pairs.i.shape[0], x.shape[1]
-            dW = torch.randn([n_pairs, dim, dim], generator=generator, dtype=dtype, device=device)
-            dV = torch.randn([n_pairs], generator=generator, dtype=dtype, device=device)
-            dW_bath = torch.randn([n, dim], generator=generator, dtype=dtype, device=device) if model.has_bath else None
-            dU_bath = torch.randn([n], generator=generator, dtype=dtype, device=device) if model.has_bath else None
-            dv, dS = model.noise_from_increments(state, pairs, dW, dV, None, dW_bath, dU_bath,
-                                                 create_graph=create_graph)
-            if not create_graph:
-                dv, dS = dv.detach(), dS.detach()
-        else:
+        if create_graph:  # differentiable: autograd forces, the graph kept through the noise's amplitudes
+            f_v, f_S = model.drift(state, pairs, thermal=noise, create_graph=True, flow=flow)
             dv, dS = torch.zeros_like(v), torch.zeros_like(S)
+            if noise:
+                dW, dV, dW_bath, dU_bath = model.draw_increments(state, pairs, generator)
+                dv, dS = model.noise_from_increments(state, pairs, dW, dV, None, dW_bath, dU_bath, create_graph=True)
+        else:  # the rollout's fused step: the same drift and draws to round-off, no autograd over the pairs
+            f_v, f_S, dv, dS = model.drift_and_noise(state, pairs, generator, noise, flow)
         v_new = v + f_v + dv
         if not create_graph:
             v_new = v_new.detach()

@@ -202,3 +202,17 @@ def test_temperature_calibration_brings_a_too_hot_model_to_the_data(window_datas
     set_positive_scalar(model.log_k_B, 3.0)
     record = calibrate_temperature(model, [window], lag=3, settle=4, iterations=6)
     assert record["scale"] == pytest.approx(0.5) and record["ratio"] > 1
+
+
+@pytest.mark.parametrize("noise", [True, False])
+def test_calibration_rollouts_take_the_fused_step_with_the_same_draws(window_dataset, noise):
+    """create_graph=False (calibration) takes drift_and_noise; the differentiable path the reference:
+    the same displacements to round-off for the same generator."""
+    window = a_window(window_dataset)
+    model = small_model(window_dataset)
+    set_positive_scalar(model.log_k_B, 0.1)
+    with torch.enable_grad():
+        graph = rollout_displacements(model, window, torch.Generator().manual_seed(4), noise=noise).detach()
+    plain = rollout_displacements(model, window, torch.Generator().manual_seed(4), noise=noise, create_graph=False)
+    assert not plain.requires_grad and graph.abs().max() > 0
+    assert torch.allclose(plain, graph, rtol=1e-9, atol=1e-12)

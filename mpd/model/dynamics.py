@@ -658,7 +658,7 @@ class MetriplecticModel(nn.Module):
             dS = dS + dS_bath
         return dv, dS
 
-    def _draw(self, state: State, pairs: PairTensors, generator: torch.Generator | None):
+    def draw_increments(self, state: State, pairs: PairTensors, generator: torch.Generator | None):
         """The noise's unit increments, in the draw order: pair dW (E, D, D), dV (E,), then the bath's
         dW_bath (N, D), dU_bath (N,)."""
         n_pairs, n, dim = pairs.i.shape[0], state.x.shape[0], state.x.shape[-1]
@@ -678,7 +678,7 @@ class MetriplecticModel(nn.Module):
 
         Draw order: pair increments dW (E, D, D), dV (E,), then the bath's dW_bath (N, D), dU_bath (N,).
         """
-        dW, dV, dW_bath, dU_bath = self._draw(state, pairs, generator)
+        dW, dV, dW_bath, dU_bath = self.draw_increments(state, pairs, generator)
         dv, dS = self.noise_from_increments(state, pairs, dW, dV, None, dW_bath, dU_bath)
         return dv.detach(), dS.detach()
 
@@ -701,7 +701,7 @@ class MetriplecticModel(nn.Module):
         dW_bath: torch.Tensor | None = None
         dU_bath: torch.Tensor | None = None
         if noise:
-            dW, dV, dW_bath, dU_bath = self._draw(state, pairs, generator)
+            dW, dV, dW_bath, dU_bath = self.draw_increments(state, pairs, generator)
         bath = self.bath_terms(thermo.T, noise, False)  # autograd for its T-derivative: outside no_grad
         with torch.no_grad():
             sums = self._pair_sums(state.v, pairs, thermo, 1.0 / mass, k_B if noise else None, noise, dW, dV, False,
