@@ -9,9 +9,6 @@ See docs/cluster.md.
 """
 import importlib.util
 import json
-import os
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from slurm_support import missing
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
@@ -28,154 +26,7 @@ TINY = {"experiments": {"tiny": {"synthetic": {
                    "shear": {"amplitude": 0.04, "period_s": 1.0, "cycles": 1}},
     "microscope": {"width_px": 96, "height_px": 96},
 }}}}
-DAEMONS = ("munged", "slurmctld", "slurmd")
-CLIENTS = ("sinfo", "squeue", "sbatch", "srun", "scancel")
-
-
-def _missing() -> str | None:
-    if os.name != "posix" or os.geteuid() != 0:
-        return "starting slurmctld/slurmd/munged needs root"
-    absent = [b for b in DAEMONS + CLIENTS
-              if shutil.which(b) is None and not Path("/usr/sbin", b).exists()]
-    if absent:
-        return f"SLURM/munge binaries not installed ({', '.join(absent)}): apt-get install slurm-wlm munge"
-    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
-        return "snakemake-executor-plugin-slurm is not installed (pip install snakemake-executor-plugin-slurm)"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_missing() is not None, reason=_missing() or "")
-
-
-def _binary(name: str) -> str:
-    return shutil.which(name) or str(Path("/usr/sbin", name))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _memory_mb() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemTotal:"):
-            return int(line.split()[1]) // 1024
-    return 4096
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-
-
-@pytest.fixture(scope="module")
-def slurm_cluster(tmp_path_factory):
-    """A one-node cluster; yields the environment (SLURM_CONF) for its clients."""
-    root = tmp_path_factory.mktemp("slurm")
-    for sub in ("spool", "state", "log", "munge"):
-        (root / sub).mkdir()
-    os.chmod(root / "munge", 0o700)
-    key = root / "munge" / "munge.key"
-    key.write_bytes(os.urandom(1024))
-    os.chmod(key, 0o400)
-    munge_socket = root / "munge" / "munge.socket"
-    host = socket.gethostname().split(".")[0]
-    cpus = os.cpu_count() or 1
-    memory = max(1024, int(_memory_mb() * 0.8))
-    conf = root / "slurm.conf"
-    conf.write_text("\n".join([
-        "ClusterName=pytest",
-        f"SlurmctldHost={host}(127.0.0.1)",
-        f"SlurmctldPort={_free_port()}",
-        f"SlurmdPort={_free_port()}",
-        "SlurmUser=root",
-        "SlurmdUser=root",
-        "AuthType=auth/munge",
-        "CredType=cred/munge",
-        f"AuthInfo=socket={munge_socket}",
-        f"StateSaveLocation={root / 'state'}",
-        f"SlurmdSpoolDir={root / 'spool'}",
-        f"SlurmctldPidFile={root / 'slurmctld.pid'}",
-        f"SlurmdPidFile={root / 'slurmd.pid'}",
-        f"SlurmctldLogFile={root / 'log' / 'ctld.log'}",
-        f"SlurmdLogFile={root / 'log' / 'd.log'}",
-        "ProctrackType=proctrack/linuxproc",
-        "TaskPlugin=task/none",
-        "JobAcctGatherType=jobacct_gather/none",
-        "AccountingStorageType=accounting_storage/none",
-        "SelectType=select/cons_tres",
-        "SelectTypeParameters=CR_Core_Memory",
-        "ReturnToService=2",
-        # squeue must still see finished jobs when the plugin asks (>= 3 x init interval)
-        "MinJobAge=300",
-        f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN",
-        f"PartitionName=main Nodes={host} Default=YES MaxTime=INFINITE State=UP",
-        "",
-    ]))
-    # snakemake-executor-plugin-slurm-jobstep (0.6.1) drops every SLURM_* variable, SLURM_CONF
-    # included, before its `srun` inside the job; on a real cluster slurm.conf sits at the default
-    # path. Here a `srun` first on PATH (PATH is kept) names this cluster's slurm.conf again.
-    wrappers = root / "bin"
-    wrappers.mkdir()
-    srun = wrappers / "srun"
-    srun.write_text(f'#!/bin/sh\nSLURM_CONF="{conf}" exec "{shutil.which("srun")}" "$@"\n')
-    srun.chmod(0o755)
-    env = dict(os.environ, SLURM_CONF=str(conf), PATH=f"{wrappers}{os.pathsep}{os.environ.get('PATH', '')}")
-    procs: list[subprocess.Popen] = []
-    logs = []
-
-    def start(args):
-        log = open(root / "log" / f"{Path(args[0]).name}.out", "w")  # noqa: SIM115 (open for the daemon's life, closed at teardown)
-        logs.append(log)
-        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT)
-        procs.append(proc)
-        return proc
-
-    def diagnostics() -> str:
-        text = []
-        for f in sorted((root / "log").iterdir()):
-            text.append(f"== {f.name}\n" + f.read_text(errors="replace")[-1500:])
-        return "\n".join(text)
-
-    try:
-        start([_binary("munged"), "--foreground", "--force", f"--key-file={key}",
-               f"--socket={munge_socket}", f"--pid-file={root / 'munge' / 'munged.pid'}",
-               f"--seed-file={root / 'munge' / 'munge.seed'}", f"--log-file={root / 'log' / 'munged.log'}"])
-        deadline = time.monotonic() + 20
-        while not munge_socket.exists():
-            if time.monotonic() > deadline or procs[0].poll() is not None:
-                pytest.fail("munged did not start\n" + diagnostics())
-            time.sleep(0.2)
-        start([_binary("slurmctld"), "-D", "-i", "-f", str(conf)])
-        time.sleep(1)
-        start([_binary("slurmd"), "-D", "-f", str(conf)])
-        deadline = time.monotonic() + 60
-        state = ""
-        while time.monotonic() < deadline:
-            if any(p.poll() is not None for p in procs):
-                pytest.fail("a SLURM daemon exited\n" + diagnostics())
-            out = subprocess.run(["sinfo", "-h", "-n", host, "-o", "%t"], check=False, env=env,
-                                 capture_output=True, text=True, timeout=10)
-            state = out.stdout.strip()
-            if state == "idle":
-                break
-            time.sleep(1)
-        else:
-            pytest.fail(f"node not idle after 60 s (state {state!r})\n" + diagnostics())
-        yield env
-    finally:
-        subprocess.run(["scancel", "--full", "-u", "root"], env=env, capture_output=True, timeout=20,
-                       check=False)
-        for proc in reversed(procs):  # slurmd, slurmctld, then munged: by pid only
-            _stop(proc)
-        for log in logs:
-            log.close()
+pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
 
 
 def test_profile_runs_jobs_through_slurm(slurm_cluster, tmp_path):
