@@ -44,6 +44,7 @@ CLEAR_ERRORS = frozenset({
     "mpd.horizon.HorizonError",
     "mpd.geometry.particles.ParticleDataError",
     "mpd.baselines.stage.BaselineInputError",
+    "mpd.slurm.ClusterSetupError",
 })
 DEBUG_VARIABLE = "MPD_DEBUG"
 RECORDS = Path(".snakemake") / "mpd-clear-errors"

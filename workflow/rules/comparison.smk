@@ -139,6 +139,9 @@ rule table1:
     log:
         "logs/table1.log",
     threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     conda:
         "../envs/analysis.yaml"
     script:
@@ -156,6 +159,9 @@ rule compare_twin:
     log:
         "logs/{experiment}/compare_twin.log",
     threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
     conda:
         "../envs/analysis.yaml"
     script:
