@@ -47,7 +47,8 @@ ROLLOUT_UNITS = {
 }
 
 
-def train_model(dataset_dir, out_dir, params=None, *, device=None, resume: bool = True) -> Path:
+def train_model(dataset_dir, out_dir, params=None, *, device=None, resume: bool = True, tasks: int = 1,
+                threads_per_task: int | None = None, log_file=None) -> Path:
     """Train on the geometry stage's dataset; write model.pt, rollout_step.pt, training_log.csv into out_dir.
 
     dataset_dir : `results/{exp}/geometry` (or its `dataset/` folder).
@@ -56,17 +57,43 @@ def train_model(dataset_dir, out_dir, params=None, *, device=None, resume: bool 
         are unchanged (an interrupted job continues where it stopped).
     params : the ``model:`` config section (mapping) or a ModelConfig.
     device : overrides model.training.device ("cpu", "cuda", "auto").
+    tasks : data-parallel processes; more than 1 starts them with
+        `mpd.distributed.launch` (srun inside a SLURM job, else torchrun on
+        this machine), each with `threads_per_task` threads; `log_file` is
+        the rule's log, named by the error when they fail.
     """
-    if not isinstance(params, ModelConfig):
-        params = closed_box_defaults(params, dataset_dir)
-    config = params if isinstance(params, ModelConfig) else ModelConfig.from_config(params)
+    config = effective_model_config(params, dataset_dir)
     out_dir = Path(out_dir)
+    if tasks > 1:
+        from mpd.distributed import launch
+
+        return launch(dataset_dir, out_dir, config, tasks, threads_per_task or 1, device=device, resume=resume,
+                      log_file=log_file)
     result = train(dataset_dir, out_dir, config, device=device, resume=resume)
+    write_model_files(result, config, dataset_dir, out_dir)
+    return out_dir
+
+
+def effective_model_config(params, dataset_dir) -> ModelConfig:
+    """The ModelConfig a training of this dataset uses: the ``model:`` section over `closed_box_defaults`.
+
+    A ModelConfig is taken as it is. The one path for 1-process and data-parallel training
+    (`mpd.distributed.main` calls it too), so both train, hash and record the same configuration.
+    """
+    if isinstance(params, ModelConfig):
+        return params
+    return ModelConfig.from_config(closed_box_defaults(params, dataset_dir))
+
+
+def write_model_files(result, config: ModelConfig, dataset_dir, out_dir, world_size: int = 1) -> None:
+    """model.pt (weights and `model_metadata`, with the number of training processes), rollout_step.pt and
+    training_log.csv of a finished training, each atomically."""
+    out_dir = Path(out_dir)
     metadata = model_metadata(result, config, dataset_dir, config.training.dtype)
+    metadata["world_size"] = int(world_size)
     save_model(result.model, result.model_kwargs, metadata, out_dir / "model.pt")
     save_scripted_step(result.model, out_dir / "rollout_step.pt")
     write_log(result.log, out_dir / "training_log.csv")
-    return out_dir
 
 
 #: Default `training.epochs` of a closed periodic fluid. Its training block is short (the Table 1 protocol:

@@ -85,3 +85,100 @@ def test_two_process_training_equals_one_process_training(geometry, tmp_path, so
     assert meta["world_size"] == 2
     assert (tmp_path / "two" / "rollout_step.pt").is_file()
     assert not list((tmp_path / "two").glob(".*.tmp"))
+
+
+# ---------------------------------------------------------------------------
+# The launcher of the train_model rule with several tasks (mpd.distributed.launch)
+# ---------------------------------------------------------------------------
+
+
+def without_slurm(**extra) -> dict:
+    """This environment as outside any SLURM job (the launcher's choice: torchrun on this machine)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("SLURM_JOB_ID", "SLURM_JOBID")}
+    return dict(env, **extra)
+
+
+def parameters(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+def test_launched_two_process_training_equals_one_process_training(geometry, tmp_path):
+    """`launch` (what train_model runs with tasks: 2) gives stage.train_model's 1-process model."""
+    from mpd.distributed import CONFIG_NAME, launch
+    from mpd.stage import train_model
+
+    cfg = config(epochs=2)
+    out = launch(geometry, tmp_path / "two", cfg, 2, 1, environ=without_slurm(), log_file="logs/x/train_model.log")
+    train_model(geometry, tmp_path / "one", cfg)
+    a, b = parameters(tmp_path / "one" / "model.pt"), parameters(out / "model.pt")
+    assert set(a) == set(b)
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    print(f"launcher: max |theta_2proc - theta_1proc| = {diff:.3e}")
+    assert diff < PARAMETER_TOLERANCE
+    _, meta1 = load_model(tmp_path / "one" / "model.pt")
+    _, meta2 = load_model(out / "model.pt")
+    assert (meta1["world_size"], meta2["world_size"]) == (1, 2)
+    # one effective configuration (closed-box defaults included) for both: same hashes, same recorded config
+    assert meta1["config"] == meta2["config"] and meta1["training_hash"] == meta2["training_hash"]
+    assert (out / "rollout_step.pt").is_file() and (out / "training_log.csv").is_file()
+    assert not (out / CONFIG_NAME).exists() and not list(out.glob(".*.tmp"))
+
+
+def test_a_failing_rank_ends_the_launch_with_one_clear_error_and_no_model(geometry, tmp_path):
+    from mpd import errors
+    from mpd.distributed import CONFIG_NAME, launch
+    from mpd.training import TrainingError
+
+    # rank 1 dies at interpreter start-up (a sitecustomize ahead on PYTHONPATH); rank 0 waits for it in vain
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    sys.stderr.write('rank 1 fails on purpose\\n'); sys.stderr.flush(); os._exit(3)\n")
+    out = tmp_path / "model"
+    with pytest.raises(TrainingError) as caught:
+        launch(geometry, out, config(epochs=2), 2, 1, environ=without_slurm(PYTHONPATH=str(hook)),
+               log_file="logs/lattice/train_model.log")
+    message = str(caught.value)
+    assert errors.is_clear(caught.value)
+    assert "2 processes" in message and "logs/lattice/train_model.log" in message
+    assert "rank 1 fails on purpose" in message  # the ranks' output tail
+    assert not (out / "model.pt").exists() and not (out / "rollout_step.pt").exists()
+    assert not (out / CONFIG_NAME).exists()
+
+
+def test_launch_commands_with_and_without_slurm():
+    from mpd.distributed import SlurmJob, launch_command
+
+    local = launch_command("g", "m", "m/.c.json", 2, 3, python="py")
+    assert local == ["py", "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc-per-node=2",
+                     "--max-restarts=0", "-m", "mpd.distributed", "g", "m", "--config", "m/.c.json", "--threads", "3"]
+    job = SlurmJob("42", ("n1", "n2"), gpus=0)
+    slurm = launch_command("g", "m", "m/.c.json", 4, 2, job=job, port=29511, device="cpu", python="py")
+    assert slurm[:6] == ["srun", "--ntasks=4", "--nodes=2", "--cpus-per-task=2", "--kill-on-bad-exit=1", "--label"]
+    assert slurm[6:] == ["py", "-m", "torch.distributed.run", "--nnodes=4", "--nproc-per-node=1",
+                         "--rdzv-backend=c10d", "--rdzv-endpoint=n1:29511", "--rdzv-id=mpd-42", "--max-restarts=0",
+                         "-m", "mpd.distributed", "g", "m", "--config", "m/.c.json", "--threads", "2",
+                         "--device", "cpu"]
+    gpu = launch_command("g", "m", "c", 2, 8, job=SlurmJob("7", ("n1",), gpus=2), port=1, resume=False)
+    assert "--gpus-per-task=1" in gpu and "--nodes=1" in gpu and gpu[-1] == "--no-resume"
+
+
+def test_slurm_job_fields_and_device_index():
+    from mpd.distributed import job_gpus, local_device_index, parse_job
+
+    text = ("JobId=42 JobName=x UserId=root(0) NumNodes=2 NumCPUs=4 NumTasks=2 CPUs/Task=2 NodeList=n[1-2] "
+            "BatchHost=n1 TRES=cpu=4,mem=8000M,node=2,billing=4,gres/gpu=2 Command=/bin/sh")
+    fields = parse_job(text)
+    assert fields["NodeList"] == "n[1-2]" and fields["CPUs/Task"] == "2" and fields["NumTasks"] == "2"
+    assert job_gpus(fields) == 2
+    assert job_gpus({"TRES": "cpu=2,gres/gpu:a100=1,gres/gpu:h100=2"}) == 3
+    assert job_gpus({"TRES": "cpu=2,mem=1G,node=1"}) == 0
+    # one GPU per task (srun --gpus-per-task=1): that one; torchrun ranks on one node: LOCAL_RANK;
+    # one agent per SLURM task on a node with all its GPUs visible: the task's local id
+    assert local_device_index(1, {"LOCAL_RANK": "0", "SLURM_LOCALID": "1"}) == 0
+    assert local_device_index(4, {"LOCAL_RANK": "3", "LOCAL_WORLD_SIZE": "4"}) == 3
+    assert local_device_index(2, {"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1", "SLURM_LOCALID": "1"}) == 1
+    with pytest.raises(RuntimeError, match="only 2 GPUs"):
+        local_device_index(2, {"LOCAL_RANK": "0", "SLURM_LOCALID": "2"})
