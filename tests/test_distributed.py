@@ -124,18 +124,23 @@ def test_launched_two_process_training_equals_one_process_training(geometry, tmp
     assert not (out / CONFIG_NAME).exists() and not list(out.glob(".*.tmp"))
 
 
-def test_a_failing_rank_ends_the_launch_with_one_clear_error_and_no_model(geometry, tmp_path):
-    from mpd import errors
-    from mpd.distributed import CONFIG_NAME, launch
-    from mpd.training import TrainingError
-
-    # rank 1 dies at interpreter start-up (a sitecustomize ahead on PYTHONPATH); rank 0 waits for it in vain
+def failing_rank_hook(tmp_path) -> Path:
+    """A folder to put first on PYTHONPATH: its sitecustomize makes rank 1 die at interpreter start-up."""
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(
         "import os, sys\n"
         "if os.environ.get('RANK') == '1':\n"
         "    sys.stderr.write('rank 1 fails on purpose\\n'); sys.stderr.flush(); os._exit(3)\n")
+    return hook
+
+
+def test_a_failing_rank_ends_the_launch_with_one_clear_error_and_no_model(geometry, tmp_path):
+    from mpd import errors
+    from mpd.distributed import CONFIG_NAME, launch
+    from mpd.training import TrainingError
+
+    hook = failing_rank_hook(tmp_path)  # rank 1 dies at start-up; rank 0 waits for it in vain
     out = tmp_path / "model"
     with pytest.raises(TrainingError) as caught:
         launch(geometry, out, config(epochs=2), 2, 1, environ=without_slurm(PYTHONPATH=str(hook)),

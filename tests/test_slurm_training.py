@@ -114,19 +114,14 @@ except TrainingError as error:
 
 def test_a_failing_rank_in_a_slurm_job_ends_both_tasks_with_the_clear_error(slurm_cluster, tmp_path):
     """srun --kill-on-bad-exit: rank 1 dies at start-up, rank 0 (waiting at the rendezvous) is ended too."""
-    from test_distributed import WINDOW
+    from test_distributed import WINDOW, failing_rank_hook
     from test_training_support import H_UM, RATE, lattice_trajectories
 
     from mpd.geometry.stage import compute_geometry
 
     traj = lattice_trajectories(n_frames=14, drift_um_s=(4.0, 1.0), window=WINDOW, seed=5)
     geometry = compute_geometry(traj, tmp_path / "geometry", h_um=H_UM, frame_rate_hz=RATE, window=WINDOW)
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        "import os, sys\n"
-        "if os.environ.get('RANK') == '1':\n"
-        "    sys.stderr.write('rank 1 fails on purpose\\n'); sys.stderr.flush(); os._exit(3)\n")
+    hook = failing_rank_hook(tmp_path)
     out, result = tmp_path / "model", tmp_path / "error.txt"
     script = tmp_path / "launch.py"
     script.write_text(FAILING.format(repo=str(REPO), geometry=str(geometry), out=str(out), model=MODEL,
