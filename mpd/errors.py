@@ -17,8 +17,13 @@ console as well, and Snakemake's own closing lines. Any other exception
 (a bug) is reported the same way, its line saying that it is one; without a
 log file its traceback goes to the console.
 
+A ModuleNotFoundError in a rule's deployed conda env is a clear error too: its
+line names the env and the env file to add the missing package to
+(``mpd.envs.explain_missing``).
+
 The error classes are recognised by their qualified names, so this module
-imports none of the packages: each rule's environment has only its own.
+imports none of the packages: each rule's environment has only its own
+(``mpd.envs``, standard library only, is imported for a missing module).
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ CLEAR_ERRORS = frozenset({
     "mpd.horizon.HorizonError",
     "mpd.geometry.particles.ParticleDataError",
     "mpd.baselines.stage.BaselineInputError",
+    "mpd.envs.MissingFromEnvError",  # a module the rule's conda env lacks (its emulation)
     "mpd.slurm.ClusterSetupError",
 })
 DEBUG_VARIABLE = "MPD_DEBUG"
@@ -75,7 +81,10 @@ def report_failure(error: BaseException, *, rule: str, log_file: str | os.PathLi
     """
     text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     line = one_line(error)
-    if not is_clear(error):
+    missing = None if is_clear(error) else _missing_from_env(error, rule)
+    if missing:
+        line = f"{type(error).__name__}: {missing}"
+    elif not is_clear(error):
         where = f"its traceback is in {log_file}" if log_file else "its traceback is above"
         line = f"{line} (an unexpected error, a bug: {where}; please report it)"
     if log_file:
@@ -97,6 +106,18 @@ def report_failure(error: BaseException, *, rule: str, log_file: str | os.PathLi
         pass  # the console line below still says it
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
+
+
+def _missing_from_env(error: BaseException, rule: str) -> str | None:
+    """The clear message for a module the rule's deployed conda env lacks, else None (mpd.envs)."""
+    if not isinstance(error, ModuleNotFoundError):
+        return None
+    try:
+        from mpd import envs
+
+        return envs.explain_missing(error, rule)
+    except Exception:  # noqa: BLE001 (the report must not fail over its hint: the plain line still says it)
+        return None
 
 
 def install(rule: str, log_file: str | os.PathLike | None, outputs=()) -> None:

@@ -1,5 +1,6 @@
 """The Snakemake workflow end to end on a tiny twin and on the real sample."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,40 @@ TINY_TWIN = {
     "model": {"training": {"epochs": 1}},
 }
 N_FRAMES = 21
+# Every rule's script runs with only its conda env's packages importable (mpd.envs.emulate_rule); each appends
+# its rule and env to this file in the working directory.
+EMULATION_RECORD = "emulated-conda-envs.txt"
+# The rules each test proves ran so; test_envs.py checks that the workflow tests together cover every script rule.
+EMULATED_RULES = {
+    "twin": ("simulate_twin", "render_twin", "track_twin", "geometry", "train_model", "rollout_model",
+             "rollout_box_twin", "analyse_twin"),
+    "table1": ("compare_twin", "table1"),
+    "video": ("link_video", "track_video"),
+}
+
+
+def emulated() -> dict:
+    """The environment of a Snakemake run whose scripts import only what their rule's conda env installs."""
+    return {**os.environ, "MPD_EMULATE_CONDA_ENVS": EMULATION_RECORD}
+
+
+def rules_run_emulated(workdir: Path) -> dict[str, set[str]]:
+    """Rule -> the env files it ran emulated in, as recorded in `workdir`."""
+    record = workdir / EMULATION_RECORD
+    seen: dict[str, set[str]] = {}
+    for line in record.read_text().splitlines() if record.exists() else []:
+        rule, env = line.split("\t")
+        seen.setdefault(rule, set()).add(env)
+    return seen
+
+
+def assert_ran_emulated(workdir: Path, rules) -> None:
+    from mpd.envs import rule_envs
+
+    seen = rules_run_emulated(workdir)
+    for rule in rules:
+        assert rule in seen, f"rule {rule} did not run in its emulated conda env: {sorted(seen)}"
+        assert seen[rule] == {str(rule_envs()[rule].relative_to(REPO))}, (rule, seen[rule])
 
 
 def targets(experiments) -> list[str]:
@@ -34,7 +69,7 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
          "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args],
-        capture_output=True, text=True, timeout=600, check=False,
+        capture_output=True, text=True, timeout=600, check=False, env=emulated(),
     )
     return result
 
@@ -105,6 +140,7 @@ def test_every_stage_ran_on_the_twin(finished_run):
     assert {p.name for p in (exp / "tracking" / "qc").iterdir()} >= {"features_per_frame.png", "annotated_frame.png"}
     box = json.loads((exp / "analysis" / "box" / "metrics.json").read_text())
     assert box["domain"] == "periodic box" and set(box["datasets"]) == {"truth", "rollout", "null"}
+    assert_ran_emulated(finished_run, EMULATED_RULES["twin"])
 
 
 @pytest.mark.skipif(not BULK_WATER.exists(), reason="the shared real sample is not beside the checkout")
@@ -173,6 +209,7 @@ def test_table1_has_the_twins_row_from_its_box_analysis(finished_run):
     table = pd.read_csv(finished_run / "results" / "table1.csv")
     row = table[(table["experiment"] == "tiny") & (table["metric"] == "rdf")].iloc[0]
     assert row["Ours"] == pytest.approx(comparison["models"]["learned"]["errors"]["rdf"]) and row["Ours (paper)"] == 0.115
+    assert_ran_emulated(finished_run, EMULATED_RULES["table1"])
 
 
 def test_changing_one_twin_parameter_reruns_only_that_experiment(finished_run):
@@ -184,7 +221,7 @@ def test_changing_one_twin_parameter_reruns_only_that_experiment(finished_run):
         # targets first: --configfile and --quiet both take several values
         [sys.executable, "-m", "snakemake", *targets(config["experiments"]), "-s", str(REPO / "Snakefile"),
          "-d", str(finished_run), "--configfile", str(changed), "--cores", "1", "--dry-run", "--quiet", "rules"],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True, text=True, timeout=300, check=False, env=emulated(),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     jobs = result.stdout + result.stderr
@@ -199,7 +236,7 @@ def dry_run_jobs(workdir: Path, config: dict, targets_: list[str]) -> list[tuple
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", *targets_, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
          "--configfile", str(changed), "--cores", "1", "--dry-run"],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True, text=True, timeout=300, check=False, env=emulated(),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     jobs, rule = [], None
@@ -250,12 +287,10 @@ def noise_video_config(tmp_path):
 
 
 def run_failing(workdir: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    import os
-
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
          "--configfile", str(workdir / "config.yaml"), "--cores", "1", "results/noise/tracking/qc.json"],
-        capture_output=True, text=True, timeout=300, check=False, env={**os.environ, **(env or {})})
+        capture_output=True, text=True, timeout=300, check=False, env={**emulated(), **(env or {})})
 
 
 def test_failing_rule_ends_with_its_clear_message_and_logs_the_traceback(noise_video_config):
@@ -271,6 +306,8 @@ def test_failing_rule_ends_with_its_clear_message_and_logs_the_traceback(noise_v
     # Snakemake's own cleanup ran: no lock is left, the next run is not refused.
     assert not any((noise_video_config / ".snakemake" / "locks").glob("*"))
     assert not (noise_video_config / "results" / "noise" / "tracking").exists()
+    # both ran in their emulated env: the failure is tracking's own, not a package the env lacks
+    assert_ran_emulated(noise_video_config, EMULATED_RULES["video"])
 
 
 def test_debug_flag_shows_the_traceback_on_the_console(noise_video_config):

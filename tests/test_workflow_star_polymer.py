@@ -1,5 +1,6 @@
 """The star-polymer comparison through the workflow: truth, learned model, DPD, comparison and Table 1."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,19 @@ TINY_STARS = {
     "geometry": {"h_factor": 1.2},
     "model": {"training": {"epochs": 1}},
 }
+# Every rule's script runs with only its conda env's packages importable (mpd.envs.emulate_rule); each appends
+# its rule and env to this file in the working directory.
+EMULATION_RECORD = "emulated-conda-envs.txt"
+# The rules each test proves ran so; test_envs.py checks that the workflow tests together cover every script rule.
+EMULATED_RULES = {
+    "stars": ("simulate_star_polymers", "bulk_dataset", "train_model", "rollout_bulk", "baseline", "compare_models",
+              "table1"),
+}
+
+
+def emulated() -> dict:
+    """The environment of a Snakemake run whose scripts import only what their rule's conda env installs."""
+    return {**os.environ, "MPD_EMULATE_CONDA_ENVS": EMULATION_RECORD}
 
 
 def lammps_or_skip():
@@ -32,7 +46,7 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir),
          "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args],
-        capture_output=True, text=True, timeout=600, check=False)
+        capture_output=True, text=True, timeout=600, check=False, env=emulated())
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +78,12 @@ def test_every_stage_ran_and_the_table_comes_from_the_comparison(finished):
     markdown = (finished / "results" / "table1.md").read_text()
     verdict = "every target met" if not comparison["missed"] else "missed: " + comparison["missed"][0]
     assert verdict in markdown  # a miss is said in the table users read
+    from mpd.envs import rule_envs
+
+    record = (finished / EMULATION_RECORD).read_text().splitlines()
+    seen = {rule: env for rule, env in (line.split("\t") for line in record)}
+    for rule in EMULATED_RULES["stars"]:
+        assert seen.get(rule) == str(rule_envs()[rule].relative_to(REPO)), f"{rule} did not run emulated: {record}"
 
 
 def test_adding_a_baseline_runs_only_it_and_the_comparison(finished):
@@ -74,7 +94,7 @@ def test_adding_a_baseline_runs_only_it_and_the_comparison(finished):
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(finished),
          "--configfile", str(changed), "--cores", "1", "--dry-run"], capture_output=True, text=True, timeout=300,
-        check=False)
+        check=False, env=emulated())
     assert result.returncode == 0, result.stderr[-2000:]
     rules = {line.strip()[5:-1] for line in (result.stdout + result.stderr).splitlines()
              if line.strip().startswith("rule ") and line.strip().endswith(":")}

@@ -1,16 +1,27 @@
-"""Shared preamble of the workflow scripts: import path and logging.
+"""Shared preamble of the workflow scripts: import path, the rule's conda env, and logging.
 
-Snakemake puts this folder on sys.path; this puts the repository root there
-too, so the packages import inside a --use-conda environment that has only
-their dependencies.
+Snakemake puts this folder on sys.path; this puts the repository root first
+there too, so the project's packages import from the workflow's source tree
+inside a --use-conda environment that has only their dependencies. Imported
+before anything else of a script: in a deployed conda env it takes the main
+environment off sys.path (mpd.envs.isolate), so a package missing from the
+env fails instead of being taken from there; with MPD_EMULATE_CONDA_ENVS set
+it lets the script import only what the rule's env installs (mpd.envs.emulate_rule).
 """
 import logging
 import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+if str(REPO_ROOT) in sys.path:
+    sys.path.remove(str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT))  # first: an installed copy elsewhere on the path must not shadow the tree
+
+from mpd import envs  # standard library only
+
+envs.isolate(keep=(REPO_ROOT, Path(__file__).resolve().parent))
+if envs.emulation_requested():
+    envs.emulate_rule(sys.modules["__main__"].snakemake.rule)
 
 
 def start_rule(snakemake, threads: int | None = None) -> logging.Logger:
