@@ -27,6 +27,7 @@ SELECTION_METRICS = ("rollout", "val_loss")
 DTYPES = ("float32", "float64")
 RECOMPUTE_MODES = ("auto", "always", "never")  # as mpd.model.layers.RECOMPUTE_MODES (no torch import here)
 DEVICES = ("auto", "cpu", "cuda")
+NOISE_STREAMS = ("torch", "counter")  # as mpd.model.streams.NOISE_STREAMS (no torch import here)
 
 
 class ParameterError(ValueError):
@@ -120,6 +121,8 @@ class RolloutParams(_FromConfig):
     skin: float = 0.3                 # h, Verlet-list skin: pairs are searched within h + skin
     noise: bool = True                # False: deterministic k_B -> 0 limit (no noise, no k_B div M)
     seed: int = 0                     # seeds the rollout's noise
+    noise_stream: str = "torch"       # "torch": a torch.Generator in pair order; "counter": keyed by particle ids
+    #                                   and the step (mpd.model.streams), the same noise in any pair order or partition
     dtype: str = "float64"            # "float32" or "float64"
     device: str = "auto"              # "auto", "cpu" or "cuda"
     max_step_displacement: float = 1.0  # h: a predicted particle moving farther in one frame means divergence
@@ -162,7 +165,7 @@ _POSITIVE_INTS = ("epochs", "batch_size", "step_epochs", "selection_starts", "se
                   "cage_steps", "cage_every", "calibration_frames", "calibration_lag")
 _OPTIONAL_POSITIVE_INTS = ("max_val_pairs", "num_threads", "n_frames", "box_n_frames")
 _CHOICES = {"schedule": SCHEDULES, "selection_metric": SELECTION_METRICS, "dtype": DTYPES, "device": DEVICES,
-            "recompute_activations": RECOMPUTE_MODES}
+            "recompute_activations": RECOMPUTE_MODES, "noise_stream": NOISE_STREAMS}
 
 
 def _build(cls, values, where: str):

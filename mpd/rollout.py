@@ -73,8 +73,17 @@ from mpd.atomic import atomic_write_bytes, atomic_write_json
 from mpd.geometry.domain import Box, OrthoBox, Window
 from mpd.geometry.kinematics import affine_flow, backward_velocities, shear_box_flow
 from mpd.geometry.masks import exterior_mask
-from mpd.model import MetriplecticModel, PairTensors, State, closed_energy, euler_maruyama_step, restore_energy
+from mpd.model import (
+    CounterNoise,
+    MetriplecticModel,
+    PairTensors,
+    State,
+    closed_energy,
+    euler_maruyama_step,
+    restore_energy,
+)
 from mpd.model.geometry import pair_kinds
+from mpd.model.streams import NOISE_STREAMS
 from mpd.pairs import VerletList, minimum_image_shift, reference_bonds
 from mpd.params import RolloutParams
 
@@ -330,7 +339,10 @@ def rollout(
         default: the start frame's interior particles by observed.exterior
         (all observed particles when there is no exterior rule). With an exterior
         rule the set then changes by the hand-over policy (module docstring).
-    generator: the noise's random stream (default: seeded with params.seed on the device).
+    generator: the noise's random stream (default: seeded with params.seed on the device); with
+        params.noise_stream "counter" none may be given: each model step k (substeps counted from 0 at
+        the start) draws from `CounterNoise(params.seed, k, particle ids)`, so a pair's noise does
+        not depend on the pair list's order.
     Stops early, keeping the frames so far, when the state diverges (non-finite
     values, a predicted particle moving more than max_step_displacement in
     one frame or leaving the window by escape_margin, or the energy per
@@ -339,7 +351,8 @@ def rollout(
     params = params or RolloutParams()
     device = resolve_device(device if device is not None else params.device)
     dtype = resolve_dtype(params.dtype)
-    if generator is None:
+    use_counter = _use_counter(params.noise_stream, generator)
+    if generator is None and not use_counter:
         generator = torch.Generator(device=device).manual_seed(params.seed)
     t_start = time.perf_counter()
     frames = list(range(int(start_frame), int(start_frame) + int(n_frames) + 1))
@@ -382,6 +395,9 @@ def rollout(
                          f"with {model.n_species} species (model.pt's n_species)")
 
     as_tensor = {"dtype": dtype, "device": device}
+    counter: CounterNoise | None = None
+    if use_counter:  # checks every id once; each step selects the active slots' ids
+        counter = CounterNoise(params.seed, 0, torch.as_tensor(ids, dtype=torch.int64, device=device))
     x = torch.as_tensor(placeholder, **as_tensor)
     v = torch.zeros((n_slots, 2), **as_tensor)
     S = torch.zeros(n_slots, **as_tensor)
@@ -585,13 +601,15 @@ def rollout(
         for step, f_next in enumerate(frames[1:], start=1):
             x_frame = x[predicted_t].clone()
             for sub in range(params.substeps):
+                model_step = (step - 1) * params.substeps + sub
                 if sub > 0:
                     if f in observed.snapshots and f_next in observed.snapshots:
                         _interpolate_prescribed(x, v, observed, f, f_next, sub * dt, ids, is_predicted, as_tensor)
                     box = _interpolate_box(observed, f, f_next, sub * dt)
                     active, pairs = frame_graph(f, box, tilt_rate(f, f_next))
                 state = State(x[active], v[active], S[active])
-                new = euler_maruyama_step(model, state, pairs, dt, predicted_t[active], generator, params.noise,
+                stream = generator if counter is None else counter.select(active, model_step)
+                new = euler_maruyama_step(model, state, pairs, dt, predicted_t[active], stream, params.noise,
                                           flow_at(f, active))
                 x[active], v[active], S[active] = new.x, new.v, new.S
             _check_predicted(x, v, S, predicted_t, x_frame, window, params, f_next)
@@ -620,9 +638,20 @@ def rollout(
         n_predicted_at_end=int(is_predicted.sum()), handovers=int(segment.sum()),
         duplicates_left_out=n_duplicates[0],
         wall_s=time.perf_counter() - t_start, device=str(device), dtype=params.dtype, noise=params.noise,
-        seed=params.seed,
+        seed=params.seed, noise_stream=params.noise_stream,
     )
     return RolloutResult(frames_table, pd.DataFrame(rows, columns=CONSERVATION_COLUMNS), status)
+
+
+def _use_counter(noise_stream: str, generator: torch.Generator | None) -> bool:
+    """Whether the noise comes from the counter stream (`mpd.model.streams`) rather than a torch.Generator;
+    refuses an unknown stream and a generator given with the counter stream."""
+    if noise_stream not in NOISE_STREAMS:
+        raise ValueError(f"noise_stream must be one of {', '.join(NOISE_STREAMS)}, got {noise_stream!r}")
+    if noise_stream == "counter" and generator is not None:
+        raise ValueError("a generator was given with noise_stream 'counter', which keys the noise by particle "
+                         "ids and the step instead")
+    return noise_stream == "counter"
 
 
 CONSERVATION_COLUMNS = [
@@ -783,6 +812,7 @@ def periodic_fluid_rollout(
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
     conserve_energy: bool = True,
+    noise_stream: str = "torch",
 ) -> FluidRollout:
     """Integrate every particle of a closed orthorhombic periodic box for `n_frames` frames, in model units.
 
@@ -794,7 +824,10 @@ def periodic_fluid_rollout(
     momentum with the solvent). With `conserve_energy` (and no bath, which exchanges energy
     too) every step ends on the initial energy shell (`mpd.model.restore_energy`: the
     Euler-Maruyama step's second-order energy gain goes back out of the entropies). Stops
-    early, keeping the frames so far, on non-finite values.
+    early, keeping the frames so far, on non-finite values. noise_stream "torch": the noise from
+    `generator` (default: seeded with `seed`); "counter": model step k (substeps counted from 0) draws
+    from `CounterNoise(seed, k, particle ids)` (`mpd.model.streams`; ids `particle`, else 0 .. N-1),
+    independent of the pair list's order.
     """
     device = resolve_device(device)
     dim = int(model.dim)
@@ -815,7 +848,10 @@ def periodic_fluid_rollout(
     ids = np.arange(n, dtype=np.int64) if particle is None else np.asarray(particle, np.int64).reshape(n)
     if model.has_bath:
         log.warning("the model has a bath: it exchanges momentum with a solvent, so momentum is not conserved")
-    if generator is None:
+    counter: CounterNoise | None = None
+    if _use_counter(noise_stream, generator):
+        counter = CounterNoise(int(seed), 0, torch.as_tensor(ids, dtype=torch.int64, device=device))
+    elif generator is None:
         generator = torch.Generator(device=device).manual_seed(int(seed))
     labels_t = torch.as_tensor(labels, device=device)
     everyone = torch.ones(n, dtype=torch.bool, device=device)
@@ -869,8 +905,9 @@ def periodic_fluid_rollout(
         shell = closed_energy(model, State(x, v, S), pairs)
     dt = 1.0 / int(substeps)
     for step in range(1, int(n_frames) + 1):
-        for _ in range(int(substeps)):
-            new = euler_maruyama_step(model, State(x, v, S), pairs, dt, everyone, generator, noise)
+        for sub in range(int(substeps)):
+            stream = generator if counter is None else counter.at((step - 1) * int(substeps) + sub)
+            new = euler_maruyama_step(model, State(x, v, S), pairs, dt, everyone, stream, noise)
             x, v, S = new.x, new.v, new.S
             finite = bool(torch.isfinite(x).all() and torch.isfinite(v).all() and torch.isfinite(S).all())
             if not finite:
@@ -890,7 +927,7 @@ def periodic_fluid_rollout(
     status.update(start_frame=int(start_frame), frames_requested=int(n_frames) + 1, frames_written=len(records),
                   substeps=int(substeps), rebuilds=verlet.n_builds, wall_s=time.perf_counter() - t_start,
                   device=str(device), dtype=str(dtype).replace("torch.", ""), noise=bool(noise), seed=int(seed),
-                  conserve_energy=conserve_energy, energy_short_steps=short_steps)
+                  noise_stream=noise_stream, conserve_energy=conserve_energy, energy_short_steps=short_steps)
     if short_steps:
         log.warning("%d of %d steps ended off the energy shell: their energy error was more than the entropies "
                     "could absorb (mpd.model.restore_energy)", short_steps, int(n_frames) * int(substeps))
@@ -918,6 +955,7 @@ def rollout_fluid(
     device: str | torch.device = "cpu",
     out=None,
     status_extra=None,
+    noise_stream: str = "torch",
 ) -> FluidRollout:
     """A trained model.pt rolled out in a 3D periodic box from (x0, v0), in the simulation's units.
 
@@ -927,7 +965,7 @@ def rollout_fluid(
     columns (frame, t, particle, species, x, y, z wrapped, xu, yu, zu unwrapped, vx, vy, vz) plus S,
     the conservation table (momentum, energy, entropy per frame, in model units) and the status;
     with `out` (a folder) writes rollout.parquet, conservation.csv and rollout_status.json there
-    (the status with `status_extra` added).
+    (the status with `status_extra` added). noise_stream: as `periodic_fluid_rollout`.
     """
     from mpd.training import load_model
 
@@ -937,7 +975,7 @@ def rollout_fluid(
     result = periodic_fluid_rollout(model, np.asarray(x0, np.float64) / h, np.asarray(v0, np.float64) * dt_s / h,
                                     lengths / h, n_frames, seed=seed, noise=noise, substeps=substeps, skin=skin,
                                     species=species, particle=particle, start_frame=start_frame,
-                                    dtype=resolve_dtype(dtype), device=device)
+                                    dtype=resolve_dtype(dtype), device=device, noise_stream=noise_stream)
     table = result.frames
     table["t"] = t0 + table["t"].to_numpy() * dt_s
     for axis in "xyz":

@@ -166,7 +166,7 @@ def rollout_bulk(model_path, truth_path, metadata_path, out_dir, comparison=None
                            if "species" in start else None, particle=start["particle"].to_numpy(np.int64),
                            start_frame=int(frames[split.start]), t0=float(start["t"].iloc[0]),
                            dtype=rollout_params.dtype, device=_device(None, rollout_params), out=out_dir,
-                           status_extra={"split": split.to_dict()})
+                           noise_stream=rollout_params.noise_stream, status_extra={"split": split.to_dict()})
     return result.status
 
 

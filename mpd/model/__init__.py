@@ -4,7 +4,8 @@ Read docs/model.md for the equations as implemented. The pieces, JAX-MD style:
 geometry (pair separations, learned volume, local strain), monotonic (energy
 networks with signs and convexity by construction), networks (noise
 amplitudes, entropy teacher, k_B and m), dynamics (drift, noise, marginal
-covariance, likelihood) and integrator (one rollout step).
+covariance, likelihood), integrator (one rollout step) and streams (noise keyed
+by particle ids and the step).
 """
 from .dynamics import MetriplecticModel, State, Thermodynamics
 from .geometry import (
@@ -16,8 +17,10 @@ from .geometry import (
 )
 from .integrator import EulerMaruyama, closed_energy, euler_maruyama_step, restore_energy
 from .monotonic import DeviatoricEnergy, MonotoneConvexNet, VolumetricEnergy
+from .streams import CounterNoise
 
 __all__ = [
+    "CounterNoise",
     "DeviatoricEnergy",
     "EulerMaruyama",
     "MetriplecticModel",

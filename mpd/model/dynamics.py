@@ -45,6 +45,7 @@ from .geometry import (
 from .layers import RECOMPUTE_MODES, chunk_rows, recompute_activations
 from .monotonic import DeviatoricEnergy, VolumetricEnergy
 from .networks import EntropyTeacher, NoiseAmplitudes, PositiveScalar
+from .streams import CounterNoise, counter_increments
 
 
 class State(NamedTuple):
@@ -660,8 +661,16 @@ class MetriplecticModel(nn.Module):
 
     def draw_increments(self, state: State, pairs: PairTensors, generator: torch.Generator | None):
         """The noise's unit increments, in the draw order: pair dW (E, D, D), dV (E,), then the bath's
-        dW_bath (N, D), dU_bath (N,)."""
+        dW_bath (N, D), dU_bath (N,).
+
+        generator: a torch.Generator (None: torch's default), which draws in pair order, or, outside
+        TorchScript, a `mpd.model.streams.CounterNoise`, which keys each pair's increments by its two
+        particle ids and the step (dV_ij = +/- the pair's number as id_i < id_j or not), and the bath's by
+        the particle's id: the same noise in any pair order and orientation."""
         n_pairs, n, dim = pairs.i.shape[0], state.x.shape[0], state.x.shape[-1]
+        if not torch.jit.is_scripting():  # noqa: SIM102 (alone, so that TorchScript skips the block)
+            if isinstance(generator, CounterNoise):
+                return generator.increments(n, pairs.i, pairs.j, dim, self.has_bath, state.x.dtype, state.x.device)
         dW = torch.randn([n_pairs, dim, dim], generator=generator, dtype=state.x.dtype, device=state.x.device)
         dV = torch.randn([n_pairs], generator=generator, dtype=state.x.dtype, device=state.x.device)
         dW_bath: torch.Tensor | None = None
@@ -671,12 +680,19 @@ class MetriplecticModel(nn.Module):
             dU_bath = torch.randn([n], generator=generator, dtype=state.x.dtype, device=state.x.device)
         return dW, dV, dW_bath, dU_bath
 
+    def counter_increments(self, state: State, pairs: PairTensors, ids: torch.Tensor, seed: int, step: int):
+        """`draw_increments` with the counter stream (seed, step, ids (N,) int64 in [0, 2^32)), scriptable
+        (`mpd.model.streams.counter_increments`; the ids' range is checked by `CounterNoise` only)."""
+        return counter_increments(seed, step, ids.to(state.x.device), pairs.i, pairs.j, state.x.shape[-1],
+                                  self.has_bath, state.x.dtype)
+
     def noise(
         self, state: State, pairs: PairTensors, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(dv~, dS~) per unit sqrt(dt): covariance 2 k_B M. Scale by sqrt(dt) to step.
 
-        Draw order: pair increments dW (E, D, D), dV (E,), then the bath's dW_bath (N, D), dU_bath (N,).
+        Draw order: pair increments dW (E, D, D), dV (E,), then the bath's dW_bath (N, D), dU_bath (N,);
+        generator: as `draw_increments` (also a `CounterNoise`).
         """
         dW, dV, dW_bath, dU_bath = self.draw_increments(state, pairs, generator)
         dv, dS = self.noise_from_increments(state, pairs, dW, dV, None, dW_bath, dU_bath)
@@ -691,17 +707,25 @@ class MetriplecticModel(nn.Module):
         The same draws as `noise` (zeros with noise=False), and the same drift and noise to round-off:
         forces and the amplitudes' T-derivatives by forward mode (`energy_terms`), the pairs' algebra
         in cache-sized chunks (`mpd.model.fused`), no autograd over pairs. The rollout's step.
+        generator: as `draw_increments` (a `CounterNoise` outside TorchScript).
         """
-        n = state.x.shape[0]
-        thermo = self.energy_terms(state.x, state.S, pairs, noise, False)
-        mass = self.particle_mass(pairs, n, detach=True)
-        k_B = self.k_B.detach()
         dW: torch.Tensor | None = None
         dV: torch.Tensor | None = None
         dW_bath: torch.Tensor | None = None
         dU_bath: torch.Tensor | None = None
         if noise:
             dW, dV, dW_bath, dU_bath = self.draw_increments(state, pairs, generator)
+        return self.drift_and_noise_from_increments(state, pairs, noise, flow, dW, dV, dW_bath, dU_bath)
+
+    def drift_and_noise_from_increments(
+        self, state: State, pairs: PairTensors, noise: bool, flow: torch.Tensor | None, dW: torch.Tensor | None,
+        dV: torch.Tensor | None, dW_bath: torch.Tensor | None, dU_bath: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`drift_and_noise` for given unit increments (those of `draw_increments`; None with noise=False)."""
+        n = state.x.shape[0]
+        thermo = self.energy_terms(state.x, state.S, pairs, noise, False)
+        mass = self.particle_mass(pairs, n, detach=True)
+        k_B = self.k_B.detach()
         bath = self.bath_terms(thermo.T, noise, False)  # autograd for its T-derivative: outside no_grad
         with torch.no_grad():
             sums = self._pair_sums(state.v, pairs, thermo, 1.0 / mass, k_B if noise else None, noise, dW, dV, False,

@@ -33,7 +33,10 @@ class EulerMaruyama(nn.Module):
     """The step as a module, for TorchScript: forward(state, pairs, dt, interior, generator, noise).
 
     Same contract as euler_maruyama_step, except that grad mode must already be
-    on (TorchScript cannot switch it; the forces are autograd gradients).
+    on (TorchScript cannot switch it; the forces are autograd gradients). The
+    scripted module takes a torch.Generator (or None); eagerly, `generator` may
+    also be a `mpd.model.streams.CounterNoise`. `counter_step` is the step with
+    the counter stream given as (ids, seed, step), in TorchScript too.
     """
 
     def __init__(self, model: MetriplecticModel):
@@ -51,16 +54,48 @@ class EulerMaruyama(nn.Module):
         flow: torch.Tensor | None = None,
     ) -> State:
         f_v, f_S, dv, dS = self.model.drift_and_noise(state, pairs, generator, noise, flow)
-        sqrt_dt = math.sqrt(dt)
-        v_new = state.v + f_v * dt + dv * sqrt_dt
-        x_new = state.x + v_new * dt
-        S_new = state.S + f_S * dt + dS * sqrt_dt
-        moves = interior[:, None]
-        return State(
-            torch.where(moves, x_new, state.x).detach(),
-            torch.where(moves, v_new, state.v).detach(),
-            torch.where(interior, S_new, state.S).detach(),
-        )
+        return _advance(state, dt, interior, f_v, f_S, dv, dS)
+
+    @torch.jit.export
+    def counter_step(
+        self,
+        state: State,
+        pairs: PairTensors,
+        dt: float,
+        interior: torch.Tensor,
+        ids: torch.Tensor,
+        seed: int,
+        step: int,
+        noise: bool = True,
+        flow: torch.Tensor | None = None,
+    ) -> State:
+        """forward with the counter stream: each pair's increments from (seed, step, the ids of its ends),
+        each particle's bath increments from (seed, step, its id); ids (N,) int64 in [0, 2^32)
+        (`mpd.model.streams`; unchecked here, `CounterNoise` checks them)."""
+        dW: torch.Tensor | None = None
+        dV: torch.Tensor | None = None
+        dW_bath: torch.Tensor | None = None
+        dU_bath: torch.Tensor | None = None
+        if noise:
+            dW, dV, dW_bath, dU_bath = self.model.counter_increments(state, pairs, ids, seed, step)
+        f_v, f_S, dv, dS = self.model.drift_and_noise_from_increments(state, pairs, noise, flow, dW, dV, dW_bath,
+                                                                      dU_bath)
+        return _advance(state, dt, interior, f_v, f_S, dv, dS)
+
+
+def _advance(state: State, dt: float, interior: torch.Tensor, f_v: torch.Tensor, f_S: torch.Tensor,
+             dv: torch.Tensor, dS: torch.Tensor) -> State:
+    """v <- v + f_v dt + dv~ sqrt(dt), x <- x + v dt, S <- S + f_S dt + dS~ sqrt(dt) where interior."""
+    sqrt_dt = math.sqrt(dt)
+    v_new = state.v + f_v * dt + dv * sqrt_dt
+    x_new = state.x + v_new * dt
+    S_new = state.S + f_S * dt + dS * sqrt_dt
+    moves = interior[:, None]
+    return State(
+        torch.where(moves, x_new, state.x).detach(),
+        torch.where(moves, v_new, state.v).detach(),
+        torch.where(interior, S_new, state.S).detach(),
+    )
 
 
 def euler_maruyama_step(
@@ -80,7 +115,9 @@ def euler_maruyama_step(
 
     noise=False is the deterministic k_B -> 0 limit: it drops both the noise and
     k_B div(M), so energy is conserved and entropy produced up to time
-    discretisation. The dtype and device follow the state (the model's
+    discretisation. generator: a torch.Generator, None (torch's default) or a
+    `mpd.model.streams.CounterNoise` (noise keyed by particle ids and the step,
+    independent of the pair list's order). The dtype and device follow the state (the model's
     parameters must match: model.to(dtype)). Grad mode is switched on inside,
     because the forces are autograd gradients; the result is detached.
     """
