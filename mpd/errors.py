@@ -44,7 +44,7 @@ CLEAR_ERRORS = frozenset({
     "tracking.params.ParameterError",
     "tracking.link.LinkingError",
     "twin.params.ParameterError",
-    "twin.lammps_env.LammpsUnavailableError",
+    "mpd.lammps_env.LammpsUnavailableError",
     "twin.star_polymer.StarPolymerError",
     "mpd.horizon.HorizonError",
     "mpd.geometry.particles.ParticleDataError",
