@@ -17,6 +17,7 @@ include: "workflow/rules/geometry.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/analysis.smk"
 include: "workflow/rules/comparison.smk"
+include: "workflow/rules/lammps.smk"
 
 
 rule all:

@@ -124,6 +124,10 @@ def _check_nested_params(config: Mapping[str, Any]) -> None:
 
     for name, experiment in config["experiments"].items():
         synthetic = experiment.get("synthetic")
+        if "lammps" in experiment and "star_polymer" not in (synthetic or {}):
+            raise ConfigError(f"invalid configuration: experiments.{name}.lammps: the LAMMPS rollout of a large "
+                              f"sample needs a simulated bulk sample (synthetic.star_polymer), and {name} is not one. "
+                              f"Remove the lammps section or fix it in config.yaml.")
         if synthetic is None:
             continue
         if "star_polymer" in synthetic:

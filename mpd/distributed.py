@@ -36,7 +36,6 @@ import socket
 import subprocess
 import sys
 import warnings
-from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -419,6 +418,7 @@ def launch(dataset_dir, out_dir, config, tasks: int, threads_per_task: int = 1, 
     last lines.
     """
     from mpd.atomic import atomic_write_bytes
+    from mpd.processes import run_logged
     from mpd.stage import effective_model_config
     from mpd.training import TrainingError
 
@@ -444,29 +444,10 @@ def launch(dataset_dir, out_dir, config, tasks: int, threads_per_task: int = 1, 
     log.info("data-parallel training: %d processes, %d thread(s) each (%s): %s", tasks, threads_per_task, where,
              shlex.join(command))
     before = _model_files_state(out_dir)
-    tail: deque[str] = deque(maxlen=10 * TAIL_LINES)
     atomic_write_bytes(json.dumps({"model": config.to_dict()}, indent=1).encode(), config_path)
     returncode = None
     try:
-        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                errors="replace", bufsize=1)
-        try:
-            for line in proc.stdout:
-                line = line.rstrip("\n")
-                tail.append(line)
-                log.info("| %s", line)
-            returncode = proc.wait()
-        finally:
-            if proc.poll() is None:  # interrupted (a signal, KeyboardInterrupt): stop the ranks too
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-    except OSError as error:
-        tail.append(f"cannot start {command[0]}: {error}")
-        returncode = -1
+        returncode, tail = run_logged(command, env, log, 10 * TAIL_LINES)
     finally:
         config_path.unlink(missing_ok=True)
         if returncode != 0:

@@ -45,6 +45,7 @@ CLEAR_ERRORS = frozenset({
     "tracking.link.LinkingError",
     "twin.params.ParameterError",
     "mpd.lammps_env.LammpsUnavailableError",
+    "mpd.lammps_rollout.LammpsRolloutError",  # with LammpsStageError, a subclass
     "twin.star_polymer.StarPolymerError",
     "mpd.horizon.HorizonError",
     "mpd.geometry.particles.ParticleDataError",

@@ -33,10 +33,16 @@ Units: the model's (lengths / h, time in frames, velocities in h per frame).
 
 Command line (every rank runs it; rank 0 writes): see `main`, e.g.
     mpiexec -np 2 python -m mpd.lammps_rollout --model model.pt --state state.npz --steps 20 --out run.parquet
+
+The workflow's stage (rule rollout_lammps, docs/lammps.md): `rollout_lammps` tiles a bulk experiment's truth
+(`tile_sample`), converts it to model units, runs this command line on K ranks (`lammps_launch_command`:
+mpiexec here, srun inside a SLURM job) and writes the trajectory in the truth's schema and units, a LAMMPS
+dump (`write_lammps_dump`) and a status, all or nothing.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -364,18 +370,7 @@ def main(argv=None) -> int:
     species (N,), particle (N,). --out: the trajectory as .parquet (COLUMNS), with the per-frame totals
     (<out>.conservation.csv) and the status (<out>.status.json) beside it.
     """
-    parser = argparse.ArgumentParser(prog="python -m mpd.lammps_rollout", description=main.__doc__)
-    parser.add_argument("--model", required=True, type=Path)
-    parser.add_argument("--state", required=True, type=Path)
-    parser.add_argument("--steps", required=True, type=int, help="frames to integrate")
-    parser.add_argument("--substeps", type=int, default=1)
-    parser.add_argument("--every", type=int, default=1, help="keep every k-th frame")
-    parser.add_argument("--dtype", default="float64")
-    parser.add_argument("--noise", action="store_true", help="the pair noise, from the counter stream")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per rank (0: all cores / ranks)")
-    parser.add_argument("--out", required=True, type=Path)
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)
     try:
         return _main(args)
     except Exception as error:
@@ -388,9 +383,37 @@ def main(argv=None) -> int:
         return 2
 
 
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mpd.lammps_rollout", description=main.__doc__)
+    parser.add_argument("--model", required=True, type=Path)
+    parser.add_argument("--state", required=True, type=Path)
+    parser.add_argument("--steps", required=True, type=int, help="frames to integrate")
+    parser.add_argument("--substeps", type=int, default=1)
+    parser.add_argument("--every", type=int, default=1, help="keep every k-th frame")
+    parser.add_argument("--start-frame", type=int, default=0, help="the frame number of the initial state")
+    parser.add_argument("--dtype", default="float64")
+    parser.add_argument("--noise", action="store_true", help="the pair noise, from the counter stream")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per rank (0: all cores / ranks)")
+    parser.add_argument("--out", required=True, type=Path)
+    return parser
+
+
 def _launcher_rank() -> int:
-    """This process's MPI rank as the launcher set it (mpich's PMI_RANK, Open MPI's), 0 outside mpiexec."""
-    return int(os.environ.get("PMI_RANK", os.environ.get("OMPI_COMM_WORLD_RANK", "0")))
+    """This process's MPI rank as the launcher set it (mpich's PMI_RANK, Open MPI's, srun's SLURM_PROCID), 0
+    outside a launcher."""
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID"):
+        if name in os.environ:
+            return int(os.environ[name])
+    return 0
+
+
+def _launcher_size() -> int:
+    """The number of ranks the launcher started (mpich's PMI_SIZE, Open MPI's, srun's SLURM_NTASKS), else 1."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS"):
+        if name in os.environ:
+            return int(os.environ[name])
+    return 1
 
 
 def _main(args) -> int:
@@ -407,17 +430,323 @@ def _main(args) -> int:
     if missing:
         raise LammpsRolloutError(f"{args.state} lacks {', '.join(missing)} (needs x, v, box; optional S, species, "
                                  f"particle)")
-    ranks = int(os.environ.get("PMI_SIZE", os.environ.get("OMPI_COMM_WORLD_SIZE", "1")))  # before LAMMPS starts
+    ranks = _launcher_size()  # before LAMMPS starts
     torch.set_num_threads(args.threads if args.threads > 0 else max(1, (os.cpu_count() or 1) // ranks))
     result = lammps_fluid_rollout(model, state["x"], state["v"], state["box"], args.steps, S0=state.get("S"),
                                   substeps=args.substeps, species=state.get("species"), particle=state.get("particle"),
-                                  every=args.every, noise=args.noise, seed=args.seed)
+                                  every=args.every, noise=args.noise, seed=args.seed, start_frame=args.start_frame)
     if result.status["rank"] == 0:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         result.frames.to_parquet(args.out, index=False)
         result.conservation.to_csv(args.out.with_suffix(".conservation.csv"), index=False)
         args.out.with_suffix(".status.json").write_text(json.dumps(result.status, indent=1))
     return 0 if result.status["status"] == "completed" else 1
+
+
+# --- the workflow's stage: a large tiled sample of a bulk experiment (workflow/rules/lammps.smk) -------------------
+
+#: Defaults of an experiment's ``lammps:`` section (docs/lammps.md); None: see `rollout_lammps`.
+LAMMPS_DEFAULTS = {"tiles": [2, 2, 2], "frames": 100, "ranks": 2, "noise": True, "seed": 0, "every": 1,
+                   "start_frame": None, "srun_mpi": "pmi2"}
+#: The files of a stage run, in its output folder (`rollout_lammps`).
+STAGE_FILES = ("trajectories.parquet", "trajectory.dump", "conservation.csv", "status.json")
+#: Lines of the ranks' output quoted by the error of a failed run.
+TAIL_LINES = 30
+
+class LammpsStageError(LammpsRolloutError):
+    """The workflow's LAMMPS rollout cannot run or failed; the message says why (and names the log)."""
+
+
+def lammps_settings(section=None) -> dict:
+    """An experiment's ``lammps:`` section over `LAMMPS_DEFAULTS` (unknown keys: LammpsStageError)."""
+    section = dict(section or {})
+    unknown = sorted(set(section) - set(LAMMPS_DEFAULTS))
+    if unknown:
+        raise LammpsStageError(f"unknown keys in the lammps section: {', '.join(unknown)} (known: "
+                               f"{', '.join(LAMMPS_DEFAULTS)})")
+    settings = {**LAMMPS_DEFAULTS, **section}
+    settings["tiles"] = [int(k) for k in np.ravel(settings["tiles"])]
+    for key in ("frames", "ranks", "every"):
+        if int(settings[key]) < 1:
+            raise LammpsStageError(f"lammps.{key} must be a positive integer, got {settings[key]!r}")
+        settings[key] = int(settings[key])
+    if any(k < 1 for k in settings["tiles"]):
+        raise LammpsStageError(f"lammps.tiles must be positive integers, got {settings['tiles']}")
+    return settings
+
+
+@dataclass
+class TiledSample:
+    """A periodic sample replicated tiles[k] times along axis k (`tile_sample`), in the input's units."""
+
+    x: np.ndarray          # (N T, D) positions, wrapped into the tiled box [0, lengths)
+    v: np.ndarray          # (N T, D) velocities (each tile a copy)
+    lengths: np.ndarray    # (D,) the tiled box's edges: the sample's times tiles
+    species: np.ndarray    # (N T,) labels (copies)
+    particle: np.ndarray   # (N T,) unique ids: the sample's id + tile * stride
+    S: np.ndarray | None   # (N T,) entropies (copies), when given
+    tile: np.ndarray       # (N T,) the tile each row comes from (0: the sample itself)
+    stride: int            # id offset between tiles: the sample's largest id + 1
+
+
+def tile_sample(x, v, box_lengths, tiles, *, species=None, particle=None, S=None) -> TiledSample:
+    """Replicate a periodic sample tiles[k] times along each axis k: the same density and composition, N T rows.
+
+    x (N, D) positions (wrapped or not: taken modulo the box first), v (N, D), box_lengths (D,); tile
+    t = (i, j, k) (C order) shifts the positions by (i lx, j ly, k lz) and copies the velocities, species and
+    entropies. Particle ids (default 0 .. N-1, non-negative) become id + t * stride, stride = max id + 1, so they
+    stay unique and id % stride is the original particle. Rows are tile by tile, the sample's order within each.
+    """
+    x = np.asarray(x, np.float64)
+    v = np.asarray(v, np.float64)
+    lengths = np.ravel(np.asarray(box_lengths, np.float64))
+    n = len(x)
+    tiles = [int(k) for k in np.ravel(tiles)]
+    if x.shape != (n, len(lengths)) or v.shape != x.shape or len(tiles) != len(lengths):
+        raise LammpsStageError(f"tile_sample: x {x.shape}, v {v.shape}, box {lengths.shape} and tiles {tiles} "
+                               f"disagree (need (N, D), (N, D), D lengths and D tiles)")
+    if min(tiles) < 1:
+        raise LammpsStageError(f"tiles must be positive integers, got {tiles}")
+    ids = np.arange(n, dtype=np.int64) if particle is None else np.asarray(particle, np.int64).reshape(n)
+    if n and ids.min() < 0:
+        raise LammpsStageError("tile_sample: particle ids must be >= 0")
+    if len(np.unique(ids)) != n:
+        raise LammpsStageError("tile_sample: particle ids must be unique")
+    labels = np.zeros(n, np.int64) if species is None else np.asarray(species, np.int64).reshape(n)
+    wrapped = OrthoBox(tuple(lengths)).wrap(x)
+    wrapped = np.where(wrapped >= lengths, 0.0, wrapped)  # L (1 - eps) rounds to L
+    offsets = np.stack(np.meshgrid(*[np.arange(k) for k in tiles], indexing="ij"), -1).reshape(-1, len(tiles))
+    count = len(offsets)
+    stride = int(ids.max()) + 1 if n else 1
+    return TiledSample(
+        x=(wrapped[None, :, :] + (offsets * lengths)[:, None, :]).reshape(count * n, len(lengths)),
+        v=np.tile(v, (count, 1)), lengths=lengths * np.asarray(tiles, np.float64),
+        species=np.tile(labels, count), particle=(ids[None, :] + stride * np.arange(count)[:, None]).ravel(),
+        S=None if S is None else np.tile(np.asarray(S, np.float64).reshape(n), count),
+        tile=np.repeat(np.arange(count), n), stride=stride)
+
+
+def write_lammps_dump(table: pd.DataFrame, lengths, path) -> None:
+    """A LAMMPS text dump (``ITEM: TIMESTEP`` ... ``ITEM: ATOMS id type x y z vx vy vz``), one block per frame.
+
+    table: the trajectory schema (frame, particle, species, x, y[, z] wrapped, vx, vy[, vz]), in the
+    sample's units, written as they are; lengths: the periodic box (0 .. L, ``pp pp pp``). id = particle + 1
+    (LAMMPS ids start at 1), type = species + 1, the TIMESTEP the frame. A 2D table gets z = 0 in a slab
+    -0.5 .. 0.5. Written atomically (OVITO and LAMMPS's read_dump read it).
+    """
+    from mpd.atomic import atomic_file
+
+    lengths = np.ravel(np.asarray(lengths, np.float64))
+    dim = len(lengths)
+    bounds = [(0.0, float(L)) for L in lengths] + ([] if dim == 3 else [(-0.5, 0.5)])
+    header_box = "ITEM: BOX BOUNDS pp pp pp\n" + "".join(f"{lo!r} {hi!r}\n" for lo, hi in bounds)
+    species = table["species"].to_numpy(np.int64) if "species" in table else np.zeros(len(table), np.int64)
+    columns = np.zeros((len(table), 8))
+    columns[:, 0] = table["particle"].to_numpy(np.int64) + 1
+    columns[:, 1] = species + 1
+    for k, axis in enumerate("xyz"[:dim]):
+        columns[:, 2 + k] = table[axis].to_numpy(np.float64)
+        columns[:, 5 + k] = table["v" + axis].to_numpy(np.float64)
+    frames = table["frame"].to_numpy(np.int64)
+    with atomic_file(path) as handle:
+        for frame in np.unique(frames):
+            rows = columns[frames == frame]
+            handle.write(f"ITEM: TIMESTEP\n{int(frame)}\nITEM: NUMBER OF ATOMS\n{len(rows)}\n{header_box}"
+                         "ITEM: ATOMS id type x y z vx vy vz\n".encode())
+            np.savetxt(handle, rows, fmt=["%d", "%d"] + ["%.17g"] * 6)
+
+
+def _teacher_entropy(model: MetriplecticModel, x, v, lengths, species) -> np.ndarray:
+    """The teacher's entropies of a periodic configuration (model units), as `lammps_fluid_rollout`'s default."""
+    from mpd.pairs import snapshot_pairs
+
+    dtype = _model_dtype(model)
+    pairs = snapshot_pairs(x, float(model.h), OrthoBox(tuple(lengths)), dtype=dtype, species=species,
+                           n_species=model.n_species)
+    with torch.no_grad():
+        S = model.teacher_entropy(torch.as_tensor(x, dtype=dtype), torch.as_tensor(v, dtype=dtype), pairs)
+    return S.detach().double().cpu().numpy()
+
+
+def lammps_launch_command(ranks: int, args: list[str], *, job=None, threads_per_rank: int = 1, srun_mpi="pmi2",
+                          python: str = sys.executable) -> list[str]:
+    """The command that starts `ranks` ranks of ``python -m mpd.lammps_rollout args``.
+
+    Outside SLURM (`job` None) the ``mpiexec -np`` of the mpich wheel (`mpd.lammps_env.mpiexec_path`); inside a
+    SLURM job (`mpd.distributed.slurm_job`) ``srun`` with `ranks` tasks of `threads_per_rank` CPUs each
+    (``--mpi=srun_mpi`` unless empty; any failing rank ends them all), as train_model's launcher does.
+    """
+    from mpd.lammps_env import mpiexec_path
+
+    worker = [python, "-m", "mpd.lammps_rollout", *args]
+    if job is None:
+        return [str(mpiexec_path()), "-np", str(int(ranks)), *worker]
+    srun = ["srun", f"--ntasks={int(ranks)}", f"--nodes={min(len(job.nodes), int(ranks))}",
+            f"--cpus-per-task={int(threads_per_rank)}", "--kill-on-bad-exit=1", "--label"]
+    if srun_mpi:
+        srun.append(f"--mpi={srun_mpi}")
+    return srun + worker
+
+
+def _run_ranks(command: list[str], env: dict, log_file, what: str) -> None:
+    """Run the ranks, their output to this process's log line by line; LammpsStageError naming the log when they
+    fail (exit status other than 0 or 1: 1 is a diverged rollout, which writes its frames)."""
+    import logging
+    import shlex
+
+    from mpd.processes import run_logged
+
+    log = logging.getLogger(__name__)
+    log.info("%s: %s", what, shlex.join(command))
+    returncode, tail = run_logged(command, env, log, TAIL_LINES)
+    if returncode not in (0, 1):
+        see = f"the ranks' whole output is in {log_file}" if log_file else "the ranks' whole output is logged above"
+        raise LammpsStageError(f"{what} failed (exit status {returncode}); no outputs were written; {see}; its "
+                               f"last lines:\n" + "\n".join(tail))
+
+
+def rollout_lammps(model_path, truth_path, metadata_path, out_dir, settings=None, comparison=None, *,
+                   log_file=None, environ=None, python: str = sys.executable) -> dict:
+    """A bulk experiment's learned model rolled out in LAMMPS on a tiled sample; returns the status.
+
+    The sample: the truth at the rollout start (`lammps.start_frame`, default the `mpd.horizon` split's start
+    of ``comparison``, as `mpd.stage.rollout_bulk`) tiled `lammps.tiles` times along each axis
+    (`tile_sample`), its entropies the teacher's (on the truth's box, the same per particle in every tile). In
+    model units (lengths / h, velocities in h per frame, h and dt from the model's metadata) it runs
+    `lammps.frames` frames under ``mpiexec -np ranks`` (``srun`` inside a SLURM job; 1 rank: in this
+    process), keeping every `lammps.every`-th frame, with the counter-stream noise when `lammps.noise`.
+
+    Writes into ``out_dir`` (all or nothing: `mpd.atomic.atomic_output_dir`): trajectories.parquet (the truth's
+    columns plus S, in the sample's units, t continuing the truth's), trajectory.dump (`write_lammps_dump`),
+    conservation.csv (per-frame totals, model units, t in the sample's) and status.json (ranks, N, tiles,
+    seconds, momentum drift). A diverged rollout is written with its status saying so; a failed run leaves
+    no outputs and raises LammpsStageError naming `log_file`.
+    """
+    import shutil
+
+    from mpd.atomic import atomic_output_dir, atomic_write_bytes, atomic_write_json
+    from mpd.geometry.particles import load_bulk_truth
+    from mpd.training import load_model
+
+    started = time.perf_counter()
+    settings = lammps_settings(settings)
+    model, meta = load_model(model_path, dtype="float64")
+    if model.solid:
+        raise LammpsStageError(f"{model_path} is a solid model (strain bonds to a reference configuration): the "
+                               f"LAMMPS rollout supports fluid models in a fixed periodic box only")
+    h, dt = float(meta["h_um"]), float(meta["dt_s"])
+    truth = load_bulk_truth(truth_path, metadata_path, comparison)
+    dim = int(model.dim)
+    if len(truth.lengths) != dim or len(settings["tiles"]) != dim:
+        raise LammpsStageError(f"a {dim}D model needs a {dim}D truth box and {dim} tiles, got box "
+                               f"{truth.lengths.tolist()} and tiles {settings['tiles']}")
+    if settings["start_frame"] is None:
+        index = int(truth.split.start)
+    else:
+        found = np.flatnonzero(truth.frames == int(settings["start_frame"]))
+        if not len(found):
+            raise LammpsStageError(f"lammps.start_frame {settings['start_frame']} is not a frame of {truth_path} "
+                                   f"(frames {int(truth.frames[0])}..{int(truth.frames[-1])})")
+        index = int(found[0])
+    start = truth.rows(index)
+    axes = "xyz"[:dim]
+    columns = [a + "u" for a in axes] if all(a + "u" in start for a in axes) else list(axes)
+    species = start["species"].to_numpy(np.int64) if "species" in start else np.zeros(len(start), np.int64)
+    x, v = start[columns].to_numpy(np.float64) / h, start[[f"v{a}" for a in axes]].to_numpy(np.float64) * dt / h
+    lengths = truth.lengths / h
+    S0 = start["S"].to_numpy(np.float64) if "S" in start else _teacher_entropy(model, x, v, lengths, species)
+    sample = tile_sample(x, v, lengths, settings["tiles"], species=species,
+                         particle=start["particle"].to_numpy(np.int64), S=S0)
+    if 1.0 >= sample.lengths.min() / 2:  # lengths in h
+        raise LammpsStageError(f"the tiled box {(sample.lengths * h).tolist()} must be longer than 2 h = {2 * h:g} "
+                               f"along every axis: raise lammps.tiles")
+    n = len(sample.x)
+    ranks = int(settings["ranks"])
+    frame0, t0 = int(truth.frames[index]), float(start["t"].iloc[0]) if "t" in start else 0.0
+    out_dir = Path(out_dir)
+    with atomic_output_dir(out_dir) as tmp:
+        work = tmp / ".work"
+        work.mkdir()
+        state, run = work / "state.npz", work / "run.parquet"
+        np.savez(state, x=sample.x, v=sample.v, box=sample.lengths, S=sample.S, species=sample.species,
+                 particle=sample.particle)
+        args = ["--model", str(Path(model_path).resolve()), "--state", str(state), "--steps",
+                str(settings["frames"]), "--every", str(settings["every"]), "--seed", str(int(settings["seed"])),
+                "--start-frame", str(frame0), "--out", str(run)] + (["--noise"] if settings["noise"] else [])
+        if ranks == 1:
+            try:
+                _main(_parser().parse_args([*args, "--threads", str(torch.get_num_threads())]))
+            except LammpsStageError:
+                raise
+            except LammpsRolloutError as error:  # a clear error of the workflow (mpd.errors), as on several ranks
+                raise LammpsStageError(str(error)) from error
+            where = "this process"
+        else:
+            where = _launch(ranks, args, settings, log_file, environ, python)
+        if not run.with_suffix(".status.json").is_file():
+            raise LammpsStageError(f"the LAMMPS rollout on {ranks} rank(s) ({where}) ended without writing its "
+                                   f"status; see {log_file or 'the log above'}")
+        status = json.loads(run.with_suffix(".status.json").read_text())
+        frames = pd.read_parquet(run)
+        conservation = pd.read_csv(run.with_suffix(".conservation.csv"))
+        table = _physical(frames, sample.lengths * h, h, dt, t0, frame0)
+        conservation.insert(2, "t", t0 + (conservation["frame"] - frame0) * dt)
+        mass = model.mass.detach().double().numpy()[sample.species]
+        scale = float((mass[:, None] * np.abs(sample.v)).sum())
+        momentum = conservation[[f"momentum_{a}" for a in axes]].to_numpy()
+        drift = float(np.abs(momentum - momentum[0]).max()) if len(momentum) else 0.0
+        buffer = io.BytesIO()
+        table.to_parquet(buffer, index=False)
+        atomic_write_bytes(buffer.getvalue(), tmp / "trajectories.parquet")
+        write_lammps_dump(table, sample.lengths * h, tmp / "trajectory.dump")
+        atomic_write_bytes(conservation.to_csv(index=False).encode(), tmp / "conservation.csv")
+        status.update(
+            model=str(model_path), h=h, dt=dt, ranks=ranks, launcher=where, n_particles=n,
+            n_particles_sample=len(start), tiles=settings["tiles"], box=(sample.lengths * h).tolist(),
+            start_frame=frame0, seconds=time.perf_counter() - started, lammps_seconds=status.get("wall_s"),
+            momentum_drift=drift, momentum_drift_relative=drift / scale if scale > 0 else 0.0,
+            momentum_units="model units: sum m_i v_i, v in h per frame", id_stride=sample.stride,
+            settings=settings, units={"x": "the sample's length unit (the truth's)", "t": "the truth's time unit",
+                                      "S": "model entropy units"})
+        atomic_write_json(status, tmp / "status.json")
+        shutil.rmtree(work)
+    return status
+
+
+def _launch(ranks: int, args: list[str], settings: dict, log_file, environ, python) -> str:
+    """Start the ranks (`lammps_launch_command`) with one thread each; returns where they ran."""
+    from mpd.distributed import launch_environment, slurm_job
+    from mpd.lammps_env import find_libmpi
+
+    env = launch_environment(1, environ)
+    lib = find_libmpi()
+    if lib is not None:
+        env["LD_LIBRARY_PATH"] = os.pathsep.join([str(lib.parent)] + [p for p in env.get("LD_LIBRARY_PATH", "")
+                                                                      .split(os.pathsep) if p])
+    try:
+        job = slurm_job(env)
+    except RuntimeError as error:
+        raise LammpsStageError(f"cannot read the SLURM job the rollout runs in: {error}") from None
+    where = f"SLURM job {job.job_id} on {','.join(job.nodes)}" if job is not None else "this machine"
+    command = lammps_launch_command(ranks, [*args, "--threads", "1"], job=job, srun_mpi=settings.get("srun_mpi"),
+                                    python=python)
+    _run_ranks(command, env, log_file, f"the LAMMPS rollout on {ranks} MPI ranks ({where})")
+    return where
+
+
+def _physical(frames: pd.DataFrame, lengths, h: float, dt: float, t0: float, frame0: int) -> pd.DataFrame:
+    """The rollout in the truth's units and columns (as `mpd.rollout.rollout_fluid`): xu h, v h / dt, x wrapped."""
+    table = frames.copy()
+    axes = [a for a in "xyz" if a in table]
+    table["t"] = t0 + (table["frame"].to_numpy(np.int64) - frame0) * dt
+    for a in axes:
+        table[a + "u"] = table[a + "u"].to_numpy() * h
+        table["v" + a] = table["v" + a].to_numpy() * h / dt
+    wrapped = OrthoBox(tuple(np.ravel(lengths))).wrap(table[[a + "u" for a in axes]].to_numpy())
+    for k, a in enumerate(axes):
+        table[a] = wrapped[:, k]
+    return table
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from lammps_support import mpi_command, mpi_run
 from test_model_support import random_model
 
-from mpd.lammps_env import LammpsUnavailableError, import_lammps, mpi_env, mpiexec_path
+from mpd.lammps_env import LammpsUnavailableError, import_lammps
 from mpd.rollout import periodic_fluid_rollout
 from mpd.training import MODEL_FORMAT, save_model
 
@@ -161,34 +160,6 @@ def test_the_command_line_reports_a_missing_or_foreign_model_file_clearly(tmp_pa
     err = capsys.readouterr().err
     assert "version -1" in err and "train it again" in err
     assert not out.exists()
-
-
-def mpi_command(ranks: int, *args: str) -> list[str]:
-    return [str(mpiexec_path()), "-np", str(ranks), sys.executable, *args]
-
-
-def mpi_run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    env = mpi_env()
-    env["PYTHONPATH"] = str(REPO) + ((":" + env["PYTHONPATH"]) if env.get("PYTHONPATH") else "")
-    return subprocess.run(argv, check=False, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
-
-
-@pytest.fixture(scope="module")
-def two_ranks_start(tmp_path_factory):
-    """Skip unless mpiexec starts two ranks that see one LAMMPS world of size 2."""
-    try:
-        mpiexec_path()
-    except LammpsUnavailableError as exc:
-        pytest.skip(str(exc))
-    root = tmp_path_factory.mktemp("probe")
-    probe = ("import sys; from mpd.lammps_env import open_lammps; lmp = open_lammps(); "
-             "rank, size = lmp.extract_setting('world_rank'), lmp.extract_setting('world_size'); "
-             "open(sys.argv[1] + f'/rank{rank}', 'w').write(str(size)); lmp.close()")
-    proc = mpi_run(mpi_command(2, "-c", probe, str(root)), root)
-    sizes = [(root / f"rank{r}").read_text() if (root / f"rank{r}").exists() else None for r in (0, 1)]
-    if proc.returncode != 0 or sizes != ["2", "2"]:
-        pytest.skip(f"MPI cannot start two LAMMPS ranks here (rc {proc.returncode}, world sizes seen {sizes}): "
-                    f"{proc.stderr[-500:]}")
 
 
 @pytest.mark.parametrize(("dim", "noise"), [(2, False), (3, False), (2, True)])
