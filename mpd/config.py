@@ -102,6 +102,10 @@ def validate_config(config: Mapping[str, Any], *, check_paths: bool = True, work
         for name, experiment in config["experiments"].items():
             if "video" in experiment:
                 video_input_files(experiment["video"]["path"], workdir, key=f"experiments.{name}.video.path")
+            data_file = (experiment.get("lammps") or {}).get("data_file")
+            if data_file and not (Path(workdir or ".") / data_file).is_file():
+                raise ConfigError(f"experiments.{name}.lammps.data_file: {data_file} does not exist (relative paths "
+                                  "are from the working directory): give the path of a LAMMPS data file")
     return dict(config)
 
 

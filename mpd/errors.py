@@ -46,6 +46,7 @@ CLEAR_ERRORS = frozenset({
     "twin.params.ParameterError",
     "mpd.lammps_env.LammpsUnavailableError",
     "mpd.lammps_rollout.LammpsRolloutError",  # with LammpsStageError, a subclass
+    "mpd.lammps_data.LammpsDataError",
     "twin.star_polymer.StarPolymerError",
     "mpd.horizon.HorizonError",
     "mpd.geometry.particles.ParticleDataError",

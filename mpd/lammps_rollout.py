@@ -623,7 +623,7 @@ def _main(args) -> int:
 
 #: Defaults of an experiment's ``lammps:`` section (docs/lammps.md); None: see `rollout_lammps`.
 LAMMPS_DEFAULTS = {"tiles": [2, 2, 2], "frames": 100, "ranks": 2, "noise": True, "seed": 0, "every": 1,
-                   "start_frame": None, "srun_mpi": "pmi2"}
+                   "start_frame": None, "srun_mpi": "pmi2", "data_file": None}
 #: The files of a stage run, in its output folder (`rollout_lammps`).
 STAGE_FILES = ("trajectories.parquet", "trajectory.dump", "conservation.csv", "status.json")
 #: Lines of the ranks' output quoted by the error of a failed run.
@@ -830,9 +830,21 @@ def rollout_lammps(model_path, truth_path, metadata_path, out_dir, settings=None
     species = start["species"].to_numpy(np.int64) if "species" in start else np.zeros(len(start), np.int64)
     x, v = start[columns].to_numpy(np.float64) / h, start[[f"v{a}" for a in axes]].to_numpy(np.float64) * dt / h
     lengths = truth.lengths / h
-    S0 = start["S"].to_numpy(np.float64) if "S" in start else _teacher_entropy(model, x, v, lengths, species)
-    sample = tile_sample(x, v, lengths, settings["tiles"], species=species,
-                         particle=start["particle"].to_numpy(np.int64), S=S0)
+    particle = start["particle"].to_numpy(np.int64)
+    if settings["data_file"]:
+        # a user's sample instead of the truth's, in the truth's units (`mpd.lammps_data`)
+        from mpd.lammps_data import read_lammps_data
+
+        data = read_lammps_data(settings["data_file"], dim)
+        if data.species.min() < 0 or data.species.max() >= model.n_species:
+            raise LammpsStageError(f"{settings['data_file']}: atom types must be 1 .. {model.n_species} (the "
+                                   f"model's species + 1), got {data.species.min() + 1} .. {data.species.max() + 1}")
+        x, v, lengths = data.x / h, data.v * dt / h, data.box_lengths / h
+        species, particle = data.species, data.particle
+        S0 = _teacher_entropy(model, x, v, lengths, species)
+    else:
+        S0 = start["S"].to_numpy(np.float64) if "S" in start else _teacher_entropy(model, x, v, lengths, species)
+    sample = tile_sample(x, v, lengths, settings["tiles"], species=species, particle=particle, S=S0)
     if 1.0 >= sample.lengths.min() / 2:  # lengths in h
         raise LammpsStageError(f"the tiled box {(sample.lengths * h).tolist()} must be longer than 2 h = {2 * h:g} "
                                f"along every axis: raise lammps.tiles")

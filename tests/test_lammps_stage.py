@@ -342,3 +342,51 @@ def test_the_rule_writes_the_outputs_through_snakemake_in_its_emulated_env(two_r
     assert (tmp_path / "results" / "stars" / "lammps" / "trajectory.dump").stat().st_size > 0
     record = (tmp_path / "emulated-conda-envs.txt").read_text()
     assert "rollout_lammps" in record
+
+
+# --- a user's LAMMPS data file as the sample ------------------------------------------------------------------
+
+
+def write_data_file(path: Path, x, v, species, lengths) -> Path:
+    """A LAMMPS data file (atom_style atomic) of this sample, its box's lower corner off the origin."""
+    lo = np.array([-1.0, 0.5, 2.0])
+    lines = ["LAMMPS data file of a test sample", "", f"{len(x)} atoms", f"{int(species.max()) + 1} atom types", ""]
+    lines += [f"{lo[k]} {lo[k] + lengths[k]} {a}lo {a}hi" for k, a in enumerate("xyz")]
+    lines += ["", "Masses", ""] + [f"{t + 1} 1.0" for t in range(int(species.max()) + 1)]
+    lines += ["", "Atoms # atomic", ""]
+    lines += [f"{i + 1} {species[i] + 1} {' '.join(str(c) for c in x[i] + lo)}" for i in range(len(x))]
+    lines += ["", "Velocities", ""] + [f"{i + 1} {' '.join(str(c) for c in v[i])}" for i in range(len(x))]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_users_data_file_is_the_sample_instead_of_the_truth(tmp_path):
+    truth, metadata = write_truth(tmp_path)
+    model = write_model(tmp_path)
+    rng = np.random.default_rng(9)
+    lengths = np.array([2.2, 2.0, 2.4])  # another box than the truth's, in the truth's units
+    x, v = rng.uniform(0, 1, (30, 3)) * lengths, 0.2 * rng.normal(size=(30, 3))
+    species = rng.integers(0, 2, 30)
+    data = write_data_file(tmp_path / "sample.data", x, v, species, lengths)
+    settings = {**SETTINGS, "ranks": 1, "tiles": [1, 1, 1], "data_file": str(data)}
+    status = rollout_lammps(model, truth, metadata, tmp_path / "lammps", settings, COMPARISON)
+    assert status["n_particles"] == 30
+    table = pd.read_parquet(tmp_path / "lammps" / "trajectories.parquet")
+    first = table[table["frame"] == table["frame"].min()].sort_values("particle")
+    np.testing.assert_array_equal(first["particle"], np.arange(30))  # atom id - 1
+    np.testing.assert_array_equal(first["species"], species)
+    np.testing.assert_allclose(first[["x", "y", "z"]].to_numpy(), x, atol=1e-9)  # relative to the box corner
+    np.testing.assert_allclose(first[["vx", "vy", "vz"]].to_numpy(), v, atol=1e-9)
+    # a type the model does not know stops with the file named
+    write_data_file(tmp_path / "bad.data", x, v, species + 2, lengths)
+    with pytest.raises(LammpsStageError, match="bad.data: atom types must be 1 .. 2"):
+        rollout_lammps(model, truth, metadata, tmp_path / "bad", {**settings, "data_file": str(tmp_path / "bad.data")},
+                       COMPARISON)
+
+
+def test_a_missing_data_file_is_a_config_error(tmp_path):
+    from mpd.config import ConfigError, validate_config
+
+    stars = {**TINY_STARS, "lammps": {**TINY_STARS["lammps"], "data_file": "nowhere.data"}}
+    with pytest.raises(ConfigError, match=r"experiments.stars.lammps.data_file: nowhere.data does not exist"):
+        validate_config({"experiments": {"stars": stars}}, workdir=tmp_path)

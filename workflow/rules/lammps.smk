@@ -19,6 +19,8 @@ rule rollout_lammps:
         model="results/{experiment}/model/model.pt",
         trajectories="results/{experiment}/truth/trajectories.parquet",
         metadata="results/{experiment}/truth/metadata.json",
+        # a user's LAMMPS data file as the sample (lammps.data_file): an input, so that editing it reruns the rule
+        data=lambda wildcards: lammps_settings_of(wildcards.experiment)["data_file"] or [],
     output:
         trajectories="results/{experiment}/lammps/trajectories.parquet",
         dump="results/{experiment}/lammps/trajectory.dump",
