@@ -9,6 +9,7 @@ installed, or when not root.
 """
 import importlib.util
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -100,6 +101,9 @@ def slurm_cluster(tmp_path_factory):
         "ReturnToService=2",
         # squeue must still see finished jobs when the plugin asks (>= 3 x init interval)
         "MinJobAge=300",
+        # job ids of their own: MPI (PMI2, UCX shared memory) keys its start-up by job and step id, so two test
+        # clusters on one host (two test sessions at once) that both run job 1 would cross-talk
+        f"FirstJobId={random.randrange(1_000, 50_000_000)}",
         f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN",
         f"PartitionName=main Nodes={host} Default=YES MaxTime=INFINITE State=UP",
         "",
