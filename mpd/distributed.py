@@ -346,6 +346,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def srun_prefix(job: SlurmJob, tasks: int, cpus_per_task: int) -> list[str]:
+    """``srun`` starting `tasks` tasks of `cpus_per_task` CPUs over the job's nodes (at most one node per task);
+    any task that fails ends them all, and each output line carries its task number."""
+    return ["srun", f"--ntasks={int(tasks)}", f"--nodes={min(len(job.nodes), int(tasks))}",
+            f"--cpus-per-task={int(cpus_per_task)}", "--kill-on-bad-exit=1", "--label"]
+
+
 def launch_command(dataset_dir, out_dir, config_path, tasks: int, threads_per_task: int, *,
                    job: SlurmJob | None = None, port: int | None = None, device: str | None = None,
                    resume: bool = True, python: str = sys.executable) -> list[str]:
@@ -369,8 +376,7 @@ def launch_command(dataset_dir, out_dir, config_path, tasks: int, threads_per_ta
         return torchrun + ["--standalone", "--nnodes=1", f"--nproc-per-node={tasks}", "--max-restarts=0"] + worker
     if port is None:
         raise ValueError("launch_command: a SLURM launch needs the rendezvous port")
-    srun = ["srun", f"--ntasks={tasks}", f"--nodes={min(len(job.nodes), tasks)}",
-            f"--cpus-per-task={threads_per_task}", "--kill-on-bad-exit=1", "--label"]
+    srun = srun_prefix(job, tasks, threads_per_task)
     if job.gpus and str(device) != "cpu":
         srun.append("--gpus-per-task=1")
     return srun + torchrun + [

@@ -21,7 +21,7 @@ import importlib.metadata
 import os
 import shutil
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -163,9 +163,9 @@ def mpiexec_path() -> Path:
     return Path(found)
 
 
-def mpi_env() -> dict[str, str]:
-    """A copy of os.environ whose LD_LIBRARY_PATH includes the directory of libmpi.so.12."""
-    env = dict(os.environ)
+def mpi_env(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of `base` (default os.environ) whose LD_LIBRARY_PATH includes the directory of libmpi.so.12."""
+    env = dict(os.environ if base is None else base)
     lib = find_libmpi()
     if lib is not None:
         old = env.get("LD_LIBRARY_PATH", "")

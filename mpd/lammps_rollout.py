@@ -402,13 +402,8 @@ def lammps_box_rollout(
     if n and (labels.min() < 0 or labels.max() >= model.n_species):
         raise LammpsRolloutError(f"species labels must lie in 0 .. {model.n_species - 1} (the model's n_species)")
     ids = np.arange(n, dtype=np.int64) if particle is None else np.asarray(particle, np.int64).reshape(n)
-    dtype = _model_dtype(model)
     if S0 is None:
-        from mpd.pairs import snapshot_pairs
-
-        pairs0 = snapshot_pairs(x0, float(model.h), box, dtype=dtype, species=labels, n_species=model.n_species)
-        with torch.no_grad():
-            S0 = model.teacher_entropy(torch.as_tensor(x0, dtype=dtype), torch.as_tensor(v0, dtype=dtype), pairs0)
+        S0 = _teacher_entropy(model, x0, v0, box.lengths, labels)
     S0 = np.asarray(S0.detach().double().cpu().numpy() if isinstance(S0, torch.Tensor) else S0,
                     np.float64).reshape(n)
     if not np.isfinite(S0).all():
@@ -752,13 +747,13 @@ def lammps_launch_command(ranks: int, args: list[str], *, job=None, threads_per_
     SLURM job (`mpd.distributed.slurm_job`) ``srun`` with `ranks` tasks of `threads_per_rank` CPUs each
     (``--mpi=srun_mpi`` unless empty; any failing rank ends them all), as train_model's launcher does.
     """
+    from mpd.distributed import srun_prefix
     from mpd.lammps_env import mpiexec_path
 
     worker = [python, "-m", "mpd.lammps_rollout", *args]
     if job is None:
         return [str(mpiexec_path()), "-np", str(int(ranks)), *worker]
-    srun = ["srun", f"--ntasks={int(ranks)}", f"--nodes={min(len(job.nodes), int(ranks))}",
-            f"--cpus-per-task={int(threads_per_rank)}", "--kill-on-bad-exit=1", "--label"]
+    srun = srun_prefix(job, ranks, threads_per_rank)
     if srun_mpi:
         srun.append(f"--mpi={srun_mpi}")
     return srun + worker
@@ -904,13 +899,9 @@ def rollout_lammps(model_path, truth_path, metadata_path, out_dir, settings=None
 def _launch(ranks: int, args: list[str], settings: dict, log_file, environ, python) -> str:
     """Start the ranks (`lammps_launch_command`) with one thread each; returns where they ran."""
     from mpd.distributed import launch_environment, slurm_job
-    from mpd.lammps_env import find_libmpi
+    from mpd.lammps_env import mpi_env
 
-    env = launch_environment(1, environ)
-    lib = find_libmpi()
-    if lib is not None:
-        env["LD_LIBRARY_PATH"] = os.pathsep.join([str(lib.parent)] + [p for p in env.get("LD_LIBRARY_PATH", "")
-                                                                      .split(os.pathsep) if p])
+    env = mpi_env(launch_environment(1, environ))
     try:
         job = slurm_job(env)
     except RuntimeError as error:
@@ -924,16 +915,11 @@ def _launch(ranks: int, args: list[str], settings: dict, log_file, environ, pyth
 
 def _physical(frames: pd.DataFrame, lengths, h: float, dt: float, t0: float, frame0: int) -> pd.DataFrame:
     """The rollout in the truth's units and columns (as `mpd.rollout.rollout_fluid`): xu h, v h / dt, x wrapped."""
+    from mpd.rollout import to_physical_units
+
     table = frames.copy()
-    axes = [a for a in "xyz" if a in table]
     table["t"] = t0 + (table["frame"].to_numpy(np.int64) - frame0) * dt
-    for a in axes:
-        table[a + "u"] = table[a + "u"].to_numpy() * h
-        table["v" + a] = table["v" + a].to_numpy() * h / dt
-    wrapped = OrthoBox(tuple(np.ravel(lengths))).wrap(table[[a + "u" for a in axes]].to_numpy())
-    for k, a in enumerate(axes):
-        table[a] = wrapped[:, k]
-    return table
+    return to_physical_units(table, lengths, h, dt)
 
 
 if __name__ == "__main__":

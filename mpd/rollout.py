@@ -936,6 +936,20 @@ def periodic_fluid_rollout(
     return FluidRollout(pd.concat(records, ignore_index=True)[columns], pd.DataFrame(rows)[conservation], status)
 
 
+def to_physical_units(table: pd.DataFrame, lengths, h: float, dt: float) -> pd.DataFrame:
+    """A periodic rollout's table in physical units, in place: xu (h) times h, v (h per frame) times h / dt, and
+    x wrapped from the physical xu into the box of `lengths` (physical), exactly as the simulation's tables have
+    it. t is the caller's."""
+    axes = [a for a in "xyz" if a + "u" in table]
+    for axis in axes:
+        table[axis + "u"] = table[axis + "u"].to_numpy() * h
+        table["v" + axis] = table["v" + axis].to_numpy() * h / dt
+    wrapped = OrthoBox(tuple(np.ravel(lengths))).wrap(table[[a + "u" for a in axes]].to_numpy())
+    for k, axis in enumerate(axes):
+        table[axis] = wrapped[:, k]
+    return table
+
+
 def rollout_fluid(
     model_path,
     x0,
@@ -978,12 +992,7 @@ def rollout_fluid(
                                     dtype=resolve_dtype(dtype), device=device, noise_stream=noise_stream)
     table = result.frames
     table["t"] = t0 + table["t"].to_numpy() * dt_s
-    for axis in "xyz":
-        table[axis + "u"] = table[axis + "u"].to_numpy() * h
-        table["v" + axis] = table["v" + axis].to_numpy() * h / dt_s
-    # wrap in physical units: x == xu mod L exactly as the simulation's tables have it
-    wrapped = OrthoBox(tuple(lengths)).wrap(table[["xu", "yu", "zu"]].to_numpy())
-    table["x"], table["y"], table["z"] = wrapped[:, 0], wrapped[:, 1], wrapped[:, 2]
+    to_physical_units(table, lengths, h, dt_s)
     result.status.update(h=h, dt=dt_s, model=str(model_path), **dict(status_extra or {}))
     if out is not None:
         out = Path(out)
