@@ -67,7 +67,7 @@ import pandas as pd
 import torch
 from scipy.spatial import cKDTree
 
-from mpd.geometry.domain import OrthoBox
+from mpd.geometry.domain import Box, OrthoBox
 from mpd.lammps_env import LammpsUnavailableError, open_lammps
 from mpd.model import MetriplecticModel, PairTensors, State, euler_maruyama_step
 from mpd.model.geometry import pair_kinds
@@ -76,6 +76,9 @@ from mpd.model.geometry import pair_kinds
 COLUMNS = ["frame", "t", "particle", "species", "x", "y", "z", "xu", "yu", "zu", "vx", "vy", "vz", "S"]
 #: The per-atom property that holds the entropy (``fix property/atom``).
 ENTROPY = "d_entropy"
+#: The per-atom properties that hold a sheared cell's atoms' continuous (unwrapped) x and y: the y gives a pair's
+#: image across the tilted edge; both the trajectory, whatever LAMMPS's cell flips did to the image flags.
+UNWRAPPED_X, UNWRAPPED_Y = "d_xu", "d_yu"
 #: Extra reach of the ghost shell beyond 2h, in units of h (round-off in the sub-domain bounds).
 GHOST_MARGIN = 0.05
 #: The default ghost shell of a solid model, in units of h: 2h plus room for strain bonds stretched by up to 25 %.
@@ -138,7 +141,7 @@ class ReferenceBonds:
     lengths: np.ndarray   # (D,)
 
     @classmethod
-    def build(cls, x_ref: np.ndarray, h: float, box: OrthoBox) -> ReferenceBonds:
+    def build(cls, x_ref: np.ndarray, h: float, box: OrthoBox | Box) -> ReferenceBonds:
         from mpd.pairs import reference_bonds
 
         n = len(x_ref)
@@ -147,7 +150,8 @@ class ReferenceBonds:
         r = np.concatenate([r, -r]).reshape(len(a), box.dim)
         order = np.lexsort((p, a))
         a, p, r = a[order], p[order], r[order]
-        return cls(np.searchsorted(a, np.arange(n + 1)), p, r, np.asarray(box.lengths, np.float64))
+        lengths = box.lengths if isinstance(box, OrthoBox) else (box.lx, box.ly)
+        return cls(np.searchsorted(a, np.arange(n + 1)), p, r, np.asarray(lengths, np.float64))
 
 
 class ModelStep:
@@ -159,7 +163,7 @@ class ModelStep:
 
     def __init__(self, lmp, model: MetriplecticModel, dt: float, done: int, noise: bool = False,
                  ids: np.ndarray | None = None, seed: int = 0, bonds: ReferenceBonds | None = None,
-                 ghost_cutoff: float | None = None):
+                 ghost_cutoff: float | None = None, sheared: bool = False):
         self.lmp = lmp
         self.model = model
         self.dim = int(model.dim)
@@ -178,6 +182,12 @@ class ModelStep:
         self.bonds = bonds  # a solid model's reference bonds (None: a fluid model)
         self.ghost_cutoff = ghost_cutoff  # the ghost shell, for the error of a bond that reaches beyond it
         self.n_bonds = 0
+        # A deforming (sheared) cell: atoms carry their unwrapped y (YU) and their continuous velocity; `tilt_rate`
+        # is d(xy)/dt of the current frame (set by the caller before each frame's run).
+        self.sheared = bool(sheared)
+        self.tilt_rate = 0.0      # the cell's d(xy)/dt over the current frame
+        self.previous_rate = 0.0  # over the frame before: the velocities at a frame are those of the step before it
+        self.substeps = 1
 
     def __call__(self, caller, ntimestep, nlocal, tag, x, f) -> None:
         if ntimestep <= self.done or self.error is not None:
@@ -213,8 +223,19 @@ class ModelStep:
         b[row[nearest]] = candidate[nearest]
         separation = np.full((len(a), x.shape[1]), np.inf)
         separation[row[nearest]] = d[nearest]
-        ok = (b >= 0) & (np.abs(separation) <= 0.5 * bonds.lengths * (1 + 1e-12)).all(1)
+        # the nearest copy found is the partner's minimum image where it lies within half a cell (reduced
+        # coordinates: the current cell may be sheared)
+        reduced = separation @ np.linalg.inv(self.cell_basis())
+        ok = (b >= 0) & (np.abs(reduced) <= 0.5 * (1 + 1e-12)).all(1)
         return a, b, r_ref, ok, partner
+
+    def cell_basis(self) -> np.ndarray:
+        """Rows: the current periodic cell's edge vectors (LAMMPS's box; a tilt xy in 2D)."""
+        lo, hi, xy, *_ = self.lmp.extract_box()
+        basis = np.diag(np.subtract(hi, lo)[:self.dim])
+        if self.dim == 2:
+            basis[1, 0] = xy
+        return basis
 
     def _missing_bond(self, tag0: np.ndarray, a: np.ndarray, partner: np.ndarray, ok: np.ndarray) -> None:
         if ok.all():
@@ -249,9 +270,12 @@ class ModelStep:
         _, unique = np.unique(bi * len(x) + bj, return_index=True)  # a bond of two inner atoms came twice
         return bi[unique], bj[unique], r_ref[unique]
 
-    def pairs(self, x: np.ndarray, nlocal: int, species: np.ndarray, tags: np.ndarray | None = None) -> PairTensors:
+    def pairs(self, x: np.ndarray, nlocal: int, species: np.ndarray, tags: np.ndarray | None = None,
+              yu: np.ndarray | None = None) -> PairTensors:
         """The model's pairs (i < j, |r_ij| < h) among local and ghost atoms that can reach a local atom, and a
-        solid model's strain bonds (`solid_bonds`; tags: the atoms' ids)."""
+        solid model's strain bonds (`solid_bonds`; tags: the atoms' ids). In a sheared cell (yu: the atoms'
+        unwrapped y) a pair whose copies are m cells apart in y, relative to the particles' continuous
+        trajectories, moves apart at m (d(xy)/dt, 0): its shift_rate (Lees-Edwards, as `mpd.rollout.rollout`)."""
         tree = cKDTree(x)
         found = tree.query_pairs(self.h * (1 + 1e-9), output_type="ndarray")  # then < h exactly, as VerletList
         i, j = (found[:, 0], found[:, 1]) if len(found) else (np.zeros(0, np.int64), np.zeros(0, np.int64))
@@ -281,8 +305,17 @@ class ModelStep:
             bond_i, bond_j = torch.as_tensor(bonds[0], dtype=torch.int64), torch.as_tensor(bonds[1], dtype=torch.int64)
             bond_r_ref = torch.as_tensor(bonds[2], dtype=self.dtype)
         self.n_bonds = len(bond_i)
+        shift_rate = torch.zeros_like(shift)
+        if self.sheared and len(i):
+            # as mpd.rollout.rollout: a frame's first (sub)step sees the rate over the step in which the current
+            # velocities were taken (the frame before), its later substeps the frame's own
+            first_substep = (self.done - self.first - 1) % self.substeps == 0
+            rate = self.previous_rate if first_substep else self.tilt_rate
+            ly = self.cell_basis()[1, 1]
+            image = np.rint(((x[i, 1] - x[j, 1]) - (yu[i] - yu[j])) / ly)
+            shift_rate[:, 0] = torch.as_tensor(image * rate, dtype=self.dtype)
         return PairTensors(i_t, j_t, shift, bond_i, bond_j, torch.zeros_like(bond_r_ref), bond_r_ref,
-                           torch.zeros_like(shift), kind, torch.as_tensor(species, dtype=torch.int64))
+                           shift_rate, kind, torch.as_tensor(species, dtype=torch.int64))
 
     def advance(self, nlocal: int) -> None:
         if nlocal == 0:
@@ -295,7 +328,8 @@ class ModelStep:
         species = lmp.numpy.extract_atom("type", nelem=nall).astype(np.int64) - 1
         x = np.array(X[:, :self.dim], dtype=np.float64)  # a copy: LAMMPS's array is written below
         tags = lmp.numpy.extract_atom("id", nelem=nall).astype(np.int64)
-        pairs = self.pairs(x, nlocal, species, tags)
+        YU = lmp.numpy.extract_atom(UNWRAPPED_Y, nelem=nall) if self.sheared else None
+        pairs = self.pairs(x, nlocal, species, tags, None if YU is None else np.array(YU, dtype=np.float64))
         self.n_pairs = len(pairs.i)
         state = State(torch.as_tensor(x, dtype=self.dtype), torch.as_tensor(V[:, :self.dim].copy(), dtype=self.dtype),
                       torch.as_tensor(S.copy(), dtype=self.dtype))
@@ -306,8 +340,23 @@ class ModelStep:
             from mpd.model.streams import CounterNoise
 
             stream = CounterNoise(self.seed, self.done - self.first - 1, torch.as_tensor(self.ids[tags - 1]))
-        new = euler_maruyama_step(self.model, state, pairs, self.dt, local, stream, self.noise)
-        X[:nlocal, :self.dim] = new.x[:nlocal].double().numpy()
+        flow = None
+        if self.sheared and self.model.has_bath:  # the solvent moves with the cell: u = (d(xy)/dt y / ly, 0)
+            flow = torch.zeros((nall, self.dim), dtype=self.dtype)
+            flow[:, 0] = torch.as_tensor(np.asarray(YU) * (self.tilt_rate / self.cell_basis()[1, 1]), dtype=self.dtype)
+        new = euler_maruyama_step(self.model, state, pairs, self.dt, local, stream, self.noise, flow)
+        x_new = new.x[:nlocal].double().numpy()
+        if self.sheared:
+            # The particle moves by v dt; its copy in the cell is m cells up from it (m = its y-image), and the
+            # cell's edge b = (xy, ly) moves by d(xy)/dt dt over the step: the copy moves that much less times m.
+            # fix deform (remap none) changes the box after this callback; LAMMPS wraps at the next step.
+            displacement = x_new - x[:nlocal]
+            image = np.rint((np.asarray(YU[:nlocal]) - x[:nlocal, 1]) / self.cell_basis()[1, 1])
+            XU = lmp.numpy.extract_atom(UNWRAPPED_X, nelem=nlocal)
+            XU[:] = np.asarray(XU) + displacement[:, 0]
+            YU[:nlocal] = np.asarray(YU[:nlocal]) + displacement[:, 1]
+            x_new[:, 0] -= image * self.tilt_rate * self.dt
+        X[:nlocal, :self.dim] = x_new
         V[:nlocal, :self.dim] = new.v[:nlocal].double().numpy()
         S[:nlocal] = new.S[:nlocal].double().numpy()
 
@@ -366,8 +415,10 @@ def lammps_box_rollout(
     cmdargs=None,
     x_ref=None,
     ghost_cutoff: float | None = None,
+    tilt=None,
+    tilt_rate_before: float | None = None,
 ) -> LammpsRollout:
-    """Integrate every particle of a closed orthorhombic periodic box in LAMMPS, in model units (fluid or solid).
+    """Integrate every particle of a closed periodic box in LAMMPS, in model units (fluid or solid).
 
     The arguments of `mpd.rollout.periodic_fluid_rollout`: x0 (N, D) positions / h (anywhere: they are
     wrapped into [0, L) with image flags, so xu continues x0), v0 (N, D) in h per frame, box_lengths (D,)
@@ -383,9 +434,29 @@ def lammps_box_rollout(
     with every frame's reference the start). ghost_cutoff: the ghost shell in h (at least 2 + GHOST_MARGIN;
     default that for a fluid model, SOLID_GHOST_CUTOFF for a solid one); a bond whose partner has moved beyond it
     stops the rollout with LammpsRolloutError.
+
+    tilt (n_frames + 1,): a deforming 2D cell (Lees-Edwards): box_lengths (lx, ly) and the tilt xy (/ h) of the
+    cell a = (lx, 0), b = (xy, ly) at every frame (the twin's sheared box, `mpd.geometry.domain.Box`), linear in
+    between, as `mpd.rollout.rollout` interpolates observed boxes. LAMMPS deforms its box frame by frame
+    (``fix deform xy delta ... remap none``, flipping it when the tilt passes half an edge); every atom keeps
+    its continuous (unwrapped) velocity, and a pair across the tilted edge moves apart at the cell's rate
+    (m d(xy)/dt, 0), so the rollout is that of `mpd.rollout.rollout` on a closed box: x0 unwrapped positions,
+    xu the continuous trajectories. As there, the velocities of a frame are those of the step before it: a
+    frame's first substep sees the pairs move apart at the previous frame's rate, `tilt_rate_before` (d(xy)/dt
+    over the frame before the start; default the first frame's) for the first, as do the default initial
+    entropies. A solid model's reference bonds lie in the first frame's cell.
     """
     dim = int(model.dim)
-    box = OrthoBox(tuple(np.ravel(np.asarray(box_lengths, np.float64))))
+    lengths_in = np.ravel(np.asarray(box_lengths, np.float64))
+    if tilt is not None:
+        tilt = np.ravel(np.asarray(tilt, np.float64))
+        if dim != 2 or len(lengths_in) != 2:
+            raise LammpsRolloutError(f"a sheared cell (tilt) is two-dimensional: it needs a 2D model and 2 box "
+                                     f"lengths, got a {dim}D model and {len(lengths_in)} lengths")
+        if len(tilt) != int(n_frames) + 1 or not np.isfinite(tilt).all():
+            raise LammpsRolloutError(f"tilt must give the cell's finite xy at each of the n_frames + 1 = "
+                                     f"{int(n_frames) + 1} frames, got {len(tilt)} values")
+    box = OrthoBox(tuple(lengths_in))
     x0 = np.asarray(x0, np.float64)
     v0 = np.asarray(v0, np.float64)
     n = len(x0)
@@ -402,8 +473,13 @@ def lammps_box_rollout(
     if n and (labels.min() < 0 or labels.max() >= model.n_species):
         raise LammpsRolloutError(f"species labels must lie in 0 .. {model.n_species - 1} (the model's n_species)")
     ids = np.arange(n, dtype=np.int64) if particle is None else np.asarray(particle, np.int64).reshape(n)
+    cell = box if tilt is None else Box(float(lengths_in[0]), float(lengths_in[1]), float(tilt[0]))
+    start_rate = 0.0
+    if tilt is not None:
+        start_rate = float(tilt[1] - tilt[0]) if tilt_rate_before is None and len(tilt) > 1 else \
+            float(tilt_rate_before or 0.0)
     if S0 is None:
-        S0 = _teacher_entropy(model, x0, v0, box.lengths, labels)
+        S0 = _teacher_entropy(model, x0, v0, cell, labels, start_rate)
     S0 = np.asarray(S0.detach().double().cpu().numpy() if isinstance(S0, torch.Tensor) else S0,
                     np.float64).reshape(n)
     if not np.isfinite(S0).all():
@@ -413,7 +489,7 @@ def lammps_box_rollout(
         x_ref = x0 if x_ref is None else np.asarray(x_ref, np.float64)
         if x_ref.shape != (n, dim) or not np.isfinite(x_ref).all():
             raise LammpsRolloutError(f"x_ref must be finite, of shape ({n}, {dim}) as x0, got {x_ref.shape}")
-        bonds = ReferenceBonds.build(box.wrap(x_ref), float(model.h), box)
+        bonds = ReferenceBonds.build(cell.wrap(x_ref), float(model.h), cell)
     minimum = 2.0 + GHOST_MARGIN
     ghost = float(ghost_cutoff) if ghost_cutoff is not None else (SOLID_GHOST_CUTOFF if model.solid else minimum)
     if not ghost >= minimum:
@@ -425,28 +501,35 @@ def lammps_box_rollout(
     lmp = open_lammps(cmdargs)
     try:
         return _run(lmp, model, box, x0, v0, S0, labels, ids, n_frames, substeps, every, start_frame, dt,
-                    bool(noise), int(seed), bonds, ghost)
+                    bool(noise), int(seed), bonds, ghost, tilt, start_rate)
     finally:
         lmp.close()
 
 
 def _run(lmp, model, box, x0, v0, S0, labels, ids, n_frames, substeps, every, start_frame, dt, noise,
-         seed, bonds=None, ghost=2.0 + GHOST_MARGIN) -> LammpsRollout:
+         seed, bonds=None, ghost=2.0 + GHOST_MARGIN, tilt=None, tilt_rate_before=0.0) -> LammpsRollout:
     dim, n = int(model.dim), len(x0)
     lengths = np.asarray(box.lengths)
     upper = [float(L) for L in lengths] + ([] if dim == 3 else [0.5])
     lower = [0.0] * dim + ([] if dim == 3 else [-0.5])
     cutoff = float(ghost) * float(model.h)
+    sheared = tilt is not None
+    # A sheared cell starts at its reduced tilt (|xy| <= lx / 2: the same lattice, LAMMPS's limit)
+    cell0 = Box(float(lengths[0]), float(lengths[1]), float(tilt[0])).reduced_tilt if sheared else 0.0
+    region = (f"region box prism {lower[0]!r} {upper[0]!r} {lower[1]!r} {upper[1]!r} -0.5 0.5 {cell0!r} 0.0 0.0"
+              if sheared else
+              f"region box block {lower[0]!r} {upper[0]!r} {lower[1]!r} {upper[1]!r} {lower[2]!r} {upper[2]!r}")
+    properties = f"{ENTROPY} {UNWRAPPED_X} {UNWRAPPED_Y}" if sheared else ENTROPY
     lmp.commands_string(f"""
         units lj
         dimension {dim}
         atom_style atomic
         atom_modify map array sort 0 0.0
         boundary p p p
-        region box block {lower[0]!r} {upper[0]!r} {lower[1]!r} {upper[1]!r} {lower[2]!r} {upper[2]!r}
+        {region}
         create_box {model.n_species} box
         mass * 1.0
-        fix entropy all property/atom {ENTROPY} ghost yes
+        fix entropy all property/atom {properties} ghost yes
         comm_modify cutoff {cutoff!r} vel yes
         neigh_modify every 1 delay 0 check no
         timestep {dt!r}
@@ -454,9 +537,16 @@ def _run(lmp, model, box, x0, v0, S0, labels, ids, n_frames, substeps, every, st
     rank, size = int(lmp.extract_setting("world_rank")), int(lmp.extract_setting("world_size"))
     bits = 10 if int(lmp.extract_setting("imageint")) == 4 else 21
     images = np.zeros((n, 3), np.int64)
-    images[:, :dim] = np.floor(x0 / lengths).astype(np.int64)
     wrapped = np.zeros((n, 3))
-    wrapped[:, :dim] = x0 - images[:, :dim] * lengths
+    if sheared:  # y first: the cell's edge b = (xy, ly) carries x along
+        images[:, 1] = np.floor(x0[:, 1] / lengths[1]).astype(np.int64)
+        sheared_x = x0[:, 0] - images[:, 1] * cell0
+        images[:, 0] = np.floor(sheared_x / lengths[0]).astype(np.int64)
+        wrapped[:, 0] = sheared_x - images[:, 0] * lengths[0]
+        wrapped[:, 1] = x0[:, 1] - images[:, 1] * lengths[1]
+    else:
+        images[:, :dim] = np.floor(x0 / lengths).astype(np.int64)
+        wrapped[:, :dim] = x0 - images[:, :dim] * lengths
     wrapped[:, :dim] = np.where(wrapped[:, :dim] >= lengths, 0.0, wrapped[:, :dim])  # x0 = L (1 - eps) rounds to L
     velocities = np.zeros((n, 3))
     velocities[:, :dim] = v0
@@ -468,8 +558,15 @@ def _run(lmp, model, box, x0, v0, S0, labels, ids, n_frames, substeps, every, st
     nlocal = int(lmp.extract_global("nlocal"))
     local_tags = lmp.numpy.extract_atom("id", nelem=nlocal)
     lmp.numpy.extract_atom(ENTROPY, nelem=nlocal)[:] = S0[local_tags - 1]
+    if sheared:
+        lmp.numpy.extract_atom(UNWRAPPED_X, nelem=nlocal)[:] = x0[local_tags - 1, 0]
+        lmp.numpy.extract_atom(UNWRAPPED_Y, nelem=nlocal)[:] = x0[local_tags - 1, 1]
 
-    step = ModelStep(lmp, model, dt, int(lmp.extract_global("ntimestep")), noise, ids, seed, bonds, float(ghost))
+    step = ModelStep(lmp, model, dt, int(lmp.extract_global("ntimestep")), noise, ids, seed, bonds, float(ghost),
+                     sheared)
+    step.substeps = substeps
+    if sheared:
+        step.tilt_rate = float(tilt_rate_before)
     lmp.command("fix model all external pf/callback 1 1")
     lmp.set_fix_external_callback("model", step, None)
     mass = model.mass.detach().double().numpy()[labels]
@@ -481,14 +578,20 @@ def _run(lmp, model, box, x0, v0, S0, labels, ids, n_frames, substeps, every, st
         x = np.ctypeslib.as_array(lmp.gather_atoms("x", 1, 3)).reshape(n, 3)[:, :dim].copy()
         v = np.ctypeslib.as_array(lmp.gather_atoms("v", 1, 3)).reshape(n, 3)[:, :dim].copy()
         S = np.ctypeslib.as_array(lmp.gather_atoms(ENTROPY, 1, 1)).reshape(n).copy()
+        if sheared:  # the continuous trajectory, kept by the model step (LAMMPS's flips re-image the atoms)
+            xu = np.stack([np.ctypeslib.as_array(lmp.gather_atoms(name, 1, 1)).reshape(n)
+                           for name in (UNWRAPPED_X, UNWRAPPED_Y)], 1)
+            return x, v, S, xu
         image = _unpack_images(np.ctypeslib.as_array(lmp.gather_atoms("image", 0, 1)).reshape(n), bits)
-        return x, v, S, image[:, :dim]
+        return x, v, S, x + image[:, :dim] * lengths
 
-    def record(frame_step: int, x, v, S, image) -> None:
-        xu = x + image * lengths
+    def record(frame_step: int, x, v, S, xu) -> None:
+        cell = box
+        if sheared:
+            cell = Box(float(lengths[0]), float(lengths[1]), float(lmp.extract_box()[2]))
         table = {"frame": np.full(n, start_frame + frame_step, np.int64), "t": np.full(n, float(frame_step)),
                  "particle": ids, "species": labels}
-        wrapped_now = box.wrap(xu)
+        wrapped_now = cell.wrap(xu)
         for k, axis in enumerate("xyz"[:dim]):
             table[axis] = wrapped_now[:, k]
         for k, axis in enumerate("xyz"[:dim]):
@@ -507,9 +610,18 @@ def _run(lmp, model, box, x0, v0, S0, labels, ids, n_frames, substeps, every, st
     done = 0
     while done < n_frames:
         chunk = min(every, n_frames - done)
-        lmp.command(f"run {chunk * substeps} post no")
+        if sheared:  # the tilt is linear within a frame: one deformation (and run) per frame
+            for frame in range(done, done + chunk):
+                step.previous_rate = step.tilt_rate
+                step.tilt_rate = float(tilt[frame + 1] - tilt[frame])  # per frame: a frame is one time unit
+                lmp.command(f"fix shear all deform 1 xy delta {step.tilt_rate!r} remap none")
+                lmp.command(f"run {substeps} post no")
+                if step.error is not None:
+                    break
+        else:
+            lmp.command(f"run {chunk * substeps} post no")
         done += chunk
-        x, v, S, image = gather()
+        x, v, S, xu = gather()
         if step.error is not None:
             raise ModelStepError(f"the model step failed on rank {rank} at LAMMPS step {step.done}: "
                                      f"{type(step.error).__name__}: {step.error}") from step.error
@@ -518,13 +630,13 @@ def _run(lmp, model, box, x0, v0, S0, labels, ids, n_frames, substeps, every, st
                       f"rank's model step may have failed: see its error); kept the {len(records)} frames before",
                       "diverged_at_frame": start_frame + done}
             break
-        record(done, x, v, S, image)
+        record(done, x, v, S, xu)
     status.update(start_frame=int(start_frame), frames_requested=n_frames + 1, frames_written=len(records),
                   substeps=substeps, every=every, rank=rank, ranks=size, wall_s=time.perf_counter() - t_start,
                   model_wall_s=step.wall_s, model_steps=step.steps, dtype=str(_model_dtype(model)).replace(
                       "torch.", ""), noise=noise, seed=seed, noise_stream="counter", cutoff=float(model.h),
                   ghost_cutoff=cutoff, solid=bool(model.solid), n_reference_bonds=0 if bonds is None else
-                  len(bonds.partner) // 2)
+                  len(bonds.partner) // 2, sheared=sheared)
     columns = [c for c in COLUMNS if c in records[0].columns]
     return LammpsRollout(pd.concat(records, ignore_index=True)[columns], pd.DataFrame(rows), status)
 
@@ -534,7 +646,7 @@ def main(argv=None) -> int:
 
     --state: an .npz with x (N, D) / h, v (N, D) h per frame, box (D,) / h and optionally S (N,),
     species (N,), particle (N,), x_ref (N, D) / h (a solid model's reference configuration, default x;
-    `lammps_box_rollout`). --out: the trajectory as .parquet (COLUMNS), with the per-frame totals
+    `lammps_box_rollout`), tilt (steps + 1,) / h (a sheared 2D cell's xy at every frame: `lammps_box_rollout`). --out: the trajectory as .parquet (COLUMNS), with the per-frame totals
     (<out>.conservation.csv) and the status (<out>.status.json) beside it.
     """
     args = _parser().parse_args(argv)
@@ -605,7 +717,7 @@ def _main(args) -> int:
     result = lammps_box_rollout(model, state["x"], state["v"], state["box"], args.steps, S0=state.get("S"),
                                 substeps=args.substeps, species=state.get("species"), particle=state.get("particle"),
                                 every=args.every, noise=args.noise, seed=args.seed, start_frame=args.start_frame,
-                                x_ref=state.get("x_ref"), ghost_cutoff=args.ghost_cutoff)
+                                x_ref=state.get("x_ref"), ghost_cutoff=args.ghost_cutoff, tilt=state.get("tilt"))
     if result.status["rank"] == 0:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         result.frames.to_parquet(args.out, index=False)
@@ -727,13 +839,22 @@ def write_lammps_dump(table: pd.DataFrame, lengths, path) -> None:
             np.savetxt(handle, rows, fmt=["%d", "%d"] + ["%.17g"] * 6)
 
 
-def _teacher_entropy(model: MetriplecticModel, x, v, lengths, species) -> np.ndarray:
-    """The teacher's entropies of a periodic configuration (model units), as `lammps_fluid_rollout`'s default."""
+def _teacher_entropy(model: MetriplecticModel, x, v, cell, species, tilt_rate: float = 0.0) -> np.ndarray:
+    """The teacher's entropies of a periodic configuration (model units), as `lammps_box_rollout`'s default.
+
+    cell: an `OrthoBox`, its lengths, or a sheared `Box` whose tilt changes at `tilt_rate` (the pairs across the
+    tilted edge then move apart at m (tilt_rate, 0), as `mpd.rollout.rollout`'s start frame)."""
     from mpd.pairs import snapshot_pairs
 
     dtype = _model_dtype(model)
-    pairs = snapshot_pairs(x, float(model.h), OrthoBox(tuple(lengths)), dtype=dtype, species=species,
-                           n_species=model.n_species)
+    if not isinstance(cell, (OrthoBox, Box)):
+        cell = OrthoBox(tuple(np.ravel(np.asarray(cell, np.float64))))
+    pairs = snapshot_pairs(x, float(model.h), cell, dtype=dtype, species=species, n_species=model.n_species)
+    if isinstance(cell, Box) and len(pairs.i):
+        image = torch.round(pairs.shift[:, 1] / cell.ly)
+        shift_rate = torch.zeros_like(pairs.shift)
+        shift_rate[:, 0] = image * float(tilt_rate)
+        pairs = pairs._replace(shift_rate=shift_rate)
     with torch.no_grad():
         S = model.teacher_entropy(torch.as_tensor(x, dtype=dtype), torch.as_tensor(v, dtype=dtype), pairs)
     return S.detach().double().cpu().numpy()
