@@ -37,7 +37,8 @@ bond partners) needs all its bonds: a partner that moved beyond the ghost shell 
 The shell is then (2 + GHOST_MARGIN) h for a fluid model and SOLID_GHOST_CUTOFF h for a solid one (room for bonds
 stretched beyond h).
 
-Scope: fluid and solid models (`lammps_fluid_rollout` refuses solid ones), orthorhombic fixed box, 2D or 3D. The
+Scope: fluid and solid models (`lammps_fluid_rollout` refuses solid ones), an orthorhombic fixed box (2D or 3D) or
+a deforming (sheared) 2D cell (`lammps_box_rollout`'s tilt: ``fix deform``, Lees-Edwards pair rates). The
 noise, when on, comes from the counter-based stream keyed by particle ids and the step
 (`mpd.model.streams.CounterNoise`), so a pair straddling two ranks gets the same increments on both.
 Units: the model's (lengths / h, time in frames, velocities in h per frame).
@@ -182,8 +183,8 @@ class ModelStep:
         self.bonds = bonds  # a solid model's reference bonds (None: a fluid model)
         self.ghost_cutoff = ghost_cutoff  # the ghost shell, for the error of a bond that reaches beyond it
         self.n_bonds = 0
-        # A deforming (sheared) cell: atoms carry their unwrapped y (YU) and their continuous velocity; `tilt_rate`
-        # is d(xy)/dt of the current frame (set by the caller before each frame's run).
+        # A deforming (sheared) cell: atoms carry their unwrapped x, y (UNWRAPPED_X, _Y) and their continuous
+        # velocity; the rates are set by the caller before each frame's run.
         self.sheared = bool(sheared)
         self.tilt_rate = 0.0      # the cell's d(xy)/dt over the current frame
         self.previous_rate = 0.0  # over the frame before: the velocities at a frame are those of the step before it
