@@ -469,6 +469,12 @@ def rollout(
         n_duplicates[0] += int(duplicate.sum())
         return entering
 
+    def remember(f: int) -> None:
+        """Keep frame f's state when it is a strain reference, before its own pairs are built: a frame may be its
+        own reference (the cycle rule's first frame of a cycle), and its bonds then serve the whole cycle."""
+        if f in reference_frames_needed:
+            history[f] = (x.detach().cpu().numpy().copy(), present.copy())
+
     def bonds(f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Strain bonds of frame f in slot numbering (all reference particles; filtered by presence later)."""
         r = observed.reference_frame.get(f, -1)
@@ -582,8 +588,6 @@ def rollout(
             "momentum_x": momentum[0], "momentum_y": momentum[1], "energy": energy, "kinetic_energy": kinetic,
             "entropy": state.S.sum().item(), "n_pairs": len(pairs.i), "rebuilds": verlet.n_builds,
         })
-        if f in reference_frames_needed:
-            history[f] = (x.detach().cpu().numpy().copy(), present.copy())
 
     window = observed.exterior.window if observed.exterior is not None else None
     progress = _progress_bar(len(frames) - 1, params.progress, "rollout")
@@ -594,6 +598,7 @@ def rollout(
         # the start velocities are backward differences: the cell moved as over the step before the start
         start_rate = tilt_rate(f - 1, f) if observed.boxes is not None and f - 1 in observed.boxes else \
             tilt_rate(f, f + 1)
+        remember(f)
         active, pairs = frame_graph(f, box, start_rate)
         teacher_entropy(active, pairs, only_prescribed=False)
         record(0, f, active, pairs)
@@ -618,6 +623,7 @@ def rollout(
             observe(f)
             fresh = hand_over(f)
             box = observed.box(f)
+            remember(f)
             active, pairs = frame_graph(f, box, rate)
             teacher_entropy(active, pairs, only_prescribed=True, fresh=fresh)
             record(step, f, active, pairs)

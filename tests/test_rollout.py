@@ -334,3 +334,40 @@ def test_the_box_rollout_span_defaults_to_the_test_block_and_stops_at_the_truth(
     assert box_rollout_span({"rollout": {"box_start_frame": 0, "box_n_frames": 5}}, tmp_path / "geometry", 100) == (1, 5)
     with pytest.raises(ValueError, match="model.rollout.box_n_frames"):
         box_rollout_span({"rollout": {"box_start_frame": 90, "box_n_frames": 20}}, tmp_path / "geometry", 100)
+
+
+def test_a_frame_that_is_its_own_strain_reference_keeps_the_solid_bonded():
+    """The cycle rule's first frame of each cycle is its own reference: in a closed box (no data after the start)
+    its bonds come from the rollout's own state, built before that frame's pairs, and serve the whole cycle.
+    (They were once looked up before the frame was remembered, found nowhere, and the solid went without
+    bonds for every cycle after the first.)"""
+    from test_model_support import random_model
+
+    from mpd.rollout import ObservedFrames, Snapshot
+
+    model = random_model(3, dim=2, mass=100.0, solid=True)
+    nx, ny, a = 8, 10, 0.8
+    row, col = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    x0 = np.stack([(col + 0.5 * (row % 2)) * a, row * a * np.sqrt(3) / 2], -1).reshape(-1, 2)
+    L = np.array([nx * a, ny * a * np.sqrt(3) / 2])
+    rng = np.random.default_rng(3)
+    x0 = x0 + 0.05 * rng.normal(size=x0.shape)
+    v0 = 0.01 * rng.normal(size=x0.shape)
+    ids = np.arange(len(x0))
+    steps, cycle = 12, 6
+
+    def run(reference_of):
+        frames = range(steps + 1)
+        observed = ObservedFrames({0: Snapshot(ids, x0, v0)}, reference_frame={f: reference_of(f) for f in frames},
+                                  boxes={f: Box(L[0], L[1], 0.1 * math.sin(f)) for f in frames})
+        params = RolloutParams(noise=False, progress=False, dtype="float64", device="cpu")
+        result = rollout(model, observed, params, start_frame=0, n_frames=steps)
+        assert result.status["status"] == "completed"
+        return result.frames.set_index(["frame", "particle"])[["vx", "vy"]]
+
+    cycled = run(lambda f: (f // cycle) * cycle)
+    unbonded_second_cycle = run(lambda f: 0 if f < cycle else -1)
+    same_first = cycled.loc[:cycle] - unbonded_second_cycle.loc[:cycle]
+    assert np.abs(same_first.to_numpy()).max() < 1e-12  # up to the second cycle's start the runs are one
+    late = (cycled.loc[cycle + 2:] - unbonded_second_cycle.loc[cycle + 2:]).to_numpy()
+    assert np.abs(late).max() > 1e-6  # then the bonds of the second cycle act
