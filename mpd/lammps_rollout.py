@@ -84,6 +84,8 @@ UNWRAPPED_X, UNWRAPPED_Y = "d_xu", "d_yu"
 GHOST_MARGIN = 0.05
 #: The default ghost shell of a solid model, in units of h: 2h plus room for strain bonds stretched by up to 25 %.
 SOLID_GHOST_CUTOFF = 2.5
+#: `lammps_box_rollout`'s references: a frame whose strain reference is the given x_ref, or that has none.
+REFERENCE_GIVEN, NO_REFERENCE = -1, -2
 
 
 class LammpsRolloutError(RuntimeError):
@@ -140,6 +142,11 @@ class ReferenceBonds:
     partner: np.ndarray   # (2B,)
     r_ref: np.ndarray     # (2B, D)
     lengths: np.ndarray   # (D,)
+
+    @classmethod
+    def empty(cls, n: int, dim: int) -> ReferenceBonds:
+        """No bond at all (a frame without a strain reference)."""
+        return cls(np.zeros(n + 1, np.int64), np.zeros(0, np.int64), np.zeros((0, dim)), np.zeros(dim))
 
     @classmethod
     def build(cls, x_ref: np.ndarray, h: float, box: OrthoBox | Box) -> ReferenceBonds:
@@ -418,6 +425,8 @@ def lammps_box_rollout(
     ghost_cutoff: float | None = None,
     tilt=None,
     tilt_rate_before: float | None = None,
+    references=None,
+    x_ref_tilt: float | None = None,
 ) -> LammpsRollout:
     """Integrate every particle of a closed periodic box in LAMMPS, in model units (fluid or solid).
 
@@ -445,7 +454,13 @@ def lammps_box_rollout(
     xu the continuous trajectories. As there, the velocities of a frame are those of the step before it: a
     frame's first substep sees the pairs move apart at the previous frame's rate, `tilt_rate_before` (d(xy)/dt
     over the frame before the start; default the first frame's) for the first, as do the default initial
-    entropies. A solid model's reference bonds lie in the first frame's cell.
+    entropies. A solid model's reference bonds lie in the first frame's cell (x_ref's: `x_ref_tilt`).
+
+    references (n_frames + 1,) ints: a solid model's strain reference frame by frame, as the geometry stage's
+    rule (lag, cycle) gives it: k >= 0 the rollout's own state at its frame k (<= the frame: references never
+    lie ahead), REFERENCE_GIVEN x_ref, NO_REFERENCE none (no bond). Bonds are rebuilt where the reference
+    changes, from the positions gathered at that frame in that frame's cell, as `mpd.rollout.rollout` builds
+    them from its history. Default: x_ref for every frame.
     """
     dim = int(model.dim)
     lengths_in = np.ravel(np.asarray(box_lengths, np.float64))
@@ -490,7 +505,24 @@ def lammps_box_rollout(
         x_ref = x0 if x_ref is None else np.asarray(x_ref, np.float64)
         if x_ref.shape != (n, dim) or not np.isfinite(x_ref).all():
             raise LammpsRolloutError(f"x_ref must be finite, of shape ({n}, {dim}) as x0, got {x_ref.shape}")
-        bonds = ReferenceBonds.build(cell.wrap(x_ref), float(model.h), cell)
+        ref_cell = cell if tilt is None or x_ref_tilt is None else Box(cell.lx, cell.ly, float(x_ref_tilt))
+        bonds = ReferenceBonds.build(ref_cell.wrap(x_ref), float(model.h), ref_cell)
+    if references is not None:
+        references = np.ravel(np.asarray(references, np.int64))
+        frames_k = np.arange(int(n_frames) + 1)
+        if not model.solid:
+            raise LammpsRolloutError("references are a solid model's strain references; this model is a fluid one")
+        if len(references) != len(frames_k) or (references < NO_REFERENCE).any() or (references > frames_k).any():
+            raise LammpsRolloutError(f"references must give each of the n_frames + 1 = {len(frames_k)} frames a "
+                                     f"reference frame k <= it, {REFERENCE_GIVEN} (x_ref) or {NO_REFERENCE} (none)")
+
+    def bonds_at(reference: int, xu) -> ReferenceBonds:
+        if reference == REFERENCE_GIVEN:
+            return bonds
+        if reference == NO_REFERENCE:
+            return ReferenceBonds.empty(n, dim)
+        at = box if tilt is None else Box(cell.lx, cell.ly, float(tilt[reference]))
+        return ReferenceBonds.build(at.wrap(xu), float(model.h), at)
     minimum = 2.0 + GHOST_MARGIN
     ghost = float(ghost_cutoff) if ghost_cutoff is not None else (SOLID_GHOST_CUTOFF if model.solid else minimum)
     if not ghost >= minimum:
@@ -502,13 +534,14 @@ def lammps_box_rollout(
     lmp = open_lammps(cmdargs)
     try:
         return _run(lmp, model, box, x0, v0, S0, labels, ids, n_frames, substeps, every, start_frame, dt,
-                    bool(noise), int(seed), bonds, ghost, tilt, start_rate)
+                    bool(noise), int(seed), bonds, ghost, tilt, start_rate, references, bonds_at)
     finally:
         lmp.close()
 
 
 def _run(lmp, model, box, x0, v0, S0, labels, ids, n_frames, substeps, every, start_frame, dt, noise,
-         seed, bonds=None, ghost=2.0 + GHOST_MARGIN, tilt=None, tilt_rate_before=0.0) -> LammpsRollout:
+         seed, bonds=None, ghost=2.0 + GHOST_MARGIN, tilt=None, tilt_rate_before=0.0, references=None,
+         bonds_at=None) -> LammpsRollout:
     dim, n = int(model.dim), len(x0)
     lengths = np.asarray(box.lengths)
     upper = [float(L) for L in lengths] + ([] if dim == 3 else [0.5])
@@ -607,22 +640,35 @@ def _run(lmp, model, box, x0, v0, S0, labels, ids, n_frames, substeps, every, st
                      "kinetic_energy": float(0.5 * (mass[:, None] * v * v).sum()), "entropy": float(S.sum())})
 
     t_start = time.perf_counter()
-    record(0, *gather())
+    first_state = gather()
+    record(0, *first_state)
+    # the rollout's own frames that are strain references, kept (continuous positions) until passed
+    needed = set() if references is None else {int(r) for r in references if r >= 0}
+    history = {0: first_state[3]} if 0 in needed else {}
+    reference_now = REFERENCE_GIVEN
     done = 0
     while done < n_frames:
         chunk = min(every, n_frames - done)
-        if sheared:  # the tilt is linear within a frame: one deformation (and run) per frame
+        if sheared or references is not None:  # frame by frame: the cell's rate or the bonds change between frames
             for frame in range(done, done + chunk):
-                step.previous_rate = step.tilt_rate
-                step.tilt_rate = float(tilt[frame + 1] - tilt[frame])  # per frame: a frame is one time unit
-                lmp.command(f"fix shear all deform 1 xy delta {step.tilt_rate!r} remap none")
-                lmp.command(f"run {substeps} post no")
-                if step.error is not None:
-                    break
+                if references is not None and int(references[frame]) != reference_now:
+                    reference_now = int(references[frame])
+                    step.bonds = bonds_at(reference_now, history.get(reference_now))
+                    for old in [k for k in history if k < reference_now]:
+                        del history[old]
+                if sheared:  # the tilt is linear within a frame: one deformation (and run) per frame
+                    step.previous_rate = step.tilt_rate
+                    step.tilt_rate = float(tilt[frame + 1] - tilt[frame])  # per frame: a frame is one time unit
+                    lmp.command(f"fix shear all deform 1 xy delta {step.tilt_rate!r} remap none")
+                lmp.command(f"run {substeps} post no")  # every rank runs every frame: runs and gathers are collective
+                if frame + 1 in needed and frame + 1 < done + chunk:
+                    history[frame + 1] = gather()[3]
         else:
             lmp.command(f"run {chunk * substeps} post no")
         done += chunk
         x, v, S, xu = gather()
+        if done in needed:
+            history[done] = xu
         if step.error is not None:
             raise ModelStepError(f"the model step failed on rank {rank} at LAMMPS step {step.done}: "
                                      f"{type(step.error).__name__}: {step.error}") from step.error

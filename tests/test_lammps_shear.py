@@ -21,7 +21,7 @@ try:
 except LammpsUnavailableError as _exc:  # pragma: no cover - depends on the environment
     pytest.skip(f"LAMMPS is not available: {_exc}", allow_module_level=True)
 
-from mpd.lammps_rollout import LammpsRolloutError, lammps_box_rollout
+from mpd.lammps_rollout import NO_REFERENCE, REFERENCE_GIVEN, LammpsRolloutError, lammps_box_rollout
 
 STEPS = 20
 FLUID = {"n_species": 2, "kernel_hidden": (16, 16), "energy_hidden": (16, 16), "amplitude_hidden": (16, 16),
@@ -47,9 +47,9 @@ def wiggle(amplitude: float, period: float) -> np.ndarray:
     return amplitude * np.sin(2 * np.pi * np.arange(STEPS + 1) / period)
 
 
-def pytorch_sheared(model, x0, v0, L, species, tilt, substeps: int = 1, x_ref=None):
+def pytorch_sheared(model, x0, v0, L, species, tilt, substeps: int = 1, x_ref=None, reference_frame=None):
     """`mpd.rollout.rollout` of the closed box whose cell tilts by `tilt` frame by frame (a solid's reference: the
-    start, or x_ref in the start's cell)."""
+    start, x_ref in the start's cell, or the frames `reference_frame` (frame -> its reference, -1 none))."""
     ids = np.arange(len(x0))
     frames = range(len(tilt))
     boxes = {f: Box(L[0], L[1], float(tilt[f])) for f in frames}
@@ -58,8 +58,9 @@ def pytorch_sheared(model, x0, v0, L, species, tilt, substeps: int = 1, x_ref=No
         reference = 10**6
         references = {f: Snapshot(ids, np.asarray(x_ref), np.zeros_like(x_ref)) for f in frames}
         boxes[reference] = boxes[0]
+    reference_frame = reference_frame or {f: reference for f in frames}
     snapshots = {0: Snapshot(ids, x0, v0)}
-    observed = ObservedFrames(snapshots, reference_frame={f: reference for f in frames}, references=references,
+    observed = ObservedFrames(snapshots, reference_frame=reference_frame, references=references,
                               boxes=boxes, flows=observed_flows(snapshots, boxes, None),
                               species={int(p): int(s) for p, s in zip(ids, species)})
     params = RolloutParams(noise=False, progress=False, dtype="float64", device="cpu", substeps=substeps)
@@ -155,3 +156,46 @@ def test_bad_tilt_is_one_clear_error():
     model3 = random_model(3, dim=3, **FLUID)
     with pytest.raises(LammpsRolloutError, match="two-dimensional"):
         lammps_box_rollout(model3, np.ones((4, 3)), np.zeros((4, 3)), [5.0, 5.0, 5.0], 2, tilt=np.zeros(3))
+
+
+def sheared_solid(seed: int = 7):
+    model = random_model(3, dim=2, **{**FLUID, "mass": 100.0, "solid": True})
+    nx, ny, a = 8, 10, 0.8
+    row, col = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    lattice = np.stack([(col + 0.5 * (row % 2)) * a, row * a * np.sqrt(3) / 2], -1).reshape(-1, 2)
+    L = np.array([nx * a, ny * a * np.sqrt(3) / 2])
+    rng = np.random.default_rng(seed)
+    x0 = lattice + 0.05 * rng.normal(size=lattice.shape)
+    v0 = 0.01 * rng.normal(size=lattice.shape)
+    return model, x0, v0, L, rng.integers(0, 2, len(x0))
+
+
+@pytest.mark.parametrize("rule", ["lag", "cycle"])
+def test_sheared_solid_follows_the_geometry_reference_rule(rule):
+    """A solid model whose strain reference moves with the rollout (the geometry stage's lag or cycle rule): the
+    bonds are rebuilt from the rollout's own frames, as mpd.rollout.rollout does from its history."""
+    from mpd.geometry.reference import reference_frames
+
+    model, x0, v0, L, species = sheared_solid()
+    tilt = wiggle(0.8, 12.0)
+    frames = np.arange(STEPS + 1)
+    refs = reference_frames(frames, reference=rule, lag_frames=2, cycle_frames=6.0, cycle_start_frame=0)
+    expected = pytorch_sheared(model, x0, v0, L, species, tilt,
+                               reference_frame={int(f): int(r) for f, r in zip(frames, refs)})
+    got = lammps_box_rollout(model, x0, v0, L, STEPS, species=species, tilt=tilt, ghost_cutoff=3.0, every=4,
+                             references=np.where(refs >= 0, refs, NO_REFERENCE))
+    assert_same(expected[expected["frame"] % 4 == 0].reset_index(drop=True), got.frames)
+    # the moving reference matters: a fixed one (the start) is another run
+    fixed = lammps_box_rollout(model, x0, v0, L, STEPS, species=species, tilt=tilt, ghost_cutoff=3.0, every=4)
+    assert np.abs(fixed.frames["vx"].to_numpy() - got.frames["vx"].to_numpy()).max() > 1e-6
+
+
+def test_bad_references_are_one_clear_error():
+    model, x0, v0, L, species = sheared_solid()
+    with pytest.raises(LammpsRolloutError, match="reference frame k <= it"):
+        lammps_box_rollout(model, x0, v0, L, 3, references=[0, 2, 2, 3])  # frame 1 would look ahead
+    with pytest.raises(LammpsRolloutError, match="reference frame k <= it"):
+        lammps_box_rollout(model, x0, v0, L, 3, references=[REFERENCE_GIVEN, 0])
+    fluid, *_ = sheared_fluid()
+    with pytest.raises(LammpsRolloutError, match="fluid"):
+        lammps_box_rollout(fluid, x0, v0, L, 3, references=[0, 0, 0, 0])
