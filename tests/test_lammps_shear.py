@@ -148,7 +148,7 @@ def test_sheared_cell_one_and_two_ranks_agree_with_noise(tmp_path, two_ranks_sta
 
 
 def test_bad_tilt_is_one_clear_error():
-    model, x0, v0, L, species = sheared_fluid()
+    model, x0, v0, L, _ = sheared_fluid()
     with pytest.raises(LammpsRolloutError, match="n_frames \\+ 1 = 6"):
         lammps_box_rollout(model, x0, v0, L, 5, tilt=np.zeros(3))
     with pytest.raises(LammpsRolloutError, match="finite"):
@@ -191,7 +191,7 @@ def test_sheared_solid_follows_the_geometry_reference_rule(rule):
 
 
 def test_bad_references_are_one_clear_error():
-    model, x0, v0, L, species = sheared_solid()
+    model, x0, v0, L, _ = sheared_solid()
     with pytest.raises(LammpsRolloutError, match="reference frame k <= it"):
         lammps_box_rollout(model, x0, v0, L, 3, references=[0, 2, 2, 3])  # frame 1 would look ahead
     with pytest.raises(LammpsRolloutError, match="reference frame k <= it"):
