@@ -1,10 +1,13 @@
 """Read a microscopy video through pims into grey frames, failing early and clearly.
 
-Accepted inputs: a multi-page TIFF, a folder or glob of image files (one frame
-per file, in pims's natural order: ``frame2`` before ``frame10``), an
-AVI/MP4/MOV movie (decoded by OpenCV when installed, else imageio-ffmpeg:
-tracking.movie), or an ND2 file where its pims reader (``pims_nd2`` or
-``nd2reader``) is installed. Colour frames (RGB/RGBA) become grey by the
+Accepted inputs: a multi-page TIFF (OME-TIFF and ImageJ metadata read), a
+folder or glob of image files (one frame per file, in pims's natural order:
+``frame2`` before ``frame10``), an AVI/MP4/MOV movie (decoded by OpenCV when
+installed, else imageio-ffmpeg: tracking.movie), and the high-speed and
+microscope cameras' own files: Phantom ``.cine``, Photron ``.mraw`` (with its
+``.cihx``/``.cih`` header) and Nikon ``.nd2`` (tracking.formats, which also
+reads each file's frame rate and pixel size). Every reader decodes one frame
+at a time, never the whole file. Colour frames (RGB/RGBA) become grey by the
 configured ``channel``: the Rec. 709 luma weights pims uses (default), the mean
 of R, G and B, or one channel (trackpy's walkthrough tracks the green one);
 alpha is always ignored.
@@ -38,7 +41,12 @@ TIFF_EXTENSIONS = (".tif", ".tiff")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif") + TIFF_EXTENSIONS
 MOVIE_EXTENSIONS = (".avi", ".mp4", ".mov", ".mkv")
 ND2_EXTENSIONS = (".nd2",)
-SUPPORTED_EXTENSIONS = tuple(dict.fromkeys(TIFF_EXTENSIONS + MOVIE_EXTENSIONS + ND2_EXTENSIONS + IMAGE_EXTENSIONS))
+CINE_EXTENSIONS = (".cine",)
+MRAW_EXTENSIONS = (".mraw", ".cihx", ".cih")  # the frames or either of their Photron headers
+CAMERA_KINDS = {**{ext: "cine" for ext in CINE_EXTENSIONS}, **{ext: "mraw" for ext in MRAW_EXTENSIONS},
+                **{ext: "nd2" for ext in ND2_EXTENSIONS}}
+SUPPORTED_EXTENSIONS = tuple(dict.fromkeys(TIFF_EXTENSIONS + MOVIE_EXTENSIONS + CINE_EXTENSIONS + MRAW_EXTENSIONS
+                                           + ND2_EXTENSIONS + IMAGE_EXTENSIONS))
 
 # What decoders (tifffile, PIL via imageio, ffmpeg) raise for damaged or
 # unreadable data; each becomes one TrackingInputError naming the file.
@@ -79,7 +87,7 @@ def _image_files(paths: Sequence[str], what: str) -> list[str]:
 
 
 def resolve_source(source: str | os.PathLike) -> tuple[str, list[str]]:
-    """Classify an input as ('tiff' | 'movie' | 'nd2' | 'sequence', files).
+    """Classify an input as ('tiff' | 'movie' | 'cine' | 'mraw' | 'nd2' | 'sequence', files).
 
     Raises TrackingInputError for a missing path, an empty folder, a glob
     matching nothing and an unsupported extension.
@@ -104,8 +112,8 @@ def resolve_source(source: str | os.PathLike) -> tuple[str, list[str]]:
         return "tiff", [source]
     if suffix in MOVIE_EXTENSIONS:
         return "movie", [source]
-    if suffix in ND2_EXTENSIONS:
-        return "nd2", [source]
+    if suffix in CAMERA_KINDS:
+        return CAMERA_KINDS[suffix], [source]
     if suffix in IMAGE_EXTENSIONS:
         return "sequence", [source]
     raise TrackingInputError(
@@ -169,39 +177,37 @@ def validate_tiff(path: str) -> int:
         logger.propagate = propagate
 
 
-def _open_nd2(path: str):
-    try:
-        from pims_nd2 import ND2_Reader
-        return ND2_Reader(path)
-    except ImportError:
-        pass
-    try:
-        from nd2reader import ND2Reader
-        return ND2Reader(path)
-    except ImportError:
-        raise TrackingInputError(
-            f"{path}: reading ND2 files needs the package nd2reader or pims_nd2, neither is installed; "
-            f"`pip install nd2reader`, or export the video as a multi-page TIFF") from None
+def open_reader_with_metadata(kind: str, files: list[str], source: str):
+    """(pims reader, tracking.formats.FileMetadata or None) of a resolved input.
 
+    The metadata are the file's own (frame rate, pixel size, ...) for TIFF and
+    the camera formats; None for movies and image sequences, which carry none.
+    Failures become TrackingInputError.
+    """
+    from . import formats  # imported here: the camera readers' packages load only when such a file is read
 
-def open_reader(kind: str, files: list[str], source: str) -> pims.FramesSequence:
-    """Open the pims reader for a resolved input, turning failures into TrackingInputError."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pims/imageio chatter about plugins; real failures raise
         try:
             if kind == "tiff":
-                validate_tiff(files[0])
-                return pims.TiffStack(files[0])
+                n_pages = validate_tiff(files[0])
+                metadata = formats.tiff_metadata(files[0], n_pages)
+                return pims.TiffStack(files[0]), metadata
             if kind == "movie":
-                return open_movie(files[0])
-            if kind == "nd2":
-                return _open_nd2(files[0])
-            return pims.ImageSequence(files)
+                return open_movie(files[0]), None
+            if kind in ("cine", "mraw", "nd2"):
+                return formats.open_camera_file(kind, files[0])
+            return pims.ImageSequence(files), None
         except TrackingInputError:
             raise
         except DECODE_ERRORS as error:
             raise TrackingInputError(f"{source}: cannot be opened as a {kind} ({type(error).__name__}: {error}); "
                                      f"the file may be corrupt or truncated — copy or export it again") from None
+
+
+def open_reader(kind: str, files: list[str], source: str) -> pims.FramesSequence:
+    """Open the pims reader for a resolved input, turning failures into TrackingInputError."""
+    return open_reader_with_metadata(kind, files, source)[0]
 
 
 @dataclass
@@ -222,6 +228,7 @@ class Video:
     roi: RegionOfInterest | None
     full_shape: tuple[int, int]
     channel: int | str = LUMA  # how colour frames become grey (to_grey)
+    file_metadata: object = None  # tracking.formats.FileMetadata: what the file says (rate, pixel size); or None
 
     @property
     def frame_shape(self) -> tuple[int, int]:
@@ -346,12 +353,12 @@ def open_video(source: str | os.PathLike, frame_range: FrameRange | None = None,
     """
     kind, files = resolve_source(source)
     source = os.fspath(source)
-    reader = open_reader(kind, files, source)
+    reader, file_metadata = open_reader_with_metadata(kind, files, source)
     n_frames = len(reader)
     numbers = select_frames(n_frames, frame_range, source)
     # The first selected frame fixes the size every other frame must have.
     video = Video(source=source, kind=kind, reader=reader, files=files, frame_numbers=numbers,
-                  roi=None, full_shape=(-1, -1), channel=channel)
+                  roi=None, full_shape=(-1, -1), channel=channel, file_metadata=file_metadata)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # readers' plugin chatter (pims through skimage.io); failures raise
