@@ -55,7 +55,7 @@ PYPI_TO_CONDA = {pypi: conda for conda, pypi in CONDA_TO_PYPI.items()}
 NOT_PACKAGES = frozenset({"python", "pip"})
 
 _REQUIREMENT = re.compile(r"^\s*(?:[\w.-]+::)?([A-Za-z0-9][A-Za-z0-9_.-]*)\s*(?:\[([^\]]*)\])?")
-_RULE_START = re.compile(r"^(?:rule (\w+):|use rule (\w+) as (\w+) with:)", re.MULTILINE)
+_RULE_START = re.compile(r"^(?:(?:rule|checkpoint) (\w+):|use rule (\w+) as (\w+) with:)", re.MULTILINE)
 _FIND_SPEC_CODE = importlib.util.find_spec.__code__
 _dropped: list[str] = []  # what isolate() took off sys.path: where a missing module would have come from
 

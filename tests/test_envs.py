@@ -23,7 +23,7 @@ CONDA_NAME = {"torch": "pytorch", "freud-analysis": "freud", "opencv-python-head
 # optional extras whose packages a conda env may carry (a pip install leaves them out)
 EXTRAS = ("images",)
 # the end-to-end runs whose scripts run emulated (MPD_EMULATE_CONDA_ENVS), each naming the rules it proves
-WORKFLOW_TESTS = ("test_workflow.py", "test_workflow_star_polymer.py", "test_lammps_stage.py")
+WORKFLOW_TESTS = ("test_workflow.py", "test_workflow_star_polymer.py", "test_lammps_stage.py", "test_workflow_stream.py")
 
 
 def pyproject_pins() -> dict[str, str]:

@@ -184,6 +184,9 @@ class TrackingParams:
     checks: ChecksParams = field(default_factory=ChecksParams)
     frame_range: FrameRange | None = None       # None: every frame
     roi: RegionOfInterest | None = None         # None: the full frame
+    # frames per chunk of split, bounded-memory tracking (tracking.stream: one Snakemake job per chunk
+    # locates, one gather links); None: the whole video in one job, in memory (tracking.pipeline)
+    chunk_frames: int | None = None
 
 
 _NESTED = {
@@ -196,6 +199,8 @@ _NESTED = {
     "frame_range": FrameRange,
     "roi": RegionOfInterest,
 }
+
+_SCALARS = ("chunk_frames",)
 
 
 def _build(cls, values: Mapping[str, Any] | None, where: str):
@@ -228,10 +233,10 @@ def from_config(section: Mapping[str, Any] | None) -> TrackingParams:
     section = {} if section is None else section
     if not isinstance(section, Mapping):
         raise ParameterError(f"tracking must be a mapping, got {type(section).__name__}")
-    unknown = sorted(set(section) - set(_NESTED))
+    unknown = sorted(set(section) - set(_NESTED) - set(_SCALARS))
     if unknown:
         raise ParameterError(
-            f"unknown key tracking.{unknown[0]}; allowed keys: {', '.join(sorted(_NESTED))}"
+            f"unknown key tracking.{unknown[0]}; allowed keys: {', '.join(sorted([*_NESTED, *_SCALARS]))}"
         )
     kwargs = {}
     for name, cls in _NESTED.items():
@@ -243,6 +248,9 @@ def from_config(section: Mapping[str, Any] | None) -> TrackingParams:
     if isinstance(link, Mapping) and "search_range_um" in link and "search_range_px" in link:
         # Caught here too: `search_range_um: auto` beside search_range_px looks like the default afterwards.
         raise ParameterError(_BOTH_SEARCH_RANGES)
+    for name in _SCALARS:
+        if name in section:
+            kwargs[name] = section[name]
     params = TrackingParams(**kwargs)
     check(params)
     return params
@@ -381,6 +389,10 @@ def check(params: TrackingParams) -> None:
         _require(fr.stop is None or (_is_int(fr.stop) and fr.stop > fr.start),
                  "frame_range.stop", "null or an integer > frame_range.start", fr.stop)
         _require(_is_int(fr.step) and fr.step >= 1, "frame_range.step", "an integer >= 1", fr.step)
+
+    _require(params.chunk_frames is None or (_is_int(params.chunk_frames) and params.chunk_frames >= 2),
+             "chunk_frames", "null (the whole video in one job) or an integer >= 2 (frames per chunk)",
+             params.chunk_frames)
 
     roi = params.roi
     if roi is not None:

@@ -31,10 +31,19 @@ from mpd.provenance import software_versions
 from . import qc
 from .accuracy import accuracy_report
 from .checks import check_packing, check_polarity, check_short_trajectories
-from .flatten import make_flattener
+from .flatten import flatten_size_px, make_flattener
 from .io import TrackingInputError, open_video
 from .link import compute_drift, filter_stubs, filter_trajectories, link_features, subtract_drift
-from .locate import NoParticlesError, detect_polarity, filter_features, locate_stack, prepare, resolve, tidy
+from .locate import (
+    NoParticlesError,
+    detect_polarity,
+    estimate_diameter,
+    filter_features,
+    locate_stack,
+    prepare,
+    resolve,
+    tidy,
+)
 from .motion import add_velocities, finite_differences
 from .noise import velocity_noise_report
 from .params import AUTO, TrackingParams, as_params, to_dict
@@ -131,11 +140,14 @@ def resolve_polarity(video, params: TrackingParams, raw_images: np.ndarray) -> t
     return invert, detected, spots[invert]
 
 
-def locate_video(video, params: TrackingParams, processes: int = 1):
-    """Resolve 'auto' locate parameters, then locate every selected frame.
+def resolve_locate(video, params: TrackingParams):
+    """Resolve the 'auto' locate parameters (contrast, flattening, diameter, separation, minmass) once.
 
-    Returns (features with px columns x, y in full-frame pixels, resolved
-    parameters, record of the automatic choices).
+    Looks at the first ``locate.auto_frames`` frames only. Returns (resolved
+    parameters, record of the automatic choices, the first frames' features
+    at minmass 0 or None (see tracking.locate.resolve), the flattening function,
+    the flattening scale in px or None). Shared by ``locate_video`` and the
+    split tracking's plan (tracking.stream), so both use identical parameters.
     """
     n_auto = min(params.locate.auto_frames, len(video))
     raw_images = np.stack([video.read(i) for i in range(n_auto)])
@@ -146,10 +158,27 @@ def locate_video(video, params: TrackingParams, processes: int = 1):
         resolved, chosen, probes = resolve(params.locate, first_images, invert, spots)
     except NoParticlesError as error:
         raise TrackingInputError(f"{video.source}: no particle found: {error}") from None
+    flatten_size = None
     if flattened is not None:
         chosen["flatten"] = flattened
+        # the exact scale make_flattener used (its record rounds it)
+        loc = params.locate
+        diameter = (0.0 if loc.flatten_size is not None else float(loc.diameter) if loc.diameter != AUTO
+                    else float(estimate_diameter(spots)["particle_diameter_px"]))
+        flatten_size = flatten_size_px(loc, diameter)
     if detected is not None:
         chosen = {"invert": {**detected, "used": invert, "given": params.locate.invert}, **chosen}
+    return resolved, chosen, probes, flatten, flatten_size
+
+
+def locate_video(video, params: TrackingParams, processes: int = 1):
+    """Resolve 'auto' locate parameters, then locate every selected frame.
+
+    Returns (features with px columns x, y in full-frame pixels, resolved
+    parameters, record of the automatic choices).
+    """
+    resolved, chosen, probes, flatten, _ = resolve_locate(video, params)
+    invert = resolved.invert
     pieces = []
     if probes is not None:
         # The minmass estimate located the first frames already (at minmass 0).

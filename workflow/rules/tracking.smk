@@ -1,4 +1,51 @@
 # Tracking: any video (rendered or linked) to features, trajectories and velocities.
+#
+# An experiment with `tracking.chunk_frames` set is tracked split (tracking.stream, docs/tracking.md "Long
+# videos"): the checkpoint plan_tracking resolves the automatic parameters once and cuts the video into
+# chunks (how many depends on the video), one locate_chunk job per chunk locates it, and link_tracking
+# (link_tracking_twin) gathers the chunks and writes what track_video (track_twin) writes, so every rule
+# downstream is the same. Without chunk_frames the one-job rules below run, in memory.
+
+CHUNKED = [name for name in FILMED if experiment_section(name, "tracking").get("chunk_frames") is not None]
+
+
+def tracking_video_input(experiment):
+    """The video files a tracking job reads: the rendered TIFF of a twin, the recording of a real video."""
+    if experiment in SYNTHETIC:
+        return [f"results/{experiment}/video/frames.tif"]
+    return video_files(experiment)
+
+
+def chunk_feature_files(wildcards):
+    """The features of every chunk of the experiment's plan (known once the checkpoint has run), in order."""
+    plan = checkpoints.plan_tracking.get(experiment=wildcards.experiment).output.plan
+    with open(plan) as handle:
+        n_chunks = len(json.load(handle)["chunks"])
+    return [f"results/{wildcards.experiment}/tracking/features/chunk-{i:05d}.parquet" for i in range(n_chunks)]
+
+
+checkpoint plan_tracking:
+    input:
+        video=lambda wildcards: tracking_video_input(wildcards.experiment),
+        metadata="results/{experiment}/video/metadata.json",
+    output:
+        plan="results/{experiment}/tracking/plan.json",
+    params:
+        tracking=lambda wildcards: experiment_section(wildcards.experiment, "tracking"),
+    wildcard_constraints:
+        experiment=experiment_pattern(CHUNKED),
+    log:
+        "logs/{experiment}/plan_tracking.log",
+    benchmark:
+        "results/{experiment}/benchmarks/plan_tracking.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../envs/tracking.yaml"
+    script:
+        "../scripts/plan_tracking.py"
 
 
 rule track_video:
@@ -14,7 +61,7 @@ rule track_video:
     params:
         tracking=lambda wildcards: experiment_section(wildcards.experiment, "tracking"),
     wildcard_constraints:
-        experiment=experiment_pattern(VIDEOS),
+        experiment=experiment_pattern([name for name in VIDEOS if name not in CHUNKED]),
     log:
         "logs/{experiment}/track_video.log",
     benchmark:
@@ -41,8 +88,75 @@ use rule track_video as track_twin with:
         qc_figures=qc_report_figures(),
         accuracy="results/{experiment}/tracking/accuracy.json",
     wildcard_constraints:
-        experiment=experiment_pattern(SYNTHETIC),
+        experiment=experiment_pattern([name for name in SYNTHETIC if name not in CHUNKED]),
     log:
         "logs/{experiment}/track_twin.log",
     benchmark:
         "results/{experiment}/benchmarks/track_twin.tsv"
+
+
+rule locate_chunk:
+    input:
+        plan="results/{experiment}/tracking/plan.json",
+        video=lambda wildcards: tracking_video_input(wildcards.experiment),
+    output:
+        features="results/{experiment}/tracking/features/chunk-{chunk}.parquet",
+    wildcard_constraints:
+        experiment=experiment_pattern(CHUNKED),
+        chunk=r"\d{5}",
+    log:
+        "logs/{experiment}/locate_chunk/{chunk}.log",
+    benchmark:
+        "results/{experiment}/benchmarks/locate_chunk/{chunk}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        "../envs/tracking.yaml"
+    script:
+        "../scripts/locate_chunk.py"
+
+
+rule link_tracking:
+    input:
+        plan="results/{experiment}/tracking/plan.json",
+        features=chunk_feature_files,
+        video=lambda wildcards: tracking_video_input(wildcards.experiment),  # its first frame: the QC figures
+    output:
+        trajectories="results/{experiment}/tracking/trajectories.parquet",
+        qc="results/{experiment}/tracking/qc.json",
+        qc_figures=qc_report_figures(),
+    wildcard_constraints:
+        experiment=experiment_pattern([name for name in VIDEOS if name in CHUNKED]),
+    log:
+        "logs/{experiment}/link_tracking.log",
+    benchmark:
+        "results/{experiment}/benchmarks/link_tracking.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    conda:
+        "../envs/tracking.yaml"
+    script:
+        "../scripts/link_tracking.py"
+
+
+use rule link_tracking as link_tracking_twin with:
+    input:
+        plan="results/{experiment}/tracking/plan.json",
+        features=chunk_feature_files,
+        video=lambda wildcards: tracking_video_input(wildcards.experiment),
+        truth_pixels="results/{experiment}/video/truth_pixels.parquet",
+    output:
+        trajectories="results/{experiment}/tracking/trajectories.parquet",
+        qc="results/{experiment}/tracking/qc.json",
+        qc_figures=qc_report_figures(),
+        accuracy="results/{experiment}/tracking/accuracy.json",
+    wildcard_constraints:
+        experiment=experiment_pattern([name for name in SYNTHETIC if name in CHUNKED]),
+    log:
+        "logs/{experiment}/link_tracking_twin.log",
+    benchmark:
+        "results/{experiment}/benchmarks/link_tracking_twin.tsv"

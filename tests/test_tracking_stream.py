@@ -1,0 +1,218 @@
+"""Split, bounded-memory tracking (tracking.stream) gives exactly the one-job track_video's trajectories."""
+import json
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import tifffile
+from scipy.special import erf
+
+from tracking import track_video
+from tracking.io import TrackingInputError
+from tracking.params import ParameterError, from_config
+from tracking.stream import chunk_file_name, link_chunks, locate_chunk, plan_tracking, track_video_streaming
+
+WIDTH, HEIGHT, PAD = 128, 96, 10  # px
+FPS, MPP = 10.0, 0.25  # frames per second, µm per pixel
+SIGMA = 1.5  # px, Gaussian spot width
+N_FRAMES = 24
+COMPARED = ["particle", "frame", "x", "y", "vx", "vy"]
+
+
+def simulate(n_frames=N_FRAMES, seed=0):
+    """Positions (n_frames, n) of particles in rows 10 px apart: sheared, drifting, diffusing, wrapped in x."""
+    rng = np.random.default_rng(seed)
+    xs, ys = [], []
+    for row_y in np.arange(8.0, HEIGHT - 6, 10.0):
+        x = -PAD + 5.0
+        while x < WIDTH + PAD - 5:
+            xs.append(x)
+            ys.append(row_y + rng.uniform(-1, 1))
+            x += rng.uniform(11, 18)
+    x, y = np.array(xs), np.array(ys)
+    x_t, y_t = [x], [y]
+    for _ in range(n_frames - 1):
+        x = x + 0.03 * (y - 45.0) + 0.4 + rng.normal(0, 0.08, x.size)
+        y = y - 0.05 + rng.normal(0, 0.08, y.size)
+        x_t.append(x)
+        y_t.append(y)
+    period = WIDTH + 2 * PAD
+    return np.mod(np.array(x_t) + PAD, period) - PAD, np.array(y_t)
+
+
+def render(x, y, rng, blank=False):
+    """One 12-bit frame of pixel-integrated Gaussian spots with noise (blank: no spot)."""
+    image = np.full((HEIGHT, WIDTH), 200.0)
+    half = int(np.ceil(4 * SIGMA))
+    offsets = np.arange(-half, half + 1)
+    s = np.sqrt(2) * SIGMA
+    for xc, yc in ([] if blank else zip(x, y, strict=True)):
+        cols = np.rint(xc).astype(int) + offsets
+        rows = np.rint(yc).astype(int) + offsets
+        wx = 0.5 * (erf((cols + 0.5 - xc) / s) - erf((cols - 0.5 - xc) / s))
+        wy = 0.5 * (erf((rows + 0.5 - yc) / s) - erf((rows - 0.5 - yc) / s))
+        kc, kr = (cols >= 0) & (cols < WIDTH), (rows >= 0) & (rows < HEIGHT)
+        image[np.ix_(rows[kr], cols[kc])] += 2 * np.pi * SIGMA**2 * 1500 * np.outer(wy[kr], wx[kc])
+    image += rng.normal(0, 15, image.shape)
+    return np.clip(np.rint(image), 0, 4095).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory):
+    """A 12-bit TIFF of a sheared, drifting monolayer; frame 13 is blank (every trajectory breaks there)."""
+    folder = tmp_path_factory.mktemp("stream_video")
+    x, y = simulate()
+    rng = np.random.default_rng(1)
+    frames = np.stack([render(x[f], y[f], rng, blank=f == 13) for f in range(N_FRAMES)])
+    tifffile.imwrite(folder / "frames.tif", frames, photometric="minisblack")
+    return folder / "frames.tif"
+
+
+BASE = {"locate": {"refine": "none", "invert": False}, "link": {"search_range_px": 4.0, "min_length": 3},
+        "checks": {"max_short_fraction": None}}
+
+
+def section(**changes):
+    out = json.loads(json.dumps(BASE))
+    for key, value in changes.items():
+        out.setdefault(key, {}).update(value)
+    return out
+
+
+def one_job(video, out, tracking):
+    return track_video(video, out, from_config(tracking), pixel_size_um=MPP, frame_rate_hz=FPS)
+
+
+def split(video, out, tracking, chunk_frames):
+    """Plan, then every chunk located separately (as separate jobs would), then the gather."""
+    plan_path = out / "plan.json"
+    plan_tracking(video, from_config(tracking), pixel_size_um=MPP, frame_rate_hz=FPS, chunk_frames=chunk_frames,
+                  out_path=plan_path)
+    plan = json.loads(plan_path.read_text())
+    files = [locate_chunk(plan_path, i, out / "features" / chunk_file_name(i)) for i in range(len(plan["chunks"]))]
+    return plan, link_chunks(plan_path, files, out)
+
+
+def assert_same_trajectories(expected: pd.DataFrame, got: pd.DataFrame, exact=True):
+    assert len(got) == len(expected) > 0
+    assert list(got.columns) == list(expected.columns)
+    assert (got.dtypes == expected.dtypes).all(), (got.dtypes, expected.dtypes)
+    for column in COMPARED + ["species", "t", "x_px", "y_px", "mass", "size"]:
+        if exact:
+            np.testing.assert_array_equal(got[column].to_numpy(), expected[column].to_numpy(), err_msg=column)
+        else:
+            np.testing.assert_allclose(got[column].to_numpy(), expected[column].to_numpy(), rtol=0, atol=1e-9,
+                                       err_msg=column)
+
+
+@pytest.fixture(scope="module")
+def reference(video, tmp_path_factory):
+    return one_job(video, tmp_path_factory.mktemp("one_job") / "tracking", BASE)
+
+
+@pytest.fixture(scope="module")
+def split_run(video, tmp_path_factory):
+    out = tmp_path_factory.mktemp("split") / "tracking"
+    plan, result = split(video, out, BASE, chunk_frames=7)
+    return out, plan, result
+
+
+def test_split_into_chunks_gives_the_one_job_trajectories_exactly(reference, split_run):
+    out, plan, _ = split_run
+    assert len(plan["chunks"]) == 4 and plan["chunks"][0] == [0, 7] and plan["chunks"][-1] == [21, 24]
+    got = pd.read_parquet(out / "trajectories.parquet")
+    assert_same_trajectories(reference.trajectories, got)
+    # the run has what makes the comparison mean something: velocities, breaks, trajectories across chunks
+    assert got["vx"].notna().mean() > 0.9 and 13 not in set(got["frame"])
+    spans = got.groupby("particle")["frame"].agg(["min", "max"])
+    assert ((spans["min"] < 7) & (spans["max"] >= 7)).sum() > 10
+
+
+def test_the_features_dataset_equals_the_one_job_features(reference, split_run):
+    out, _, _ = split_run
+    features = pd.read_parquet(out / "features")  # the folder read lazily as one dataset
+    expected = reference.features
+    assert len(features) == len(expected)
+    features = features.sort_values(["frame", "y_px", "x_px"], kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(features[expected.columns.tolist()], expected)
+    assert sorted(p.name for p in (out / "features").iterdir()) == [chunk_file_name(i) for i in range(4)]
+
+
+def test_outputs_are_lazily_readable_and_qc_says_what_is_left_out(reference, split_run):
+    out, plan, _ = split_run
+    parquet = pq.ParquetFile(out / "trajectories.parquet")
+    assert parquet.num_row_groups == len(plan["chunks"]) == 4
+    first = parquet.read_row_group(0).to_pandas()
+    assert first["frame"].max() < plan["frame_numbers"][7]
+    qc = json.loads((out / "qc.json").read_text())
+    one = reference.qc
+    for key in ("frames_analysed", "features", "frames_without_features", "features_per_frame", "trajectories",
+                "mean_trajectory_length_frames", "median_trajectory_length_frames", "fraction_of_frames_tracked",
+                "fraction_of_features_in_trajectories", "trajectory_filter", "species", "auto", "checks"):
+        assert qc[key] == json.loads(json.dumps(one[key])), key
+    assert qc["frames_without_features"]["frames"] == [13] and qc["warnings"]
+    assert "velocity_noise" in qc["split"]["computed_on_part"] and qc["split"]["chunks"] == 4
+    assert sorted(p.name for p in (out / "qc").iterdir()) == sorted(one["figures"])
+    assert not [p for p in out.iterdir() if p.name.startswith(".link-")]  # the gather's scratch is gone
+
+
+def test_one_chunk_and_small_chunks_agree(video, split_run, tmp_path):
+    out, _, _ = split_run
+    whole = track_video_streaming(video, tmp_path / "whole", from_config(BASE), pixel_size_um=MPP, frame_rate_hz=FPS,
+                                  chunk_frames=N_FRAMES)
+    assert pq.ParquetFile(whole.trajectories_path).num_row_groups == 1
+    assert_same_trajectories(pd.read_parquet(out / "trajectories.parquet"), whole.trajectories)
+
+
+@pytest.mark.parametrize("changes", [
+    {"link": {"predictor": "affine", "search_range_px": 3.0}},
+    {"link": {"predictor": "nearest_velocity", "search_range_px": 3.0, "drift": "median"},
+     "velocity": {"smoothing": "savgol", "window": 5}},
+    {"link": {"search_range_um": "auto", "search_range_px": None, "drift": "mean", "drift_from": "all",
+              "memory": 2}, "trajectory_filter": {"per": "observation", "min_mass": 1000.0}},
+    {"locate": {"flatten": "gaussian"}, "frame_range": {"start": 1, "step": 2}, "link": {"memory": 1},
+     "trajectory_filter": {"min_size": 1.0}},
+], ids=["affine", "nearest_velocity-median_drift-savgol", "auto_range-mean_drift-memory-observation_filter",
+        "flatten-frame_step-trajectory_filter"])
+def test_predictors_drift_and_filters_agree_with_the_one_job(video, tmp_path, changes):
+    tracking = section(**changes)
+    if tracking["link"].get("search_range_px") is None:
+        tracking["link"].pop("search_range_px")
+    expected = one_job(video, tmp_path / "one", tracking)
+    _, result = split(video, tmp_path / "split", tracking, chunk_frames=5)
+    got = pd.read_parquet(result.trajectories_path)
+    # equal to rounding only where the one-job path's arithmetic depends on the whole table: a mean drift's
+    # rolling sums, and the Savitzky-Golay time step (each run's span over its length, a run being cut at the halo)
+    exact = tracking["link"].get("drift") != "mean" and "velocity" not in tracking
+    assert_same_trajectories(expected.trajectories, got, exact=exact)
+    if "drift" in tracking["link"]:
+        one, two = pd.read_csv(tmp_path / "one" / "drift.csv"), pd.read_csv(tmp_path / "split" / "drift.csv")
+        np.testing.assert_allclose(two.to_numpy(), one.to_numpy(), rtol=0, atol=1e-9)
+
+
+def test_psf_fit_is_refined_per_chunk_with_the_plan_s_profile(video, tmp_path):
+    tracking = section(locate={"refine": "psf_fit"})
+    expected = one_job(video, tmp_path / "one", tracking)
+    plan, result = split(video, tmp_path / "split", tracking, chunk_frames=8)
+    assert "table" in plan["refine"]
+    assert_same_trajectories(expected.trajectories, pd.read_parquet(result.trajectories_path))
+    assert result.qc["refine"]["refined"] == expected.qc["refine"]["refined"] > 0
+
+
+def test_bad_settings_and_inputs_are_one_clear_error(video, split_run, tmp_path):
+    with pytest.raises(ParameterError, match="tracking.chunk_frames"):
+        from_config({"chunk_frames": 1})
+    with pytest.raises(ParameterError, match="tracking.chunk_frames"):
+        plan_tracking(video, from_config(BASE), pixel_size_um=MPP, frame_rate_hz=FPS, chunk_frames=0)
+    with pytest.raises(ParameterError, match="tracking.link.drift: registration"):
+        plan_tracking(video, from_config(section(link={"drift": "registration"})), pixel_size_um=MPP,
+                      frame_rate_hz=FPS, chunk_frames=5)
+    out, plan, _ = split_run
+    files = [out / "features" / chunk_file_name(i) for i in range(4)]
+    with pytest.raises(TrackingInputError, match="one file per chunk"):
+        link_chunks(plan, files[:3], tmp_path / "x")
+    with pytest.raises(TrackingInputError, match="outside its chunk"):
+        link_chunks(plan, [files[1], files[0], *files[2:]], tmp_path / "x")
+    with pytest.raises(TrackingInputError, match="not a chunk of the plan"):
+        locate_chunk(plan, 4, tmp_path / "c.parquet")

@@ -1,0 +1,1198 @@
+"""Tracking a long video in bounded memory, and split into jobs: plan, locate per chunk, link streaming.
+
+``tracking.pipeline.track_video`` holds every feature and trajectory of a
+video in memory at once. Here the same tracking is cut into three steps whose
+memory depends on the particles per frame and the chunk size, never on the
+number of frames (docs/tracking.md, *Long videos: chunks, bounded memory,
+split jobs*):
+
+1. ``plan_tracking``: open the video, resolve every automatic locate
+   parameter ONCE from the first frames (``tracking.pipeline.resolve_locate``,
+   the one-job path's own code), measure the sub-pixel refinement's spot
+   profile (``refine: psf_fit``) on the first frames, and cut the selected
+   frames into chunks of ``chunk_frames`` frames. The plan is a small JSON file.
+2. ``locate_chunk``: locate (and refine) the frames of one chunk with the
+   plan's parameters and write them to one parquet file. Locating is
+   deterministic frame by frame, so the chunk files together hold exactly the
+   features of an unsplit run. Chunks are independent: one Snakemake job each.
+3. ``link_chunks``: the gather. Pass 1 feeds the chunk files, read in frame
+   order, one frame at a time through trackpy's iterative linker (the
+   predictors and the bootstrap of ``tracking.link.link_features``) and writes
+   the linked rows to temporary per-chunk files, counting each trajectory's
+   length and summing its mass, size and eccentricity. Pass 2a measures the
+   drift (per frame pair) and each trajectory's median size (exactly, through
+   temporary bucket files) for the species. Pass 2b reads the linked chunks
+   again with a halo of frames on either side (the velocity stencil's reach),
+   applies the stub and trajectory filters, the drift, the velocities
+   (``tracking.motion``) and the species, and writes ``trajectories.parquet``
+   one row group per chunk (pyarrow ParquetWriter), readable lazily.
+
+The trajectories are those of ``track_video`` (tests/test_tracking_stream.py
+compares particle ids, frames, positions and velocities). What qc.json of the
+one-job path holds and cannot be had in bounded memory is computed on part of
+the data or left out, and qc.json's ``split`` section says which.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from trackpy.linking.linking import link_iter
+from trackpy.linking.utils import SubnetOversizeException
+from trackpy.predict import NearestVelocityPredict
+
+from mpd.atomic import atomic_write_bytes
+from mpd.jsonsafe import json_ready
+from mpd.provenance import software_versions
+
+from ._quiet import quiet_trackpy
+from .accuracy import accuracy_report
+from .checks import CLOSE_PACKED_PER_D2, MIN_FRAMES_FOR_PERSISTENCE, SHORT_FRAMES, ImplausibleResultError
+from .flatten import flatten_frames
+from .io import TrackingInputError, open_video
+from .link import (
+    POS_COLUMNS,
+    AffineVelocityPredict,
+    LinkingError,
+    _first_pair_velocities,
+    auto_search_range_px,
+    bootstrap_field,
+    subtract_drift,
+)
+from .locate import ResolvedLocate, filter_features, locate_stack, prepare
+from .motion import add_velocities, finite_differences
+from .noise import velocity_noise_report
+from .params import _NESTED, AUTO, ParameterError, TrackingParams, as_params, to_dict
+from .pipeline import FEATURE_COLUMNS, TRAJECTORY_COLUMNS, _search_range_text, check_units, load_truth, resolve_locate
+from .qc import MAX_POINTS, SAVE, _frame_picture, _to_picture
+from .refine import (
+    STATUS,
+    RefineError,
+    RefineSkippedWarning,
+    measure_spot_model,
+    refine_frame,
+    resolve_radius,
+    spot_model,
+)
+from .species import classify_species
+
+log = logging.getLogger(__name__)
+
+PLAN_VERSION = 1
+DEFAULT_CHUNK_FRAMES = 200
+# Frames are read for locating in stacks of at most this many bytes (as tracking.io.Video.chunks).
+STACK_BYTES = 256 * 2**20
+# The exact per-trajectory median size (species) is computed bucket by bucket of about this many rows.
+SPECIES_BUCKET_ROWS = 4_000_000
+LINKED_COLUMNS = ["frame", "particle", "x_px", "y_px", "mass", "size", "ecc", "signal", "raw_mass", "ep"]
+FILTER_COLUMNS = ("mass", "size", "ecc")
+
+
+def chunk_file_name(chunk: int) -> str:
+    """The file name of a chunk's features: ``chunk-00000.parquet`` (the features dataset's layout)."""
+    return f"chunk-{int(chunk):05d}.parquet"
+
+
+def check_chunk_frames(chunk_frames) -> int:
+    """``tracking.chunk_frames`` must be an integer >= 2 (frames per chunk)."""
+    if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, (int, np.integer)) or chunk_frames < 2:
+        raise ParameterError(f"tracking.chunk_frames must be an integer >= 2 (frames per chunk) or null (one job, "
+                             f"in memory), got {chunk_frames!r}")
+    return int(chunk_frames)
+
+
+def _check_split_supported(params: TrackingParams) -> None:
+    if params.link.drift == "registration":
+        raise ParameterError(
+            "tracking.link.drift: registration is not available with tracking.chunk_frames (split tracking): "
+            "it registers whole frames before linking; use drift: median or mean, or set tracking.chunk_frames: "
+            "null to track the video in one job")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    atomic_write_bytes((json.dumps(json_ready(data), indent=2, allow_nan=False) + "\n").encode(), path)
+
+
+# --- 1. the plan ------------------------------------------------------------------------------------------------
+
+def plan_tracking(frames_path, params: TrackingParams | dict | None = None, *, pixel_size_um: float,
+                  frame_rate_hz: float, chunk_frames: int, out_path=None) -> dict:
+    """Resolve the automatic parameters once and cut the video into chunks; return (and write) the plan.
+
+    Parameters
+    ----------
+    frames_path : str or path
+        The video (any input ``tracking.io.open_video`` reads).
+    params : TrackingParams, dict or None
+        The experiment's ``tracking:`` section; None takes every default.
+    pixel_size_um, frame_rate_hz : float
+        µm per pixel and frames per second (required, as for track_video).
+    chunk_frames : int
+        Frames per chunk (>= 2); the last chunk holds the rest.
+    out_path : path, optional
+        Where to write the plan (JSON, atomically).
+
+    Returns the plan: ``version``, ``source``, ``frame_numbers`` (the
+    selected frames), ``chunks`` ([first, stop) positions in frame_numbers),
+    ``resolved`` (tracking.locate.ResolvedLocate), ``auto`` (the automatic
+    choices, as qc.json's), ``flatten_size_px``, ``refine`` (the measured
+    spot model or why there is none), ``parameters``, ``units``, frame geometry.
+    """
+    pixel_size_um, frame_rate_hz = check_units(pixel_size_um, frame_rate_hz)
+    chunk_frames = check_chunk_frames(chunk_frames)
+    params = as_params(params)
+    _check_split_supported(params)
+    video = open_video(frames_path, params.frame_range, params.roi, params.locate.channel)
+    resolved, chosen, _, flatten, flatten_size = resolve_locate(video, params)
+    refine = _plan_refine(video, params, resolved, flatten)
+    n = len(video)
+    chunks = [[start, min(start + chunk_frames, n)] for start in range(0, n, chunk_frames)]
+    plan = {
+        "version": PLAN_VERSION,
+        "source": os.fspath(frames_path),
+        "reader": type(video.reader).__name__,
+        "frame_numbers": [int(f) for f in video.frame_numbers],
+        "frame_step": params.frame_range.step if params.frame_range is not None else 1,
+        "frame_shape_px": list(video.frame_shape),
+        "roi_origin_px": list(video.origin_px),
+        "chunk_frames": chunk_frames,
+        "chunks": chunks,
+        "resolved": dataclasses.asdict(resolved),
+        "flatten_size_px": flatten_size,
+        "auto": chosen,
+        "refine": refine,
+        "parameters": to_dict(params),
+        "units": {"pixel_size_um": pixel_size_um, "frame_rate_hz": frame_rate_hz},
+    }
+    if out_path is not None:
+        _write_json(Path(out_path), plan)
+    return json.loads(json.dumps(json_ready(plan)))  # exactly what a reader of the file gets
+
+
+def _locate_positions(video, params: TrackingParams, resolved: ResolvedLocate, flatten_size, start: int, stop: int,
+                      processes: int = 1) -> pd.DataFrame:
+    """trackpy's features (px of the full frame, filtered) of the selected frames start .. stop - 1."""
+    pieces = []
+    if stop > start:
+        first = video.read(start)
+        size = max(1, int(STACK_BYTES // max(first.nbytes, 1)))
+        for begin in range(start, stop, size):
+            end = min(begin + size, stop)
+            stack = np.empty((end - begin,) + first.shape, dtype=first.dtype)
+            for i in range(begin, end):
+                stack[i - begin] = first if i == start else video.read(i)
+            if flatten_size is not None:
+                stack = flatten_frames(stack, params.locate.flatten, flatten_size, resolved.invert)
+            pieces.append(locate_stack(prepare(stack, resolved.invert), video.frame_numbers[begin:end], resolved,
+                                       processes))
+    if not pieces:
+        from .locate import tidy
+
+        return tidy(pd.DataFrame())
+    features = pd.concat(pieces, ignore_index=True)
+    x0, y0 = video.origin_px
+    features["x"] += x0
+    features["y"] += y0
+    return filter_features(features, params.locate)
+
+
+def _plan_refine(video, params: TrackingParams, resolved: ResolvedLocate, flatten_size) -> dict | None:
+    """The psf_fit spot model measured on the first frames (as refine_features does), or why there is none."""
+    loc = params.locate
+    if loc.refine == "none":
+        return None
+    radius = resolve_radius(loc.refine_radius_px, resolved.diameter)
+    n_cal = min(int(loc.refine_profile_frames), len(video))
+    features = _locate_positions(video, params, resolved, flatten_size, 0, n_cal)
+    x_origin, y_origin = video.origin_px
+    images = [np.asarray(prepare(video.read(i), resolved.invert), np.float64) for i in range(n_cal)]
+    pieces = []
+    for i in range(n_cal):
+        piece = features.loc[features["frame"] == int(video.frame_numbers[i]), ["x", "y", "size"]].assign(frame=i)
+        pieces.append(piece.assign(x=piece["x"] - x_origin, y=piece["y"] - y_origin))
+    try:
+        model = measure_spot_model(images, pd.concat(pieces, ignore_index=True), radius, params.species,
+                                   loc.refine_sweeps)
+    except RefineError as error:
+        message = (f"{video.source}: tracking.locate.refine: psf_fit skipped, trackpy's centroids kept: {error}; "
+                   f"raise tracking.locate.refine_profile_frames, or set tracking.locate.refine: none to silence this")
+        warnings.warn(message, RefineSkippedWarning, stacklevel=3)
+        return {"method": loc.refine, "skipped": str(error)}
+    return {"method": loc.refine, "radius_px": float(radius), "size_thresholds_px": model.size_thresholds_px.tolist(),
+            "table": model.table.tolist(), "profile": model.record}
+
+
+def load_plan(plan) -> dict:
+    """A plan given as a dict or the path of its JSON file, checked."""
+    if isinstance(plan, dict):
+        return plan
+    path = os.fspath(plan)
+    if not os.path.isfile(path):
+        raise TrackingInputError(f"{path}: tracking plan not found; run plan_tracking first")
+    try:
+        plan = json.loads(Path(path).read_text())
+    except (ValueError, UnicodeDecodeError) as error:
+        raise TrackingInputError(f"{path}: not a tracking plan ({error}); delete it and plan again") from None
+    if not isinstance(plan, dict) or plan.get("version") != PLAN_VERSION:
+        raise TrackingInputError(f"{path}: a tracking plan of another version ({plan.get('version')!r}, this code "
+                                 f"reads {PLAN_VERSION}); delete it and plan again")
+    return plan
+
+
+def _plan_params(plan: dict) -> TrackingParams:
+    """The plan's parameters (``to_dict``'s form, every key written) as TrackingParams, checked."""
+    values = dict(plan["parameters"])
+    kwargs = {}
+    for name, cls in _NESTED.items():
+        section = values.pop(name, None)
+        if section is not None:
+            kwargs[name] = cls(**section)
+    return as_params(TrackingParams(**kwargs, **values))
+
+
+# --- 2. locating one chunk --------------------------------------------------------------------------------------
+
+def locate_chunk(plan, chunk: int, out_path, *, processes: int = 1) -> Path:
+    """Locate (and refine) the frames of ``plan["chunks"][chunk]``; write their features to ``out_path`` (parquet).
+
+    Columns are ``tracking.pipeline.FEATURE_COLUMNS`` (docs/data_schema.md),
+    rows in frame order and, within a frame, in trackpy's order (which the
+    linker's particle numbering follows). Written atomically.
+    """
+    plan = load_plan(plan)
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or not 0 <= chunk < len(plan["chunks"]):
+        raise TrackingInputError(f"chunk {chunk!r} is not a chunk of the plan (it has {len(plan['chunks'])}: 0 .. "
+                                 f"{len(plan['chunks']) - 1})")
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise TrackingInputError(f"processes must be an integer >= 1, got {processes!r}")
+    params = _plan_params(plan)
+    video = _open_planned_video(plan, params)
+    resolved = ResolvedLocate(**plan["resolved"])
+    start, stop = plan["chunks"][chunk]
+    features = _locate_positions(video, params, resolved, plan["flatten_size_px"], start, stop, processes)
+    features = _refine_chunk(video, features, plan, resolved, start, stop)
+    units = plan["units"]
+    table = _feature_table(features, units["pixel_size_um"], units["frame_rate_hz"])
+    out_path = Path(out_path)
+    _write_parquet(table, out_path)
+    return out_path
+
+
+def _open_planned_video(plan: dict, params: TrackingParams):
+    video = open_video(plan["source"], params.frame_range, params.roi, params.locate.channel)
+    if [int(f) for f in video.frame_numbers] != plan["frame_numbers"] or list(video.frame_shape) != \
+            plan["frame_shape_px"]:
+        raise TrackingInputError(f"{plan['source']}: the video is not the one planned (its selected frames or frame "
+                                 f"size differ from the plan's); plan the tracking again")
+    return video
+
+
+def _refine_chunk(video, features: pd.DataFrame, plan: dict, resolved: ResolvedLocate, start: int,
+                  stop: int) -> pd.DataFrame:
+    """Centroids kept beside the positions; with a measured spot model, positions refined frame by frame."""
+    features = features.assign(x_centroid=features["x"], y_centroid=features["y"], refined=False)
+    model_record = plan.get("refine")
+    if model_record is None or "skipped" in model_record:
+        return features
+    params = _plan_params(plan)
+    loc = params.locate
+    model = spot_model(model_record["radius_px"], np.asarray(model_record["size_thresholds_px"], float),
+                       np.asarray(model_record["table"], float), model_record["profile"])
+    x_origin, y_origin = video.origin_px
+    by_frame = {int(f): idx for f, idx in features.groupby("frame").indices.items()}
+    status = np.zeros(len(features), np.int64)
+    columns = [features.columns.get_loc(c) for c in ("x", "y")]
+    for i in range(start, stop):
+        idx = by_frame.get(int(video.frame_numbers[i]))
+        if idx is None or len(idx) == 0:
+            continue
+        image = np.asarray(prepare(video.read(i), resolved.invert), np.float64)
+        local = features.iloc[idx][["x", "y", "size"]]
+        local = local.assign(x=local["x"] - x_origin, y=local["y"] - y_origin)
+        result = refine_frame(image, local, model, loc.refine_sweeps, loc.refine_max_shift_px, resolved.margin_px)
+        features.iloc[idx, columns[0]] = result["x"].to_numpy() + x_origin
+        features.iloc[idx, columns[1]] = result["y"].to_numpy() + y_origin
+        status[idx] = result["status"].to_numpy()
+    features["refined"] = status == 0
+    features["refine_status"] = status
+    return features
+
+
+def _feature_table(features: pd.DataFrame, pixel_size_um: float, frame_rate_hz: float) -> pd.DataFrame:
+    """Located features in the units and columns of features.parquet (as track_video), trackpy's row order."""
+    status = features["refine_status"].to_numpy() if "refine_status" in features else None
+    table = features.rename(columns={"x": "x_px", "y": "y_px", "x_centroid": "x_centroid_px",
+                                     "y_centroid": "y_centroid_px"})
+    table["x"] = table["x_px"] * pixel_size_um
+    table["y"] = table["y_px"] * pixel_size_um
+    table["t"] = table["frame"] / frame_rate_hz
+    table = table[FEATURE_COLUMNS].reset_index(drop=True)
+    table["refined"] = table["refined"].astype(bool)
+    if status is not None:
+        table["refine_status"] = status.astype(np.int8)
+    return table
+
+
+def _write_parquet(table: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --- 3. the gather: linking and everything after, streaming -----------------------------------------------------
+
+@dataclass
+class StreamingResult:
+    """What link_chunks wrote; the tables stay on disk (read them lazily with pyarrow or pandas)."""
+
+    out_dir: Path
+    trajectories_path: Path
+    feature_files: list[Path]
+    qc: dict
+    accuracy: dict | None
+
+    @property
+    def trajectories(self) -> pd.DataFrame:
+        """The whole trajectories table, read on demand (memory: the whole table)."""
+        return pd.read_parquet(self.trajectories_path)
+
+
+def _read_features(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    try:
+        return pq.read_table(path, columns=list(columns)).to_pandas()
+    except (OSError, pa.ArrowException, KeyError) as error:
+        raise TrackingInputError(f"{path}: cannot be read as a chunk of features ({error}); locate that chunk "
+                                 f"again (tracking.stream.locate_chunk)") from None
+
+
+def _check_feature_files(plan: dict, feature_files) -> tuple[list[Path], np.ndarray]:
+    """The chunk files in order, checked against the plan; features per selected frame."""
+    files = [Path(f) for f in feature_files]
+    if len(files) != len(plan["chunks"]):
+        raise TrackingInputError(f"{len(files)} feature file(s) given for the plan's {len(plan['chunks'])} chunks; "
+                                 f"give one file per chunk, in order")
+    frame_numbers = np.asarray(plan["frame_numbers"], np.int64)
+    counts = np.zeros(len(frame_numbers), np.int64)
+    for path, (start, stop) in zip(files, plan["chunks"], strict=True):
+        if not path.is_file():
+            raise TrackingInputError(f"{path}: feature file of a chunk not found; run locate_chunk for it")
+        schema = pq.read_schema(path)
+        missing = [c for c in FEATURE_COLUMNS if c not in schema.names]
+        if missing:
+            raise TrackingInputError(f"{path}: lacks the feature columns {missing}; locate that chunk again")
+        frames = _read_features(path, ["frame"])["frame"].to_numpy()
+        position = np.searchsorted(frame_numbers, frames)
+        bad = (position < start) | (position >= stop) | (frame_numbers[np.minimum(position, len(frame_numbers) - 1)]
+                                                          != frames)
+        if bad.any() or np.any(np.diff(frames) < 0):
+            raise TrackingInputError(f"{path}: holds frames outside its chunk (frames {frame_numbers[start]} .. "
+                                     f"{frame_numbers[stop - 1]}) or out of order; give the chunk files in the "
+                                     f"plan's order, or locate that chunk again")
+        counts += np.bincount(position, minlength=len(frame_numbers))
+    return files, counts
+
+
+def _frames_of(table: pd.DataFrame) -> Iterator[pd.DataFrame]:
+    """The rows of each frame of a table sorted by frame, in their order."""
+    frames = table["frame"].to_numpy()
+    bounds = np.flatnonzero(np.r_[True, frames[1:] != frames[:-1], True]) if len(frames) else np.array([0])
+    for start, stop in itertools.pairwise(bounds):
+        yield table.iloc[start:stop]
+
+
+class _Peekable:
+    """An iterator of (chunk, frame table) that can look ahead (the auto search range, the bootstrap)."""
+
+    def __init__(self, iterator):
+        self.iterator, self.buffer = iterator, []
+
+    def take(self, n_nonempty: int, min_rows: int = 1) -> list[pd.DataFrame]:
+        """The first frames until n_nonempty of them hold at least min_rows rows (or the end)."""
+        seen = [frame for _, frame in self.buffer]
+        while sum(len(f) >= min_rows for f in seen) < n_nonempty:
+            try:
+                item = next(self.iterator)
+            except StopIteration:
+                break
+            self.buffer.append(item)
+            seen.append(item[1])
+        return seen
+
+    def __iter__(self):
+        while self.buffer:
+            yield self.buffer.pop(0)
+        yield from self.iterator
+
+
+class _Pass1:
+    """Linked rows written chunk by chunk to temporary files; per-trajectory counts and sums; feature statistics."""
+
+    def __init__(self, work: Path, n_chunks: int, first_frame: int, filter_sums: bool):
+        self.work, self.n_chunks, self.first_frame = work, n_chunks, first_frame
+        self.filter_sums = filter_sums
+        self.counts = np.zeros(0, np.int64)
+        self.sums = {c: np.zeros(0) for c in FILTER_COLUMNS}
+        self.valid = {c: np.zeros(0, np.int64) for c in FILTER_COLUMNS}
+        self.pending: dict[int, list[pd.DataFrame]] = {}
+        self.written = 0
+        self.subpixel = np.zeros((2, 20), np.int64)
+        self.sample_keys = np.empty(0)
+        self.sample = pd.DataFrame({"mass": [], "size": []})
+        self.first_features = None
+        self.rng = np.random.default_rng(0)
+
+    def path(self, chunk: int) -> Path:
+        return self.work / f"linked-{chunk:05d}.parquet"
+
+    def add(self, chunk: int, frame: pd.DataFrame) -> None:
+        while self.written < chunk:  # earlier chunks are complete
+            self._flush(self.written)
+        self.pending.setdefault(chunk, []).append(frame)
+
+    def finish(self) -> None:
+        while self.written < self.n_chunks:
+            self._flush(self.written)
+
+    def _flush(self, chunk: int) -> None:
+        frames = self.pending.pop(chunk, [])
+        table = (pd.concat(frames, ignore_index=True) if frames
+                 else pd.DataFrame({c: pd.Series(dtype=np.int64 if c in ("frame", "particle") else float)
+                                    for c in ("frame", "particle", "x", "y")}))
+        table = table.rename(columns={"x": "x_px", "y": "y_px"})
+        for column in LINKED_COLUMNS:
+            if column not in table:
+                table[column] = pd.Series(dtype=float)
+        table = table[LINKED_COLUMNS]
+        table["particle"] = table["particle"].astype(np.int64)
+        table["frame"] = table["frame"].astype(np.int64)
+        pq.write_table(pa.Table.from_pandas(table, preserve_index=False), self.path(chunk))
+        self._accumulate(table)
+        self.written += 1
+
+    def _grow(self, size: int) -> None:
+        if size > len(self.counts):
+            extra = size - len(self.counts)
+            self.counts = np.r_[self.counts, np.zeros(extra, np.int64)]
+            for c in FILTER_COLUMNS:
+                self.sums[c] = np.r_[self.sums[c], np.zeros(extra)]
+                self.valid[c] = np.r_[self.valid[c], np.zeros(extra, np.int64)]
+
+    def _accumulate(self, table: pd.DataFrame) -> None:
+        particle = table["particle"].to_numpy()
+        if len(particle):
+            self._grow(int(particle.max()) + 1)
+            self.counts += np.bincount(particle, minlength=len(self.counts))
+            if self.filter_sums:
+                for c in FILTER_COLUMNS:
+                    values = table[c].to_numpy(float)
+                    ok = np.isfinite(values)
+                    self.sums[c] += np.bincount(particle[ok], values[ok], minlength=len(self.counts))
+                    self.valid[c] += np.bincount(particle[ok], minlength=len(self.counts))
+        # QC figures: the first frame's features, sub-pixel histograms, a uniform sample of (mass, size).
+        if self.first_features is None:
+            self.first_features = table.loc[table["frame"] == self.first_frame, ["x_px", "y_px"]].copy()
+        for k, column in enumerate(("x_px", "y_px")):
+            self.subpixel[k] += np.histogram(np.mod(table[column].to_numpy(), 1.0), bins=20, range=(0, 1))[0]
+        keys = np.r_[self.sample_keys, self.rng.random(len(table))]
+        sample = pd.concat([self.sample, table[["mass", "size"]]], ignore_index=True)
+        if len(keys) > MAX_POINTS:
+            keep = np.argpartition(keys, MAX_POINTS)[:MAX_POINTS]
+            keys, sample = keys[keep], sample.iloc[keep].reset_index(drop=True)
+        self.sample_keys, self.sample = keys, sample
+
+
+def _search_range(params: TrackingParams, frames: _Peekable, pixel_size_um: float) -> tuple[float, dict]:
+    """The search range (px) and its record, as link_features resolves it."""
+    link = params.link
+    record: dict = {}
+    if link.search_range_px is not None:
+        search_range_px = link.search_range_px
+    elif link.search_range_um == AUTO:
+        first = frames.take(10, min_rows=2)
+        record["search_range"] = auto_search_range_px(pd.concat(first, ignore_index=True) if first
+                                                      else pd.DataFrame({"frame": [], "x": [], "y": []}))
+        search_range_px = record["search_range"]["search_range_px"]
+    else:
+        search_range_px = link.search_range_um / pixel_size_um
+    record["search_range_px"] = float(search_range_px)
+    return float(search_range_px), record
+
+
+def _link_stream(params: TrackingParams, frames: _Peekable, n_frames_with_features: int, pixel_size_um: float,
+                 sink: _Pass1) -> dict:
+    """Pass 1: trackpy's iterative linking, one frame at a time, exactly as link_features links the whole table."""
+    search_range_px, record = _search_range(params, frames, pixel_size_um)
+    kwargs = {"memory": params.link.memory, "adaptive_step": params.link.adaptive_step}
+    if params.link.adaptive_stop_um is not None:
+        kwargs["adaptive_stop"] = params.link.adaptive_stop_um / pixel_size_um
+    try:
+        with warnings.catch_warnings(), quiet_trackpy():
+            warnings.simplefilter("ignore")
+            if params.link.predictor == "none" or n_frames_with_features < 2:
+                _link_plain(frames, search_range_px, kwargs, sink)
+            else:
+                first_two = [f for f in frames.take(2) if len(f)][:2]
+                pair = pd.concat(first_two, ignore_index=True)
+                field, centre, first_pair = bootstrap_field(pair, search_range_px, **kwargs)
+                record["bootstrap_velocity_field_px_per_frame"] = None if field is None else {
+                    "centre_yx": np.round(centre, 4).tolist(), "coefficients": np.round(field, 6).tolist()}
+                if params.link.predictor == "affine":
+                    predictor = AffineVelocityPredict(field, centre, pos_columns=POS_COLUMNS)
+                else:
+                    guess = _first_pair_velocities(first_pair)
+                    predictor = (NearestVelocityPredict(guess[0], guess[1], pos_columns=POS_COLUMNS)
+                                 if guess is not None else NearestVelocityPredict(pos_columns=POS_COLUMNS))
+                chunks = []
+
+                def nonempty():  # trackpy's predictor.link_df groups by frame: empty frames are not linked
+                    for chunk, frame in frames:
+                        if len(frame):
+                            chunks.append(chunk)
+                            yield frame
+
+                for linked in predictor.link_df_iter(nonempty(), search_range_px, pos_columns=POS_COLUMNS,
+                                                     t_column="frame", **kwargs):
+                    sink.add(chunks.pop(0), linked)
+    except SubnetOversizeException as error:
+        raise LinkingError(
+            f"linking failed: too many candidate links in a crowded region ({error}); lower "
+            f"link.search_range_um (now {search_range_px * pixel_size_um:.3g} µm) or set link.adaptive_stop_um"
+        ) from None
+    sink.finish()
+    return record
+
+
+def _link_plain(frames: _Peekable, search_range_px: float, kwargs: dict, sink: _Pass1) -> None:
+    """trackpy.link's own loop (link_iter over every integer time from the first to the last non-empty frame)."""
+    queue: list[tuple[int, pd.DataFrame]] = []
+
+    def coords():
+        last = None
+        for chunk, frame in frames:
+            if len(frame) == 0:
+                continue
+            t = int(frame["frame"].iloc[0])
+            if last is not None:
+                for gap in range(last + 1, t):  # trackpy.link links the frames between as empty ones
+                    queue.append((chunk, None))
+                    yield gap, np.empty((0, len(POS_COLUMNS)))
+            queue.append((chunk, frame))
+            last = t
+            yield t, frame[POS_COLUMNS].to_numpy()
+
+    for _, ids in link_iter(coords(), search_range_px, **kwargs):
+        chunk, frame = queue.pop(0)
+        if frame is not None:
+            sink.add(chunk, frame.assign(particle=np.asarray(ids, np.int64)))
+
+
+def _frame_stream(files: list[Path]) -> Iterator[tuple[int, pd.DataFrame]]:
+    """(chunk, rows of one frame in px: frame, x, y, mass, ...) for every frame with features, in order."""
+    columns = ["frame", "x_px", "y_px", "mass", "size", "ecc", "signal", "raw_mass", "ep"]
+    for chunk, path in enumerate(files):
+        table = _read_features(path, columns).rename(columns={"x_px": "x", "y_px": "y"})
+        table["frame"] = table["frame"].astype(np.int64)
+        for frame in _frames_of(table):
+            yield chunk, frame
+
+
+class _Linked:
+    """Rows of the linked chunk files by position range in frame_numbers, a few chunks cached."""
+
+    def __init__(self, sink: _Pass1, chunks: list, frame_numbers: np.ndarray):
+        self.sink, self.chunks, self.frame_numbers = sink, chunks, frame_numbers
+        self.cache: dict[int, pd.DataFrame] = {}
+
+    def rows(self, lo: int, hi: int) -> pd.DataFrame:
+        lo, hi = max(lo, 0), min(hi, len(self.frame_numbers))
+        wanted = [i for i, (a, b) in enumerate(self.chunks) if a < hi and b > lo]
+        for i in [i for i in self.cache if i not in wanted]:
+            del self.cache[i]
+        pieces = []
+        for i in wanted:
+            if i not in self.cache:
+                self.cache[i] = pq.read_table(self.sink.path(i)).to_pandas()
+            table = self.cache[i]
+            a, b = self.chunks[i]
+            if a >= lo and b <= hi:
+                pieces.append(table)
+            else:
+                frames = table["frame"].to_numpy()
+                pieces.append(table[(frames >= self.frame_numbers[lo]) & (frames <= self.frame_numbers[hi - 1])])
+        return pd.concat(pieces, ignore_index=True) if pieces else self.sink_empty()
+
+    def sink_empty(self) -> pd.DataFrame:
+        return pd.DataFrame({c: pd.Series(dtype=np.int64 if c in ("frame", "particle") else float)
+                             for c in LINKED_COLUMNS})
+
+
+def _keep_rows(table: pd.DataFrame, keep_particle: np.ndarray, params: TrackingParams) -> pd.DataFrame:
+    """The stub filter and the trajectory filter (per trajectory: decided in pass 1; per observation: here)."""
+    particle = table["particle"].to_numpy()
+    keep = keep_particle[particle] if len(particle) else np.zeros(0, bool)
+    flt = params.trajectory_filter
+    if flt.per == "observation":
+        for column, low, high in (("mass", flt.min_mass, flt.max_mass), ("size", flt.min_size, flt.max_size),
+                                  ("ecc", flt.min_ecc, flt.max_ecc)):
+            values = table[column].to_numpy()
+            if low is not None:
+                keep &= values > low
+            if high is not None:
+                keep &= values < high
+    return table.loc[keep].reset_index(drop=True)
+
+
+def _keep_particles(sink: _Pass1, params: TrackingParams) -> np.ndarray:
+    """Per particle id: kept by the stub filter and (per trajectory) by the trajectory filter's means."""
+    keep = sink.counts >= params.link.min_length if params.link.min_length > 1 else sink.counts > 0
+    flt = params.trajectory_filter
+    if flt.per == "trajectory":
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for column, low, high in (("mass", flt.min_mass, flt.max_mass), ("size", flt.min_size, flt.max_size),
+                                      ("ecc", flt.min_ecc, flt.max_ecc)):
+                if low is None and high is None:
+                    continue
+                mean = sink.sums[column] / sink.valid[column]
+                if low is not None:
+                    keep &= mean > low
+                if high is not None:
+                    keep &= mean < high
+    return keep
+
+
+def _inside(table: pd.DataFrame, region_px, margin_px: float) -> np.ndarray:
+    x0, y0, width, height = region_px
+    x, y = table["x_px"].to_numpy(), table["y_px"].to_numpy()
+    return (x >= x0 + margin_px) & (x <= x0 + width - margin_px) & (y >= y0 + margin_px) & \
+        (y <= y0 + height - margin_px)
+
+
+def _drift_increments(rows: pd.DataFrame, position_of, method: str) -> pd.DataFrame:
+    """Per target position: the median (tracking.link.compute_drift) or mean (trackpy) step of x_px, y_px."""
+    if len(rows) == 0:
+        return pd.DataFrame(columns=["x_px", "y_px"], dtype=float)
+    t = rows.sort_values(["particle", "frame"])
+    position = position_of(t["frame"].to_numpy())
+    same = (t["particle"].to_numpy()[1:] == t["particle"].to_numpy()[:-1]) & (np.diff(position) == 1)
+    steps = np.diff(t[["x_px", "y_px"]].to_numpy(), axis=0)[same]
+    target = position[1:][same]
+    if method == "median":
+        return pd.DataFrame(steps, columns=["x_px", "y_px"]).groupby(target).median()
+    # trackpy.compute_drift: the mean over each frame's steps, rows in (particle, frame) order
+    return pd.DataFrame({"x_px": steps[:, 0], "y_px": steps[:, 1], "frame": target}).groupby("frame").mean()
+
+
+def _drift_table(increments: list[pd.DataFrame], n_frames: int, params: TrackingParams) -> pd.DataFrame:
+    """Cumulative drift (px) per analysed position, as tracking.link.compute_drift returns it."""
+    columns = ["x_px", "y_px"]
+    steps = pd.concat(increments) if increments else pd.DataFrame(columns=columns, dtype=float)
+    if params.link.drift == "median":
+        array = np.zeros((n_frames, 2))
+        if len(steps):
+            array[steps.index.to_numpy()] = steps[columns].to_numpy()
+        return pd.DataFrame(np.cumsum(array, axis=0), columns=columns)
+    steps.index.name = "frame"
+    if params.link.drift_smoothing > 0:
+        steps = steps.rolling(params.link.drift_smoothing, min_periods=0).mean()
+    cumulative = steps.cumsum().reindex(np.arange(n_frames))[columns].ffill().fillna(0.0)
+    return pd.DataFrame(cumulative.to_numpy(), columns=columns)
+
+
+def _species_labels(bucket_paths: list[Path], params: TrackingParams, region_px, margin_px: float
+                    ) -> tuple[pd.Series, dict]:
+    """classify_species on each trajectory's exact median size, computed bucket by bucket (memory: per bucket)."""
+    confident, every = [], []
+    for path in bucket_paths:
+        table = pq.read_table(path).to_pandas() if path.exists() else pd.DataFrame(
+            {"particle": [], "size": [], "inside": []})
+        every.append(table.groupby("particle")["size"].median())
+        confident.append(table[table["inside"].astype(bool)].groupby("particle")["size"].median())
+    every = pd.concat(every).sort_index() if every else pd.Series(dtype=float)
+    confident = pd.concat(confident).sort_index() if confident else pd.Series(dtype=float)
+    x0, y0, width, height = region_px
+    # One row per trajectory with its median: inside the region where it has rows away from the edges
+    # (their median), else outside it (the median of all its rows): classify_species then sees the medians
+    # track_video's whole table gives it.
+    outside = every.drop(confident.index)
+    table = pd.DataFrame({
+        "particle": np.r_[confident.index.to_numpy(), outside.index.to_numpy()].astype(np.int64),
+        "size": np.r_[confident.to_numpy(), outside.to_numpy()],
+        "x_px": np.r_[np.full(len(confident), x0 + 0.5 * width), np.full(len(outside), x0 - margin_px - 1.0)],
+        "y_px": np.r_[np.full(len(confident), y0 + 0.5 * height), np.full(len(outside), y0 - margin_px - 1.0)],
+    })
+    labels, record = classify_species(table, params.species, region_px=region_px, margin_px=margin_px)
+    return pd.Series(labels.to_numpy(), index=table["particle"].to_numpy()), record
+
+
+class _TrajectoryFigures:
+    """The trajectories over the first frame and the per-frame counts, drawn as the row groups pass."""
+
+    def __init__(self, first_image: np.ndarray, origin_px):
+        from PIL import ImageDraw
+
+        self.picture, self.zoom = _frame_picture(first_image)
+        self.draw = ImageDraw.Draw(self.picture)
+        self.origin = origin_px
+        self.last: dict[int, tuple[float, float]] = {}
+
+    def add(self, rows: pd.DataFrame) -> None:
+        if len(rows) == 0:
+            return
+        t = rows.sort_values(["particle", "frame"])
+        x0, y0 = self.origin
+        x, y = _to_picture(t["x_px"].to_numpy() - x0, t["y_px"].to_numpy() - y0, self.zoom)
+        particle = t["particle"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, particle[1:] != particle[:-1], True])
+        for start, stop in itertools.pairwise(starts):
+            points = list(zip(x[start:stop], y[start:stop], strict=True))
+            p = int(particle[start])
+            if p in self.last:
+                points.insert(0, self.last[p])
+            if len(points) > 1:
+                self.draw.line(points, fill=(255, 140, 0), width=1)
+            self.last[p] = points[-1]
+
+
+def _write_stream_figures(qc_dir: Path, first_image: np.ndarray, origin_px, sink: _Pass1, drawn: _TrajectoryFigures,
+                          frame_numbers: np.ndarray, counts: np.ndarray, in_trajectories: np.ndarray,
+                          n_trajectories: int, diameter_px: float) -> list[str]:
+    """The five QC figures of tracking.qc.write_figures, from what the passes gathered."""
+    from matplotlib.figure import Figure
+    from PIL import ImageDraw
+
+    qc_dir.mkdir(parents=True, exist_ok=True)
+    x0, y0 = origin_px
+    first = int(frame_numbers[0])
+    picture, zoom = _frame_picture(first_image)
+    draw = ImageDraw.Draw(picture)
+    here = sink.first_features if sink.first_features is not None else pd.DataFrame({"x_px": [], "y_px": []})
+    x, y = _to_picture(here["x_px"] - x0, here["y_px"] - y0, zoom)
+    radius = 0.5 * diameter_px * zoom
+    for xc, yc in zip(x, y, strict=True):
+        draw.ellipse((xc - radius, yc - radius, xc + radius, yc + radius), outline=(255, 40, 40))
+    draw.text((4, 2), f"frame {first}: {len(here)} features", fill=(255, 255, 0))
+    picture.save(qc_dir / "annotated_frame.png", compress_level=1)
+
+    fig = Figure(figsize=(5, 4), dpi=80)
+    ax = fig.add_axes((0.15, 0.13, 0.8, 0.82))
+    ax.scatter(sink.sample["mass"], sink.sample["size"], s=3, alpha=0.4, edgecolors="none")
+    ax.set_xlabel("mass (integrated band-passed brightness)")
+    ax.set_ylabel("size: radius of gyration (px)")
+    fig.savefig(qc_dir / "mass_size.png", **SAVE)
+
+    fig = Figure(figsize=(7, 3), dpi=80)
+    axes = fig.subplots(1, 2, sharey=True, gridspec_kw={"left": 0.1, "right": 0.97, "bottom": 0.17, "top": 0.88})
+    edges = np.linspace(0, 1, 21)
+    for ax, column, hist in zip(axes, ("x_px", "y_px"), sink.subpixel, strict=True):
+        ax.stairs(hist, edges, fill=True)
+        ax.set_xlabel(f"{column} mod 1")
+    axes[0].set_ylabel("features")
+    fig.suptitle("sub-pixel bias: flat is good")
+    fig.savefig(qc_dir / "subpixel_bias.png", **SAVE)
+
+    drawn.draw.text((4, 2), f"{n_trajectories} trajectories", fill=(255, 255, 0))
+    drawn.picture.save(qc_dir / "trajectories.png", compress_level=1)
+
+    fig = Figure(figsize=(6, 3), dpi=80)
+    ax = fig.add_axes((0.12, 0.17, 0.85, 0.78))
+    ax.plot(frame_numbers, counts, label="features")
+    ax.plot(frame_numbers, in_trajectories, label="in trajectories")
+    if (counts == 0).any():
+        empty = frame_numbers[counts == 0]
+        ax.plot(empty, np.zeros(len(empty)), "v", color="crimson", clip_on=False,
+                label=f"{len(empty)} frame(s) without features")
+    ax.set_xlabel("frame")
+    ax.set_ylabel("count")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="lower right")
+    fig.savefig(qc_dir / "features_per_frame.png", **SAVE)
+    return ["annotated_frame.png", "mass_size.png", "subpixel_bias.png", "trajectories.png", "features_per_frame.png"]
+
+
+def _check_packing(counts: np.ndarray, plan: dict, resolved: ResolvedLocate, max_ratio, source: str) -> dict:
+    """tracking.checks.check_packing from the features per frame (frames with features, as its groupby)."""
+    height, width = plan["frame_shape_px"]
+    close_packed = CLOSE_PACKED_PER_D2 * height * width / float(resolved.diameter) ** 2
+    per_frame = float(np.median(counts[counts > 0])) if counts.sum() else 0.0
+    record = {"features_per_frame": per_frame, "close_packed": round(float(close_packed), 1),
+              "ratio": round(float(per_frame / close_packed), 4)}
+    if max_ratio is not None and record["ratio"] > max_ratio:
+        raise ImplausibleResultError(
+            f"{source}: {record['features_per_frame']:.0f} features per frame (median) are {record['ratio']:.2f} "
+            f"times as many as disks of the mask diameter ({resolved.diameter} px) can fill the {width}x{height} px "
+            f"analysed area at close packing ({record['close_packed']:.0f}); they are not particles: check "
+            f"tracking.locate.invert (now {str(resolved.invert).lower()}), tracking.locate.diameter (now "
+            f"{resolved.diameter}) and tracking.locate.minmass (now {resolved.minmass:.4g}); if the sample really "
+            f"is this dense, raise tracking.checks.max_packing_ratio (now {max_ratio:g}) or set it to null")
+    return record
+
+
+def _check_short(lengths: np.ndarray, n_frames: int, max_fraction, search_range: str, source: str) -> dict:
+    """tracking.checks.check_short_trajectories from the trajectory lengths counted in pass 1."""
+    total = int(lengths.sum())
+    if n_frames < MIN_FRAMES_FOR_PERSISTENCE or total == 0:
+        record = {"short_frames": None, "fraction": None}
+    else:
+        short = min(SHORT_FRAMES, n_frames // 2)
+        record = {"short_frames": short, "fraction": round(float(lengths[lengths < short].sum() / total), 4)}
+    if max_fraction is not None and record["fraction"] is not None and record["fraction"] > max_fraction:
+        raise ImplausibleResultError(
+            f"{source}: {record['fraction']:.0%} of the linked features lie in trajectories shorter than "
+            f"{record['short_frames']} frames (of {n_frames} analysed); features that cannot be followed from "
+            f"frame to frame are noise, the wrong contrast or mislinks: check tracking.locate.invert, "
+            f"tracking.locate.minmass and the search range ({search_range}); if the particles really are seen "
+            f"this briefly, raise tracking.checks.max_short_fraction (now {max_fraction:g}) or set it to null")
+    return record
+
+
+def _refine_record(plan: dict, files: list[Path]) -> dict | None:
+    """qc.json's refine record, summed over the chunks (the shift percentiles are left out)."""
+    refine = plan.get("refine")
+    if refine is None or "skipped" in refine:
+        return refine
+    params = _plan_params(plan)
+    counts = np.zeros(len(STATUS), np.int64)
+    for path in files:
+        if "refine_status" in pq.read_schema(path).names:
+            status = _read_features(path, ["refine_status"])["refine_status"].to_numpy(np.int64)
+            counts += np.bincount(status, minlength=len(STATUS))
+    total = int(counts.sum())
+    resolved = ResolvedLocate(**plan["resolved"])
+    return {"method": "psf_fit", "radius_px": round(float(refine["radius_px"]), 3),
+            "sweeps": int(params.locate.refine_sweeps), "border_px": int(resolved.margin_px),
+            "max_shift_px": float(params.locate.refine_max_shift_px), "profile": refine["profile"],
+            "features": total, "refined": int(counts[0]),
+            "fraction_refined": float(counts[0] / total) if total else None,
+            "kept_centroid": {name: int(counts[k]) for k, name in enumerate(STATUS) if k > 0},
+            "shift_px": None}
+
+
+def link_chunks(plan, feature_files, out_dir, *, truth_pixels=None) -> StreamingResult:
+    """The gather: link the chunks' features streaming, then filter, remove drift, add velocities and species.
+
+    Writes into ``out_dir`` (created; other files there, such as the plan and
+    the features folder, are left alone): ``trajectories.parquet`` (one row
+    group per chunk, columns of tracking.pipeline.TRAJECTORY_COLUMNS),
+    ``qc.json``, ``qc/*.png``, ``drift.csv`` (with a drift) and, with
+    ``truth_pixels``, ``accuracy.json``. Each file is replaced whole (written
+    beside it, then renamed), qc.json last.
+
+    Memory: one chunk of features (pass 1) or of linked rows with its halo
+    (pass 2), per-trajectory counts and sums, per-frame counts and the drift
+    (a few numbers per frame). With ``truth_pixels`` the accuracy report reads
+    the whole trajectories table (the truth is whole in memory anyway).
+    """
+    timing = {}
+    start_time = time.perf_counter()
+    plan = load_plan(plan)
+    params = _plan_params(plan)
+    _check_split_supported(params)
+    check_units(plan["units"]["pixel_size_um"], plan["units"]["frame_rate_hz"])
+    n_frames = len(plan["frame_numbers"])
+    resolved = ResolvedLocate(**plan["resolved"])
+    source = plan["source"]
+    truth = load_truth(truth_pixels)
+    files, counts = _check_feature_files(plan, feature_files)
+    if counts.sum() == 0:
+        raise TrackingInputError(
+            f"{source}: no particle found in any of the {n_frames} frames (diameter {resolved.diameter} px, "
+            f"minmass {resolved.minmass:.4g}, invert {resolved.invert}); check locate.invert (true for dark "
+            f"particles), lower locate.minmass or loosen the mass/size/ecc filters")
+    checks = {"packing": _check_packing(counts, plan, resolved, params.checks.max_packing_ratio, source)}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".link-", dir=out_dir))
+    try:
+        result = _gather(plan, params, files, counts, out_dir, work, truth, checks, timing)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result.qc["timing_s"]["total"] = round(time.perf_counter() - start_time, 3)
+    _write_json(out_dir / "qc.json", result.qc)
+    return result
+
+
+def _gather(plan, params, files, counts, out_dir, work, truth, checks, timing) -> StreamingResult:
+    pixel_size_um, frame_rate_hz = plan["units"]["pixel_size_um"], plan["units"]["frame_rate_hz"]
+    frame_numbers = np.asarray(plan["frame_numbers"], np.int64)
+    n_frames, chunks, frame_step = len(frame_numbers), plan["chunks"], plan["frame_step"]
+    resolved = ResolvedLocate(**plan["resolved"])
+    source = plan["source"]
+    height, width = plan["frame_shape_px"]
+    origin = tuple(plan["roi_origin_px"])
+    region = (*origin, width, height)
+    chosen = dict(plan["auto"])
+    flt = params.trajectory_filter
+    filtering = any(getattr(flt, k) is not None for k in ("min_mass", "max_mass", "min_size", "max_size",
+                                                          "min_ecc", "max_ecc"))
+
+    def position_of(frames):
+        return np.searchsorted(frame_numbers, frames)
+
+    # Pass 1: link.
+    mark = time.perf_counter()
+    sink = _Pass1(work, len(chunks), int(frame_numbers[0]), filter_sums=filtering and flt.per == "trajectory")
+    frames = _Peekable(_frame_stream(files))
+    link_record = _link_stream(params, frames, int((counts > 0).sum()), pixel_size_um, sink)
+    if "search_range" in link_record:
+        chosen["search_range"] = link_record.pop("search_range")
+    checks["short_trajectories"] = _check_short(
+        sink.counts[sink.counts > 0], n_frames, params.checks.max_short_fraction,
+        _search_range_text(params, link_record["search_range_px"], pixel_size_um), source)
+    keep_particle = _keep_particles(sink, params) if filtering else (
+        sink.counts >= params.link.min_length if params.link.min_length > 1 else sink.counts > 0)
+    stub_kept = sink.counts >= params.link.min_length if params.link.min_length > 1 else sink.counts > 0
+    timing["link"] = time.perf_counter() - mark
+
+    # Pass 2a: drift increments and the species' median sizes.
+    mark = time.perf_counter()
+    linked = _Linked(sink, chunks, frame_numbers)
+    drift_method = params.link.drift
+    increments = []
+    kept_rows_bound = int(sink.counts[keep_particle].sum())
+    n_buckets = max(1, math.ceil(kept_rows_bound / SPECIES_BUCKET_ROWS))
+    bucket_paths = [work / f"species-{b:04d}.parquet" for b in range(n_buckets)]
+    writers: dict[int, pq.ParquetWriter] = {}
+    bucket_schema = pa.schema([("particle", pa.int64()), ("size", pa.float64()), ("inside", pa.bool_())])
+    try:
+        for i, (a, b) in enumerate(chunks):
+            # one frame before the chunk: the steps into its first frame
+            rows = linked.rows(a - 1 if i else a, b)
+            kept = _keep_rows(rows, keep_particle, params)
+            own = kept[kept["frame"].to_numpy() >= frame_numbers[a]]
+            if drift_method in ("median", "mean"):
+                source_rows = (kept if params.link.drift_from == "filtered"
+                               else rows[stub_kept[rows["particle"].to_numpy()]])
+                step = _drift_increments(source_rows, position_of, drift_method)
+                increments.append(step[step.index >= a] if i else step)
+            inside = _inside(own, region, resolved.diameter)
+            bucket = own["particle"].to_numpy() % n_buckets
+            for k in np.unique(bucket):
+                part = own.loc[bucket == k]
+                table = pa.Table.from_pandas(pd.DataFrame({"particle": part["particle"].to_numpy(np.int64),
+                                                           "size": part["size"].to_numpy(float),
+                                                           "inside": inside[bucket == k]}),
+                                             schema=bucket_schema, preserve_index=False)
+                if k not in writers:
+                    writers[k] = pq.ParquetWriter(bucket_paths[k], bucket_schema)
+                writers[k].write_table(table)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    species_of, species_record = _species_labels(bucket_paths, params, region, resolved.diameter)
+    drift = None
+    if drift_method in ("median", "mean"):
+        drift_px = _drift_table(increments, n_frames, params)
+        drift = pd.DataFrame({"x": drift_px["x_px"].to_numpy() * pixel_size_um,
+                              "y": drift_px["y_px"].to_numpy() * pixel_size_um},
+                             index=pd.Index(frame_numbers, name="frame"))
+    timing["drift_species"] = time.perf_counter() - mark
+
+    # Pass 2b: filters, drift, velocities, species; one row group per chunk.
+    mark = time.perf_counter()
+    halo = params.velocity.window if params.velocity.smoothing == "savgol" else 1
+    lengths = np.zeros(len(sink.counts), np.int64)
+    in_trajectories = np.zeros(n_frames, np.int64)
+    video = _open_planned_video(plan, params)
+    first_image = video.read(0)
+    drawn = _TrajectoryFigures(first_image, origin)
+    first_chunk_trajectories = None
+    species_map = np.zeros(len(sink.counts), np.int64)
+    if len(species_of):
+        species_map[species_of.index.to_numpy()] = species_of.to_numpy()
+    trajectories_tmp = work / "trajectories.parquet"
+    schema = None
+    writer = None
+    try:
+        for i, (a, b) in enumerate(chunks):
+            rows = _keep_rows(linked.rows(a - halo, b + halo), keep_particle, params)
+            table = rows
+            table["x"] = table["x_px"] * pixel_size_um
+            table["y"] = table["y_px"] * pixel_size_um
+            if drift is not None:
+                table = subtract_drift(table, drift)
+            table = add_velocities(table, frame_rate_hz, params.velocity, frame_step=frame_step)
+            frames_here = table["frame"].to_numpy()
+            table = table[(frames_here >= frame_numbers[a]) & (frames_here <= frame_numbers[b - 1])].copy()
+            table["t"] = table["frame"] / frame_rate_hz
+            table["species"] = species_map[table["particle"].to_numpy()] if len(table) else np.zeros(0, np.int64)
+            table = table.sort_values(["frame", "particle"], kind="stable")[TRAJECTORY_COLUMNS].reset_index(drop=True)
+            table["species"] = table["species"].astype(np.int64)
+            arrow = pa.Table.from_pandas(table, preserve_index=False, schema=schema)
+            if writer is None:
+                schema = arrow.schema
+                writer = pq.ParquetWriter(trajectories_tmp, schema)
+            writer.write_table(arrow)
+            particle = table["particle"].to_numpy()
+            if len(particle):
+                lengths += np.bincount(particle, minlength=len(lengths))
+            in_trajectories += np.bincount(position_of(table["frame"].to_numpy()), minlength=n_frames)
+            drawn.add(table)
+            if i == 0:
+                first_chunk_trajectories = table
+    finally:
+        if writer is not None:
+            writer.close()
+    timing["velocities"] = time.perf_counter() - mark
+
+    lengths = lengths[lengths > 0]
+    stub_lengths = sink.counts[stub_kept]
+    filtered = {"trajectories_before": int(stub_kept.sum()), "observations_before": int(stub_lengths.sum()),
+                "trajectories_after": len(lengths), "observations_after": int(lengths.sum())}
+    n_features = int(counts.sum())
+    empty = [int(f) for f in frame_numbers[counts == 0]]
+    summary = {
+        "frames_analysed": n_frames,
+        "features": n_features,
+        "frames_without_features": {"count": len(empty), "frames": empty},
+        "features_per_frame": {
+            "mean": float(counts.mean()), "median": float(np.median(counts)),
+            "min": int(counts.min()), "max": int(counts.max()),
+            "by_frame": {str(int(f)): int(n) for f, n in zip(frame_numbers, counts, strict=True)},
+        },
+        "trajectories": len(lengths),
+        "mean_trajectory_length_frames": float(lengths.mean()) if len(lengths) else 0.0,
+        "median_trajectory_length_frames": float(np.median(lengths)) if len(lengths) else 0.0,
+        "fraction_of_frames_tracked": int((in_trajectories > 0).sum()) / n_frames if n_frames else 0.0,
+        "fraction_of_features_in_trajectories": int(lengths.sum()) / n_features if n_features else 0.0,
+    }
+    report_warnings = []
+    if empty:
+        shown = ", ".join(map(str, empty[:10])) + (" ..." if len(empty) > 10 else "")
+        message = (f"{source}: {len(empty)} frame(s) without any feature ({shown}): every trajectory "
+                   f"breaks there; check those frames (blank, overexposed, out of focus) or leave them out with "
+                   f"tracking.frame_range")
+        log.warning(message)
+        report_warnings.append(message)
+
+    mark = time.perf_counter()
+    drift_velocity = None
+    if drift is not None:
+        drift_velocity = pd.DataFrame(
+            finite_differences(drift.to_numpy(), frame_numbers / frame_rate_hz, np.zeros(len(drift), int)),
+            index=drift.index, columns=["vx", "vy"])
+    accuracy = None
+    if truth is not None:
+        accuracy = accuracy_report(pd.read_parquet(trajectories_tmp), truth, pixel_size_um=pixel_size_um,
+                                   frame_numbers=frame_numbers, region_px=region, mask_diameter_px=resolved.diameter,
+                                   drift_velocity_um_s=drift_velocity)
+    a, b = chunks[0]
+    velocity_noise = velocity_noise_report(
+        first_chunk_trajectories, params.velocity, frame_rate_hz=frame_rate_hz, pixel_size_um=pixel_size_um,
+        frame_step=frame_step, region_px=region, mask_diameter_px=resolved.diameter,
+        truth=None if truth is None else truth[truth["frame"].between(frame_numbers[a], frame_numbers[b - 1])])
+    velocity_noise["frames"] = {"first": int(frame_numbers[a]), "last": int(frame_numbers[b - 1]),
+                                "scope": "the first chunk only (split tracking)"}
+    timing["reports"] = time.perf_counter() - mark
+
+    report = {
+        "source": source,
+        "reader": plan["reader"],
+        "frame_numbers": {"first": int(frame_numbers[0]), "last": int(frame_numbers[-1]), "step": frame_step},
+        "frame_shape_px": [height, width],
+        "roi_origin_px": list(origin),
+        **summary,
+        "warnings": report_warnings,
+        "auto": chosen,
+        "checks": checks,
+        "trajectory_filter": filtered,
+        "species": species_record,
+        "velocity_noise": velocity_noise,
+        "refine": _refine_record(plan, files),
+        "resolved": {"locate": dataclasses.asdict(resolved), "link": link_record},
+        "parameters": plan["parameters"],
+        "units": plan["units"],
+        "processes": 1,
+        "split": {
+            "chunks": len(chunks), "chunk_frames": plan["chunk_frames"], "velocity_halo_frames": halo,
+            "trajectory_row_groups": len(chunks),
+            "computed_on_part": {"velocity_noise": "the frames of the first chunk"},
+            "left_out": {"refine.shift_px": "percentiles of the refinement's shifts need every feature at once",
+                         "figures.mass_size": f"drawn from a uniform sample of at most {MAX_POINTS} features, "
+                                              "as the one-job figure",
+                         "features.parquet": "the features are the chunk files of the features folder (a "
+                                             "parquet dataset), not one file"},
+            "processes": "locate_chunk runs one job per chunk; the gather runs in one process",
+        },
+        "software": software_versions("trackpy", "pims", "numpy", "scipy", "pandas", "pyarrow"),
+    }
+
+    mark = time.perf_counter()
+    qc_tmp = work / "qc"
+    report["figures"] = _write_stream_figures(qc_tmp, first_image, origin, sink, drawn, frame_numbers, counts,
+                                              in_trajectories, len(lengths), resolved.diameter)
+    os.replace(trajectories_tmp, out_dir / "trajectories.parquet")
+    qc_dir = out_dir / "qc"
+    qc_dir.mkdir(exist_ok=True)
+    for name in report["figures"]:
+        os.replace(qc_tmp / name, qc_dir / name)
+    if drift is not None:
+        table = drift.reset_index()
+        table.insert(1, "t", table["frame"] / frame_rate_hz)
+        csv = work / "drift.csv"
+        table.to_csv(csv, index=False)
+        os.replace(csv, out_dir / "drift.csv")
+    if accuracy is not None:
+        _write_json(out_dir / "accuracy.json", accuracy)
+    timing["write"] = time.perf_counter() - mark
+    report["timing_s"] = {k: round(v, 3) for k, v in timing.items()}
+    return StreamingResult(out_dir=out_dir, trajectories_path=out_dir / "trajectories.parquet",
+                           feature_files=list(files), qc=report, accuracy=accuracy)
+
+
+# --- all in one process -----------------------------------------------------------------------------------------
+
+def track_video_streaming(frames_path, out_dir, params: TrackingParams | dict | None = None, *, pixel_size_um: float,
+                          frame_rate_hz: float, processes: int = 1, chunk_frames: int | None = DEFAULT_CHUNK_FRAMES,
+                          truth_pixels=None) -> StreamingResult:
+    """Track a video in bounded memory in one process: plan, locate every chunk, link.
+
+    Writes ``out_dir/plan.json``, ``out_dir/features/chunk-00000.parquet`` ...
+    (a parquet dataset: ``pandas.read_parquet(out_dir / "features")`` reads it
+    as one table) and what ``link_chunks`` writes. ``chunk_frames``: frames per
+    chunk (None: the parameters' ``chunk_frames``, else DEFAULT_CHUNK_FRAMES);
+    ``processes``: trackpy.batch's processes within each chunk.
+    """
+    params = as_params(params)
+    if chunk_frames is None:
+        chunk_frames = params.chunk_frames if params.chunk_frames is not None else DEFAULT_CHUNK_FRAMES
+    out_dir = Path(out_dir)
+    truth = load_truth(truth_pixels)  # checked before any work
+    timing = {}
+    mark = time.perf_counter()
+    plan = plan_tracking(frames_path, params, pixel_size_um=pixel_size_um, frame_rate_hz=frame_rate_hz,
+                         chunk_frames=chunk_frames, out_path=out_dir / "plan.json")
+    timing["plan"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    features_dir = out_dir / "features"
+    if features_dir.exists():
+        for stale in features_dir.glob("chunk-*.parquet"):
+            stale.unlink()
+    files = [locate_chunk(plan, i, features_dir / chunk_file_name(i), processes=processes)
+             for i in range(len(plan["chunks"]))]
+    timing["locate"] = time.perf_counter() - mark
+    result = link_chunks(plan, files, out_dir, truth_pixels=truth)
+    result.qc["timing_s"] = {**{k: round(v, 3) for k, v in timing.items()}, **result.qc["timing_s"]}
+    _write_json(out_dir / "qc.json", result.qc)
+    return result
