@@ -128,10 +128,24 @@ def _check_nested_params(config: Mapping[str, Any]) -> None:
 
     for name, experiment in config["experiments"].items():
         synthetic = experiment.get("synthetic")
-        if "lammps" in experiment and "star_polymer" not in (synthetic or {}):
+        if "lammps" in experiment and synthetic is None:
             raise ConfigError(f"invalid configuration: experiments.{name}.lammps: the LAMMPS rollout of a large "
-                              f"sample needs a simulated bulk sample (synthetic.star_polymer), and {name} is not one. "
-                              f"Remove the lammps section or fix it in config.yaml.")
+                              f"sample needs a simulated sample (a digital twin or synthetic.star_polymer) whose "
+                              f"periodic box it tiles, and {name} is a recording. Remove the lammps section or fix "
+                              f"it in config.yaml.")
+        if "lammps" in experiment and "star_polymer" in synthetic and \
+                len((experiment["lammps"] or {}).get("tiles", [2, 2, 2])) != 3:
+            raise ConfigError(f"invalid configuration: experiments.{name}.lammps.tiles: a bulk sample's box is "
+                              f"three-dimensional: give three numbers [tx, ty, tz] in config.yaml.")
+        if "lammps" in experiment and "star_polymer" not in synthetic:
+            lammps = experiment["lammps"] or {}
+            if "data_file" in lammps:
+                raise ConfigError(f"invalid configuration: experiments.{name}.lammps.data_file: a digital twin's "
+                                  f"LAMMPS sample is its truth's sheared box; data_file is for bulk samples. Remove "
+                                  f"it in config.yaml.")
+            if len(lammps.get("tiles", [2, 2])) != 2:
+                raise ConfigError(f"invalid configuration: experiments.{name}.lammps.tiles: a digital twin's box is "
+                                  f"two-dimensional: give two numbers [tx, ty] in config.yaml.")
         if synthetic is None:
             continue
         if "star_polymer" in synthetic:

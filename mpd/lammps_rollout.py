@@ -693,7 +693,8 @@ def main(argv=None) -> int:
 
     --state: an .npz with x (N, D) / h, v (N, D) h per frame, box (D,) / h and optionally S (N,),
     species (N,), particle (N,), x_ref (N, D) / h (a solid model's reference configuration, default x;
-    `lammps_box_rollout`), tilt (steps + 1,) / h (a sheared 2D cell's xy at every frame: `lammps_box_rollout`). --out: the trajectory as .parquet (COLUMNS), with the per-frame totals
+    `lammps_box_rollout`), tilt (steps + 1,) / h (a sheared 2D cell's xy at every frame) with optionally
+    tilt_rate_before, x_ref_tilt (scalars), and references (steps + 1,) (`lammps_box_rollout`). --out: the trajectory as .parquet (COLUMNS), with the per-frame totals
     (<out>.conservation.csv) and the status (<out>.status.json) beside it.
     """
     args = _parser().parse_args(argv)
@@ -726,6 +727,11 @@ def _parser() -> argparse.ArgumentParser:
                         help=f"the ghost shell in h (default {2 + GHOST_MARGIN:g}, a solid model {SOLID_GHOST_CUTOFF:g})")
     parser.add_argument("--out", required=True, type=Path)
     return parser
+
+
+def _scalar(value) -> float | None:
+    """A 0-d array of a state file as a float; None stays None."""
+    return None if value is None else float(np.asarray(value).reshape(()))
 
 
 def _launcher_rank() -> int:
@@ -764,7 +770,9 @@ def _main(args) -> int:
     result = lammps_box_rollout(model, state["x"], state["v"], state["box"], args.steps, S0=state.get("S"),
                                 substeps=args.substeps, species=state.get("species"), particle=state.get("particle"),
                                 every=args.every, noise=args.noise, seed=args.seed, start_frame=args.start_frame,
-                                x_ref=state.get("x_ref"), ghost_cutoff=args.ghost_cutoff, tilt=state.get("tilt"))
+                                x_ref=state.get("x_ref"), ghost_cutoff=args.ghost_cutoff, tilt=state.get("tilt"),
+                                tilt_rate_before=_scalar(state.get("tilt_rate_before")),
+                                references=state.get("references"), x_ref_tilt=_scalar(state.get("x_ref_tilt")))
     if result.status["rank"] == 0:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         result.frames.to_parquet(args.out, index=False)
@@ -777,7 +785,7 @@ def _main(args) -> int:
 
 #: Defaults of an experiment's ``lammps:`` section (docs/lammps.md); None: see `rollout_lammps`.
 LAMMPS_DEFAULTS = {"tiles": [2, 2, 2], "frames": 100, "ranks": 2, "noise": True, "seed": 0, "every": 1,
-                   "start_frame": None, "srun_mpi": "pmi2", "data_file": None}
+                   "start_frame": None, "srun_mpi": "pmi2", "data_file": None, "ghost_cutoff": None}
 #: The files of a stage run, in its output folder (`rollout_lammps`).
 STAGE_FILES = ("trajectories.parquet", "trajectory.dump", "conservation.csv", "status.json")
 #: Lines of the ranks' output quoted by the error of a failed run.
@@ -787,9 +795,12 @@ class LammpsStageError(LammpsRolloutError):
     """The workflow's LAMMPS rollout cannot run or failed; the message says why (and names the log)."""
 
 
-def lammps_settings(section=None) -> dict:
-    """An experiment's ``lammps:`` section over `LAMMPS_DEFAULTS` (unknown keys: LammpsStageError)."""
+def lammps_settings(section=None, dim: int | None = None) -> dict:
+    """An experiment's ``lammps:`` section over `LAMMPS_DEFAULTS` (unknown keys: LammpsStageError); with `dim`, the
+    default tiles are 2 along each of its axes (a twin's box: 2D)."""
     section = dict(section or {})
+    if dim is not None and "tiles" not in section:
+        section["tiles"] = [2] * int(dim)
     unknown = sorted(set(section) - set(LAMMPS_DEFAULTS))
     if unknown:
         raise LammpsStageError(f"unknown keys in the lammps section: {', '.join(unknown)} (known: "
@@ -817,15 +828,21 @@ class TiledSample:
     S: np.ndarray | None   # (N T,) entropies (copies), when given
     tile: np.ndarray       # (N T,) the tile each row comes from (0: the sample itself)
     stride: int            # id offset between tiles: the sample's largest id + 1
+    tilt: float = 0.0      # the tiled cell's xy (2D): tiles[1] times the sample's
 
 
-def tile_sample(x, v, box_lengths, tiles, *, species=None, particle=None, S=None) -> TiledSample:
+def tile_sample(x, v, box_lengths, tiles, *, species=None, particle=None, S=None, tilt: float = 0.0,
+                tilt_rate: float = 0.0) -> TiledSample:
     """Replicate a periodic sample tiles[k] times along each axis k: the same density and composition, N T rows.
 
     x (N, D) positions (wrapped or not: taken modulo the box first), v (N, D), box_lengths (D,); tile
     t = (i, j, k) (C order) shifts the positions by (i lx, j ly, k lz) and copies the velocities, species and
     entropies. Particle ids (default 0 .. N-1, non-negative) become id + t * stride, stride = max id + 1, so they
     stay unique and id % stride is the original particle. Rows are tile by tile, the sample's order within each.
+
+    A sheared 2D cell (edges a = (lx, 0), b = (tilt, ly), its tilt changing at tilt_rate): tile (i, j) is the
+    sample's periodic image i a + j b, moving at j (tilt_rate, 0) relative to it (Lees-Edwards), so the tiled
+    cell (tilt: tiles[1] times the sample's) holds exactly the images of the sample.
     """
     x = np.asarray(x, np.float64)
     v = np.asarray(v, np.float64)
@@ -843,26 +860,40 @@ def tile_sample(x, v, box_lengths, tiles, *, species=None, particle=None, S=None
     if len(np.unique(ids)) != n:
         raise LammpsStageError("tile_sample: particle ids must be unique")
     labels = np.zeros(n, np.int64) if species is None else np.asarray(species, np.int64).reshape(n)
-    wrapped = OrthoBox(tuple(lengths)).wrap(x)
+    sheared = bool(tilt) or bool(tilt_rate)
+    if sheared and len(lengths) != 2:
+        raise LammpsStageError(f"tile_sample: a sheared cell is two-dimensional, got {len(lengths)} box lengths")
+    cell = Box(float(lengths[0]), float(lengths[1]), float(tilt)) if sheared else OrthoBox(tuple(lengths))
+    wrapped = cell.wrap(x)
+    if sheared:  # a particle wrapped m cells down in y is its image there, which moves at -m (tilt_rate, 0)
+        v = v.copy()
+        v[:, 0] -= np.floor(x[:, 1] / lengths[1]) * float(tilt_rate)
     wrapped = np.where(wrapped >= lengths, 0.0, wrapped)  # L (1 - eps) rounds to L
     offsets = np.stack(np.meshgrid(*[np.arange(k) for k in tiles], indexing="ij"), -1).reshape(-1, len(tiles))
     count = len(offsets)
     stride = int(ids.max()) + 1 if n else 1
+    basis = np.diag(lengths)
+    drift = np.zeros((count, len(lengths)))
+    if sheared:
+        basis[1, 0] = float(tilt)
+        drift[:, 0] = offsets[:, 1] * float(tilt_rate)
     return TiledSample(
-        x=(wrapped[None, :, :] + (offsets * lengths)[:, None, :]).reshape(count * n, len(lengths)),
-        v=np.tile(v, (count, 1)), lengths=lengths * np.asarray(tiles, np.float64),
+        x=(wrapped[None, :, :] + (offsets @ basis)[:, None, :]).reshape(count * n, len(lengths)),
+        v=(v[None, :, :] + drift[:, None, :]).reshape(count * n, len(lengths)),
+        lengths=lengths * np.asarray(tiles, np.float64),
         species=np.tile(labels, count), particle=(ids[None, :] + stride * np.arange(count)[:, None]).ravel(),
         S=None if S is None else np.tile(np.asarray(S, np.float64).reshape(n), count),
-        tile=np.repeat(np.arange(count), n), stride=stride)
+        tile=np.repeat(np.arange(count), n), stride=stride, tilt=float(tilt) * tiles[1] if sheared else 0.0)
 
 
-def write_lammps_dump(table: pd.DataFrame, lengths, path) -> None:
+def write_lammps_dump(table: pd.DataFrame, lengths, path, tilts=None) -> None:
     """A LAMMPS text dump (``ITEM: TIMESTEP`` ... ``ITEM: ATOMS id type x y z vx vy vz``), one block per frame.
 
     table: the trajectory schema (frame, particle, species, x, y[, z] wrapped, vx, vy[, vz]), in the
     sample's units, written as they are; lengths: the periodic box (0 .. L, ``pp pp pp``). id = particle + 1
     (LAMMPS ids start at 1), type = species + 1, the TIMESTEP the frame. A 2D table gets z = 0 in a slab
-    -0.5 .. 0.5. Written atomically (OVITO and LAMMPS's read_dump read it).
+    -0.5 .. 0.5. tilts: frame -> xy of a sheared 2D cell (a triclinic box, ``xy xz yz``, per frame). Written
+    atomically (OVITO and LAMMPS's read_dump read it).
     """
     from mpd.atomic import atomic_file
 
@@ -881,7 +912,12 @@ def write_lammps_dump(table: pd.DataFrame, lengths, path) -> None:
     with atomic_file(path) as handle:
         for frame in np.unique(frames):
             rows = columns[frames == frame]
-            handle.write(f"ITEM: TIMESTEP\n{int(frame)}\nITEM: NUMBER OF ATOMS\n{len(rows)}\n{header_box}"
+            box_lines = header_box
+            if tilts is not None:  # LAMMPS's triclinic bounds: the bounding box of the cell, and its tilts
+                xy = float(tilts[int(frame)])
+                box_lines = (f"ITEM: BOX BOUNDS xy xz yz pp pp pp\n{min(0.0, xy)!r} {bounds[0][1] + max(0.0, xy)!r} "
+                             f"{xy!r}\n{bounds[1][0]!r} {bounds[1][1]!r} 0.0\n{bounds[2][0]!r} {bounds[2][1]!r} 0.0\n")
+            handle.write(f"ITEM: TIMESTEP\n{int(frame)}\nITEM: NUMBER OF ATOMS\n{len(rows)}\n{box_lines}"
                          "ITEM: ATOMS id type x y z vx vy vz\n".encode())
             np.savetxt(handle, rows, fmt=["%d", "%d"] + ["%.17g"] * 6)
 
@@ -1018,28 +1054,10 @@ def rollout_lammps(model_path, truth_path, metadata_path, out_dir, settings=None
     with atomic_output_dir(out_dir) as tmp:
         work = tmp / ".work"
         work.mkdir()
-        state, run = work / "state.npz", work / "run.parquet"
-        np.savez(state, x=sample.x, v=sample.v, box=sample.lengths, S=sample.S, species=sample.species,
-                 particle=sample.particle)
-        args = ["--model", str(Path(model_path).resolve()), "--state", str(state), "--steps",
-                str(settings["frames"]), "--every", str(settings["every"]), "--seed", str(int(settings["seed"])),
-                "--start-frame", str(frame0), "--out", str(run)] + (["--noise"] if settings["noise"] else [])
-        if ranks == 1:
-            try:
-                _main(_parser().parse_args([*args, "--threads", str(torch.get_num_threads())]))
-            except LammpsStageError:
-                raise
-            except LammpsRolloutError as error:  # a clear error of the workflow (mpd.errors), as on several ranks
-                raise LammpsStageError(str(error)) from error
-            where = "this process"
-        else:
-            where = _launch(ranks, args, settings, log_file, environ, python)
-        if not run.with_suffix(".status.json").is_file():
-            raise LammpsStageError(f"the LAMMPS rollout on {ranks} rank(s) ({where}) ended without writing its "
-                                   f"status; see {log_file or 'the log above'}")
-        status = json.loads(run.with_suffix(".status.json").read_text())
-        frames = pd.read_parquet(run)
-        conservation = pd.read_csv(run.with_suffix(".conservation.csv"))
+        state = {"x": sample.x, "v": sample.v, "box": sample.lengths, "S": sample.S, "species": sample.species,
+                 "particle": sample.particle}
+        where, status, frames, conservation = _run_stage(model_path, state, work, settings, frame0, log_file,
+                                                         environ, python)
         table = _physical(frames, sample.lengths * h, h, dt, t0, frame0)
         conservation.insert(2, "t", t0 + (conservation["frame"] - frame0) * dt)
         mass = model.mass.detach().double().numpy()[sample.species]
@@ -1062,6 +1080,173 @@ def rollout_lammps(model_path, truth_path, metadata_path, out_dir, settings=None
         atomic_write_json(status, tmp / "status.json")
         shutil.rmtree(work)
     return status
+
+
+def rollout_box_lammps(model_path, trajectories, boxes, geometry_dir, out_dir, settings=None, model_section=None, *,
+                       log_file=None, environ=None, python: str = sys.executable) -> dict:
+    """A twin's learned model rolled out in LAMMPS on a tiled copy of its closed, sheared periodic box.
+
+    The start as `mpd.stage.rollout_box` takes it (`mpd.stage.box_start_state`): the truth at the start frame
+    (`lammps.start_frame`, default the box rollout's, `mpd.stage.box_rollout_span`), its velocities the
+    backward differences, every frame's cell from the truth's box table (µm: frame, lx, ly, xy), a solid
+    model's strain reference frame by frame by the dataset's rule (the rollout's own frames; a reference
+    before the start, the first cycle's, is the observed one). Tiled `lammps.tiles` = [tx, ty] times: tile
+    (i, j) is the periodic image i a + j b moving at j d(xy)/dt (`tile_sample`), so the tiled cell (tilt ty
+    times the truth's) starts as exact images of the truth. `lammps.frames` frames (default: to the truth's last
+    cell; the truth's cells must cover them), on `lammps.ranks` ranks as `rollout_lammps`.
+
+    Writes into ``out_dir`` (all or nothing): trajectories.parquet (frame, t, particle, species, x, y wrapped in
+    the frame's tiled cell, xu, yu, vx, vy, S; µm and s, t = frame x dt as `rollout_box`), trajectory.dump (a
+    triclinic box per frame), conservation.csv and status.json. Returns the status.
+    """
+    import shutil
+
+    from mpd.atomic import atomic_output_dir, atomic_write_bytes, atomic_write_json
+    from mpd.params import ModelConfig
+    from mpd.stage import box_rollout_span, box_start_state, model_and_dataset
+
+    started = time.perf_counter()
+    frames_given = "frames" in (settings or {})
+    settings = lammps_settings(settings, dim=2)
+    if settings["data_file"]:
+        raise LammpsStageError("lammps.data_file is for bulk samples; a twin's sample is its truth's sheared box "
+                               "(remove lammps.data_file)")
+    params = ModelConfig.from_config(model_section or {}).rollout
+    model, _meta, _root, data_meta, h, dt = model_and_dataset(model_path, geometry_dir, params, "cpu")
+    model = model.double()
+    if int(model.dim) != 2:
+        raise LammpsStageError(f"{model_path}: a twin's sheared box is two-dimensional, the model is {model.dim}D")
+    tiles = settings["tiles"]
+    if len(tiles) != 2:
+        raise LammpsStageError(f"lammps.tiles: a twin's box is two-dimensional: give two numbers [tx, ty], got "
+                               f"{settings['tiles']}")
+    table = trajectories if isinstance(trajectories, pd.DataFrame) else pd.read_parquet(trajectories)
+    last_truth = int(boxes["frame"].max())
+    if settings["start_frame"] is None:
+        start, _ = box_rollout_span(params, geometry_dir, last_truth)
+    else:
+        start = int(settings["start_frame"])
+    # default: as far as the truth's cells go (the box rollout's span)
+    n_frames = int(settings["frames"]) if frames_given else last_truth - start
+    settings["frames"] = n_frames
+    if n_frames < 1:
+        raise LammpsStageError(f"lammps.start_frame {start}: the truth's cells end at frame {last_truth}, so no frame "
+                               f"is left to roll out; give an earlier lammps.start_frame")
+    try:
+        observed, _box_table = box_start_state(table[table["frame"] <= start], boxes, data_meta, h, dt,
+                                               start_frame=start, n_frames=n_frames)
+    except ValueError as error:
+        raise LammpsStageError(f"lammps (start_frame {start}, frames {n_frames}): {error}; the truth's cells end at "
+                               f"frame {last_truth}: lower lammps.frames or lammps.start_frame") from None
+    snapshot = observed.snapshots[start]
+    ids, x0, v0 = snapshot.particle, snapshot.x, snapshot.v
+    species = np.array([observed.species.get(int(p), 0) for p in ids], np.int64)
+    cells = observed.boxes
+    lx, ly = cells[start].lx, cells[start].ly
+    tilt = np.array([cells[start + k].xy for k in range(n_frames + 1)]) * tiles[1]
+    rate_before = cells[start].xy - cells[start - 1].xy if start - 1 in cells else cells[start + 1].xy - cells[start].xy
+    sample = tile_sample(x0, v0, (lx, ly), tiles, species=species, particle=ids, tilt=cells[start].xy,
+                         tilt_rate=rate_before)
+    state = {"x": sample.x, "v": sample.v, "box": sample.lengths, "species": sample.species,
+             "particle": sample.particle, "tilt": tilt, "tilt_rate_before": np.float64(rate_before * tiles[1])}
+    given = None
+    if model.solid:
+        references = []
+        for k in range(n_frames + 1):
+            r = int(observed.reference_frame.get(start + k, -1))
+            if r >= start:
+                references.append(r - start)
+            elif r >= 0 and r in observed.snapshots:  # the first cycle's reference, observed before the start
+                given = r
+                references.append(REFERENCE_GIVEN)
+            else:
+                references.append(NO_REFERENCE)
+        state["references"] = np.asarray(references, np.int64)
+        if given is not None:
+            ref = observed.snapshots[given]
+            where = pd.Series(np.arange(len(ref.particle)), index=ref.particle)
+            if not np.isin(ids, ref.particle).all():
+                raise LammpsStageError(f"the strain reference frame {given} lacks particles of the start frame {start}")
+            x_ref = ref.x[where.loc[ids].to_numpy()]
+            # Each particle's reference copy must be the image nearest its copy at the start, tile by tile: a
+            # particle wrapped across the truth's cell edge between the two frames would otherwise be bonded,
+            # in the tiled cell, to partners of another tile. Tile (i, j) of the reference: i a + j b(ref).
+            start_copy = sample.x[:len(ids)]  # tile (0, 0): the start positions as tiled
+            aligned = start_copy + cells[given].minimum_image(x_ref - start_copy)
+            basis = np.array([[lx, 0.0], [cells[given].xy, ly]])
+            offsets = np.stack(np.meshgrid(*[np.arange(k) for k in tiles], indexing="ij"), -1).reshape(-1, 2)
+            state["x_ref"] = (aligned[None, :, :] + (offsets @ basis)[:, None, :]).reshape(-1, 2)
+            state["x_ref_tilt"] = np.float64(cells[given].xy * tiles[1])
+    n = len(sample.x)
+    out_dir = Path(out_dir)
+    with atomic_output_dir(out_dir) as tmp:
+        work = tmp / ".work"
+        work.mkdir()
+        where, status, frames, conservation = _run_stage(model_path, state, work, settings, start, log_file,
+                                                         environ, python)
+        lengths = sample.lengths * h
+        table_out = frames.copy()
+        table_out["t"] = table_out["frame"].to_numpy(np.int64) * dt
+        for axis in ("x", "y"):
+            table_out[axis + "u"] = table_out[axis + "u"].to_numpy() * h
+            table_out["v" + axis] = table_out["v" + axis].to_numpy() * h / dt
+        tilts_um = {start + k: float(tilt[k] * h) for k in range(n_frames + 1)}
+        wrapped = table_out[["xu", "yu"]].to_numpy().copy()
+        for f, rows in table_out.groupby("frame").indices.items():
+            wrapped[rows] = Box(float(lengths[0]), float(lengths[1]), tilts_um[int(f)]).wrap(wrapped[rows])
+        table_out["x"], table_out["y"] = wrapped[:, 0], wrapped[:, 1]
+        conservation.insert(2, "t", conservation["frame"] * dt)
+        mass = model.mass.detach().double().numpy()[sample.species]
+        scale = float((mass[:, None] * np.abs(sample.v)).sum())
+        momentum = conservation[["momentum_x", "momentum_y"]].to_numpy()
+        drift = float(np.abs(momentum - momentum[0]).max()) if len(momentum) else 0.0
+        buffer = io.BytesIO()
+        table_out.to_parquet(buffer, index=False)
+        atomic_write_bytes(buffer.getvalue(), tmp / "trajectories.parquet")
+        write_lammps_dump(table_out, lengths, tmp / "trajectory.dump", tilts=tilts_um)
+        atomic_write_bytes(conservation.to_csv(index=False).encode(), tmp / "conservation.csv")
+        status.update(
+            model=str(model_path), h=h, dt=dt, ranks=int(settings["ranks"]), launcher=where, n_particles=n,
+            n_particles_sample=len(ids), tiles=tiles, box=lengths.tolist(), start_frame=start,
+            tilt_first=tilts_um[start], tilt_last=tilts_um[start + n_frames],
+            strain_reference=None if not model.solid else {"observed_frame": given,
+                                                           "rule": (data_meta.get("geometry") or {}).get("reference")},
+            seconds=time.perf_counter() - started, lammps_seconds=status.get("wall_s"),
+            momentum_drift=drift, momentum_drift_relative=drift / scale if scale > 0 else 0.0,
+            momentum_units="model units: sum m_i v_i, v in h per frame", id_stride=sample.stride,
+            settings=settings, units={"x": "µm, wrapped in the frame's tiled cell", "xu": "µm, unwrapped",
+                                      "t": "s", "S": "model entropy units"})
+        atomic_write_json(status, tmp / "status.json")
+        shutil.rmtree(work)
+    return status
+
+
+def _run_stage(model_path, state: dict, work: Path, settings: dict, frame0: int, log_file, environ, python):
+    """Run the command line on the stage's ranks from `state` (the .npz's arrays; None entries left out), in
+    ``work``; returns (where it ran, status, frames, conservation) as the rollout wrote them (model units)."""
+    ranks = int(settings["ranks"])
+    state_path, run = work / "state.npz", work / "run.parquet"
+    np.savez(state_path, **{k: v for k, v in state.items() if v is not None})
+    args = ["--model", str(Path(model_path).resolve()), "--state", str(state_path), "--steps",
+            str(settings["frames"]), "--every", str(settings["every"]), "--seed", str(int(settings["seed"])),
+            "--start-frame", str(frame0), "--out", str(run)] + (["--noise"] if settings["noise"] else [])
+    if settings.get("ghost_cutoff") is not None:
+        args += ["--ghost-cutoff", str(float(settings["ghost_cutoff"]))]
+    if ranks == 1:
+        try:
+            _main(_parser().parse_args([*args, "--threads", str(torch.get_num_threads())]))
+        except LammpsStageError:
+            raise
+        except LammpsRolloutError as error:  # a clear error of the workflow (mpd.errors), as on several ranks
+            raise LammpsStageError(str(error)) from error
+        where = "this process"
+    else:
+        where = _launch(ranks, args, settings, log_file, environ, python)
+    if not run.with_suffix(".status.json").is_file():
+        raise LammpsStageError(f"the LAMMPS rollout on {ranks} rank(s) ({where}) ended without writing its "
+                               f"status; see {log_file or 'the log above'}")
+    status = json.loads(run.with_suffix(".status.json").read_text())
+    return where, status, pd.read_parquet(run), pd.read_csv(run.with_suffix(".conservation.csv"))
 
 
 def _launch(ranks: int, args: list[str], settings: dict, log_file, environ, python) -> str:

@@ -24,7 +24,7 @@ from mpd.geometry.domain import Box
 from mpd.geometry.loader import SnapshotPairDataset
 from mpd.geometry.reference import reference_frames
 from mpd.params import ModelConfig, RolloutParams
-from mpd.rollout import observed_from_table, rollout
+from mpd.rollout import ObservedFrames, observed_from_table, rollout
 from mpd.training import (
     dataset_frames,
     load_model,
@@ -170,7 +170,7 @@ def rollout_bulk(model_path, truth_path, metadata_path, out_dir, comparison=None
     return result.status
 
 
-def _model_and_dataset(model_path, geometry_dir, params: RolloutParams, device):
+def model_and_dataset(model_path, geometry_dir, params: RolloutParams, device):
     """The trained model and its dataset's metadata and scales h (µm), dt (s), which must be the model's."""
     model, meta = load_model(model_path, device=_device(device, params), dtype=params.dtype)
     root = find_dataset_dir(geometry_dir)
@@ -233,7 +233,7 @@ def rollout_model(model_path, trajectories, geometry_dir, out_dir, params=None, 
     """
     params = _rollout_params(params)
     out_dir = Path(out_dir)
-    model, _meta, root, data_meta, h, dt = _model_and_dataset(model_path, geometry_dir, params, device)
+    model, _meta, root, data_meta, h, dt = model_and_dataset(model_path, geometry_dir, params, device)
     table = _load_trajectories(trajectories)
     frames_info = dataset_frames(SnapshotPairDataset(root, "train"))
     geometry = dict(data_meta.get("geometry") or {})
@@ -254,6 +254,42 @@ def rollout_model(model_path, trajectories, geometry_dir, out_dir, params=None, 
     status = dict(result.status, model=str(model_path), h_um=h, dt_s=dt, units=ROLLOUT_UNITS,
                   conservation_units="model units (mass, energy, entropy); momentum = sum m_i v_i, v in h per frame")
     return _write_rollout(out_dir, "", physical, result, status, dt)
+
+
+def box_start_state(table: pd.DataFrame, boxes: pd.DataFrame, data_meta: dict, h: float, dt: float, *,
+                    start_frame: int, n_frames: int) -> tuple[ObservedFrames, pd.DataFrame]:
+    """A closed sheared box's start as `mpd.rollout.rollout` takes it, and the box table indexed by frame (µm).
+
+    The start snapshot (velocities: the kinematic backward differences from frame start_frame - 1 when the
+    table has it), every frame's periodic cell (model units), each frame's strain reference by the dataset's
+    rule, and the start's reference snapshot when that lies before the start (the first cycle's); ValueError
+    naming what is missing. Shared by `rollout_box` and the LAMMPS box rollout (`mpd.lammps_rollout`).
+    """
+    missing = [c for c in ("frame", "particle", "x", "y") if c not in table.columns]
+    if missing:
+        raise ValueError(f"the start-state trajectories lack the columns {', '.join(missing)}")
+    start, last = int(start_frame), int(start_frame) + int(n_frames)
+    box_table = boxes.drop_duplicates("frame").set_index("frame").sort_index()
+    absent = [f for f in range(start, last + 1) if f not in box_table.index]
+    if absent:
+        raise ValueError(f"the box table has no row for frames {absent[:5]} (it must cover {start}..{last})")
+    first = table[table["frame"].isin([start - 1, start])]
+    if not (first["frame"] == start).any():
+        raise ValueError(f"the start-state trajectories have no row at the start frame {start}")
+    frames = np.arange(start - 1, last + 1)
+    model_boxes = {int(f): Box(r.lx / h, r.ly / h, r.xy / h) for f, r in box_table.iterrows() if f <= last}
+    refs = _reference_frames(data_meta, frames, available=np.arange(0, last + 1))
+    observed = observed_from_table(first, h, dt, reference_frame=dict(zip(frames.tolist(), refs.tolist())),
+                                   boxes=model_boxes)
+    observed.snapshots.pop(start - 1, None)  # it gave the start velocities; the rollout starts at start
+    ref_start = int(refs[1])
+    if 0 <= ref_start < start:  # the reference of the first cycle lies before the start: the observed one
+        ref_rows = table[table["frame"] == ref_start]
+        if len(ref_rows) == 0:
+            raise ValueError(f"the start frame's strain reference, frame {ref_start}, is not in the trajectories")
+        ref_obs = observed_from_table(ref_rows.assign(vx=0.0, vy=0.0), h, dt, velocity="tracked")
+        observed.snapshots[ref_start] = ref_obs.snapshots[ref_start]  # only its positions are used
+    return observed, box_table
 
 
 def rollout_box(model_path, trajectories, boxes, geometry_dir, out_dir, params=None, *, start_frame: int,
@@ -279,32 +315,11 @@ def rollout_box(model_path, trajectories, boxes, geometry_dir, out_dir, params=N
     """
     params = _rollout_params(params)
     out_dir = Path(out_dir)
-    model, _meta, _root, data_meta, h, dt = _model_and_dataset(model_path, geometry_dir, params, device)
+    model, _meta, _root, data_meta, h, dt = model_and_dataset(model_path, geometry_dir, params, device)
     table = trajectories if isinstance(trajectories, pd.DataFrame) else pd.read_parquet(trajectories)
-    missing = [c for c in ("frame", "particle", "x", "y") if c not in table.columns]
-    if missing:
-        raise ValueError(f"the start-state trajectories lack the columns {', '.join(missing)}")
-    start, last = int(start_frame), int(start_frame) + int(n_frames)
-    box_table = boxes.drop_duplicates("frame").set_index("frame").sort_index()
-    absent = [f for f in range(start, last + 1) if f not in box_table.index]
-    if absent:
-        raise ValueError(f"the box table has no row for frames {absent[:5]} (it must cover {start}..{last})")
-    first = table[table["frame"].isin([start - 1, start])]
-    if not (first["frame"] == start).any():
-        raise ValueError(f"the start-state trajectories have no row at the start frame {start}")
-    frames = np.arange(start - 1, last + 1)
-    model_boxes = {int(f): Box(r.lx / h, r.ly / h, r.xy / h) for f, r in box_table.iterrows() if f <= last}
-    refs = _reference_frames(data_meta, frames, available=np.arange(0, last + 1))
-    observed = observed_from_table(first, h, dt, reference_frame=dict(zip(frames.tolist(), refs.tolist())),
-                                   boxes=model_boxes)
-    observed.snapshots.pop(start - 1, None)  # it gave the start velocities; the rollout starts at start
-    ref_start = int(refs[1])
-    if 0 <= ref_start < start:  # the reference of the first cycle lies before the start: the observed one
-        ref_rows = table[table["frame"] == ref_start]
-        if len(ref_rows) == 0:
-            raise ValueError(f"the start frame's strain reference, frame {ref_start}, is not in the trajectories")
-        ref_obs = observed_from_table(ref_rows.assign(vx=0.0, vy=0.0), h, dt, velocity="tracked")
-        observed.snapshots[ref_start] = ref_obs.snapshots[ref_start]  # only its positions are used
+    observed, box_table = box_start_state(table, boxes, data_meta, h, dt, start_frame=start_frame, n_frames=n_frames)
+    start = int(start_frame)
+    first = table[table["frame"] == start]
     result = rollout(model, observed, params, start_frame=start, n_frames=int(n_frames), device=_device(device, params))
 
     fr = result.frames

@@ -50,6 +50,13 @@ def test_default_config_is_valid():
          "experiments.twin_demo.model.training.epoch"),
         (lambda c: c["experiments"]["twin_demo"].update(analysis={"rdf_bins": 2}),
          "experiments.twin_demo.analysis.rdf_bins"),
+        # a twin's LAMMPS rollout tiles its 2D sheared box; a recording has no box to tile
+        (lambda c: c["experiments"]["twin_demo"].update(lammps={"tiles": [2, 2, 2]}),
+         "experiments.twin_demo.lammps.tiles"),
+        (lambda c: c["experiments"]["twin_demo"].update(lammps={"data_file": "sample.data"}),
+         "experiments.twin_demo.lammps.data_file"),
+        (lambda c: c["experiments"].update(real={"video": {"path": "x.tif", "frame_rate_hz": 10, "pixel_size_um": 1},
+                                                 "lammps": {}}), "experiments.real.lammps"),
     ],
 )
 def test_bad_config_names_the_key(edit, key):

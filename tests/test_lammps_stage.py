@@ -296,7 +296,7 @@ def test_the_ranks_start_with_mpiexec_here_and_with_srun_inside_a_slurm_job():
     assert "--mpi=pmi2" not in lammps_launch_command(4, [], job=job, srun_mpi="")
 
 
-def test_the_config_section_is_checked_and_only_bulk_experiments_may_have_it():
+def test_the_config_section_is_checked_and_only_simulated_experiments_may_have_it():
     from mpd.config import ConfigError, validate_config
     from mpd.lammps_rollout import LAMMPS_DEFAULTS, lammps_settings
 
@@ -306,9 +306,12 @@ def test_the_config_section_is_checked_and_only_bulk_experiments_may_have_it():
     for bad in ({"tiles": [2, 2]}, {"ranks": 0}, {"frames": 2.5}, {"tile": [1, 1, 1]}):
         with pytest.raises(ConfigError, match="lammps"):
             validate_config({"experiments": {"s": {**bulk, "lammps": bad}}}, check_paths=False)
-    twin = {"synthetic": {"simulation": {"n_particles": 100}}, "lammps": {}}
-    with pytest.raises(ConfigError, match="needs a simulated bulk sample"):
-        validate_config({"experiments": {"t": twin}}, check_paths=False)
+    # a twin's sheared 2D box (rollout_box_lammps, tests/test_lammps_twin.py); a recording has no box
+    twin = {"synthetic": {"simulation": {"n_particles": 100}}, "lammps": {"tiles": [3, 2]}}
+    validate_config({"experiments": {"t": twin}}, check_paths=False)
+    recording = {"video": {"path": "x.tif", "pixel_size_um": 1.0, "frame_rate_hz": 10.0}, "lammps": {}}
+    with pytest.raises(ConfigError, match="needs a simulated sample"):
+        validate_config({"experiments": {"r": recording}}, check_paths=False)
 
 
 # --- the rule -------------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ TINY_TWIN = {
         "microscope": {"width_px": 96, "height_px": 96},
     },
     "model": {"training": {"epochs": 1}},
+    # the learned model in LAMMPS on a 2 x 1 tiled copy of the sheared box, on 2 MPI ranks (lammps.smk)
+    "lammps": {"tiles": [2, 1], "ranks": 2},  # frames: to the truth's end (from the box rollout's start, 18)
 }
 N_FRAMES = 21
 # Every rule's script runs with only its conda env's packages importable (mpd.envs.emulate_rule); each appends
@@ -27,7 +29,7 @@ EMULATION_RECORD = "emulated-conda-envs.txt"
 # The rules each test proves ran so; test_envs.py checks that the workflow tests together cover every script rule.
 EMULATED_RULES = {
     "twin": ("simulate_twin", "render_twin", "track_twin", "geometry", "train_model", "rollout_model",
-             "rollout_box_twin", "analyse_twin"),
+             "rollout_box_twin", "analyse_twin", "rollout_box_lammps"),
     "table1": ("compare_twin", "table1"),
     "video": ("link_video", "track_video"),
 }
@@ -59,7 +61,8 @@ def assert_ran_emulated(workdir: Path, rules) -> None:
 
 def targets(experiments) -> list[str]:
     """Everything for the twin; tracking only for the real sample (its training is not a test's job)."""
-    wanted = ["results/tiny/analysis/metrics.json", "results/tiny/tracking/accuracy.json"]
+    wanted = ["results/tiny/analysis/metrics.json", "results/tiny/tracking/accuracy.json",
+              "results/tiny/lammps/status.json"]
     if "bulk_water" in experiments:
         wanted.append("results/bulk_water/tracking/qc.json")
     return wanted
@@ -138,6 +141,9 @@ def test_every_stage_ran_on_the_twin(finished_run):
     assert set(metrics["rollout_status"]) == {"window", "periodic_box"}
     assert all(s["status"] in ("completed", "diverged") for s in metrics["rollout_status"].values())
     assert {p.name for p in (exp / "tracking" / "qc").iterdir()} >= {"features_per_frame.png", "annotated_frame.png"}
+    lammps = json.loads((exp / "lammps" / "status.json").read_text())
+    assert lammps["status"] == "completed" and lammps["ranks"] == 2 and lammps["sheared"] and lammps["tiles"] == [2, 1]
+    assert lammps["n_particles"] == 2 * 150 and lammps["frames_written"] == N_FRAMES - 18
     box = json.loads((exp / "analysis" / "box" / "metrics.json").read_text())
     assert box["domain"] == "periodic box" and set(box["datasets"]) == {"truth", "rollout", "null"}
     assert_ran_emulated(finished_run, EMULATED_RULES["twin"])
@@ -267,7 +273,7 @@ def test_changing_a_tracking_parameter_reruns_tracking_and_downstream_of_that_ex
     jobs = dry_run_jobs(finished_run, config, targets(config["experiments"]))
     assert {experiment for _, experiment in jobs} == {"tiny"}
     assert {rule for rule, _ in jobs} == {"track_twin", "geometry", "train_model", "rollout_model", "rollout_box_twin",
-                                          "analyse_twin"}
+                                          "analyse_twin", "rollout_box_lammps"}
 
 
 @pytest.fixture

@@ -46,8 +46,10 @@ BULK = [name for name in EXPERIMENTS if "star_polymer" in (config["experiments"]
 SYNTHETIC = [name for name in EXPERIMENTS if "synthetic" in config["experiments"][name] and name not in BULK]
 VIDEOS = [name for name in EXPERIMENTS if "video" in config["experiments"][name]]
 FILMED = SYNTHETIC + VIDEOS
-# Bulk experiments whose learned model is also rolled out in LAMMPS on a large tiled sample (lammps.smk).
+# Bulk experiments whose learned model is also rolled out in LAMMPS on a large tiled sample (lammps.smk), and
+# digital twins whose model is rolled out there on a tiled copy of their sheared box.
 LAMMPS = [name for name in BULK if "lammps" in config["experiments"][name]]
+LAMMPS_TWINS = [name for name in SYNTHETIC if "lammps" in config["experiments"][name]]
 
 
 def experiment_pattern(names):
@@ -76,7 +78,7 @@ def all_outputs():
             outputs.append(f"results/{name}/tracking/accuracy.json")
     if BULK or SYNTHETIC:
         outputs += ["results/table1.md", "results/table1.csv"]
-    for name in LAMMPS:
+    for name in LAMMPS + LAMMPS_TWINS:
         outputs += [f"results/{name}/lammps/{file}" for file in ("trajectories.parquet", "trajectory.dump")]
         outputs.append(f"results/{name}/lammps/status.json")
     return outputs

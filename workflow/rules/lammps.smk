@@ -1,5 +1,6 @@
 # The learned model of a bulk experiment rolled out in LAMMPS on a large sample: the truth's box tiled
-# `lammps.tiles` times, shared among `lammps.ranks` MPI ranks (mpd.lammps_rollout; docs/lammps.md).
+# `lammps.tiles` times, shared among `lammps.ranks` MPI ranks (mpd.lammps_rollout; docs/lammps.md); a digital
+# twin's model on a tiled copy of its sheared box (rollout_box_lammps).
 # Only experiments with a `lammps:` section get its outputs in `all` (common.smk).
 
 
@@ -49,3 +50,40 @@ rule rollout_lammps:
         "../envs/model.yaml"
     script:
         "../scripts/rollout_lammps.py"
+
+
+
+rule rollout_box_lammps:
+    input:
+        model="results/{experiment}/model/model.pt",
+        truth="results/{experiment}/truth/trajectories.parquet",
+        truth_metadata="results/{experiment}/truth/metadata.json",
+        strain="results/{experiment}/truth/strain.csv",
+        geometry="results/{experiment}/geometry/metadata.json",
+    output:
+        trajectories="results/{experiment}/lammps/trajectories.parquet",
+        dump="results/{experiment}/lammps/trajectory.dump",
+        conservation="results/{experiment}/lammps/conservation.csv",
+        status="results/{experiment}/lammps/status.json",
+    params:
+        # the section as written: a twin's tiles default to 2 x 2 (mpd.lammps_rollout.lammps_settings)
+        lammps=lambda wildcards: experiment_section(wildcards.experiment, "lammps"),
+        model=lambda wildcards: experiment_section(wildcards.experiment, "model"),
+    wildcard_constraints:
+        experiment=experiment_pattern(LAMMPS_TWINS),
+    log:
+        "logs/{experiment}/rollout_box_lammps.log",
+    benchmark:
+        "results/{experiment}/benchmarks/rollout_box_lammps.tsv"
+    # as rollout_lammps: one CPU per rank, one SLURM job of `ranks` tasks
+    threads: lammps_ranks
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        tasks=lammps_ranks,
+        mpi=lambda wildcards: "srun" if lammps_ranks(wildcards) > 1 else None,
+        cpus_per_task=1,
+    conda:
+        "../envs/model.yaml"
+    script:
+        "../scripts/rollout_box_lammps.py"
