@@ -50,6 +50,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple, Self
 
 import numpy as np
 import pandas as pd
@@ -175,9 +176,17 @@ def _build_pairs_nd(rows: pd.DataFrame, dimension: int) -> pd.DataFrame:
     return pairs[["frame", *columns]]
 
 
+class PairChunk(NamedTuple):
+    """A piece of `write_dataset`'s rows: whole frames in time order, with their flows and reference frames."""
+
+    rows: pd.DataFrame
+    flows: Mapping | None = None
+    ref_frame: Mapping | None = None
+
+
 def write_dataset(
     out_dir,
-    rows: pd.DataFrame,
+    rows,
     *,
     length_scale_um: float,
     frame_rate_hz: float,
@@ -187,20 +196,40 @@ def write_dataset(
     boxes: Mapping | None = None,
     flows: Mapping | None = None,
     extra_metadata: Mapping | None = None,
+    n_pairs: int | None = None,
 ) -> dict:
     """Write the dataset files (see the module docstring) into `out_dir`; returns the metadata.
 
     rows : per particle per frame: frame, particle, x, y (µm), vx, vy (µm/s),
         x_ref, y_ref (µm, NaN without reference), interior (bool), species (int, optional).
+        Or an iterable of `PairChunk`s (or DataFrames), for a video too long to hold:
+        each chunk the rows of consecutive frames in time order; a chunk contributes the
+        pairs (f, f+1) with both frames in it, so consecutive chunks share one frame (the
+        first frame of the next chunk, whose rows need only frame, particle, x, y, vx,
+        vy, is the t+1 of the last pair) and every pair is in exactly one chunk. Then
+        `n_pairs`, the total number of pairs, is required (it fixes the splits before the
+        first pair is written); only one chunk is held at a time.
     length_scale_um : h; frame_rate_hz : 1/dt.
     ref_frame : frame -> reference frame (-1 none), recorded in pairs.parquet.
     boxes : frame -> `Box` for a periodic box (None: open window).
     flows : frame t -> the 6 coefficients of the background flow during t -> t+1
-        (`mpd.geometry.kinematics`); frames without one get a zero flow.
+        (`mpd.geometry.kinematics`); frames without one get a zero flow. A chunk's own
+        `flows` and `ref_frame`, when given, replace these for its pairs.
     """
-    return write_pair_table(out_dir, build_pairs(rows), length_scale_um=length_scale_um,
-                            frame_rate_hz=frame_rate_hz, split_fractions=split_fractions, gap_pairs=gap_pairs,
-                            ref_frame=ref_frame, boxes=boxes, flows=flows, extra_metadata=extra_metadata)
+    if isinstance(rows, pd.DataFrame):
+        return write_pair_table(out_dir, build_pairs(rows), length_scale_um=length_scale_um,
+                                frame_rate_hz=frame_rate_hz, split_fractions=split_fractions, gap_pairs=gap_pairs,
+                                ref_frame=ref_frame, boxes=boxes, flows=flows, extra_metadata=extra_metadata)
+    if n_pairs is None:
+        raise ValueError("write_dataset of an iterable of chunks needs n_pairs, the total number of snapshot pairs")
+    with PairWriter(out_dir, n_pairs, length_scale_um=length_scale_um, frame_rate_hz=frame_rate_hz,
+                    split_fractions=split_fractions, gap_pairs=gap_pairs, boxes=boxes) as writer:
+        for chunk in rows:
+            chunk = chunk if isinstance(chunk, PairChunk) else PairChunk(chunk)
+            writer.add(build_pairs(chunk.rows),
+                       ref_frame=chunk.ref_frame if chunk.ref_frame is not None else ref_frame,
+                       flows=chunk.flows if chunk.flows is not None else flows)
+        return writer.finish(extra_metadata)
 
 
 def write_pair_table(
@@ -222,73 +251,162 @@ def write_pair_table(
     dimension 3: `ROW_COLUMNS_3D`, boxes are `OrthoBox`es (written as lx, ly, lz) and the
     metadata says ``dimension: 3`` (2D datasets carry no such key: their files are unchanged).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dt = 1.0 / float(frame_rate_hz)
-    columns = row_columns(dimension)
-    frame_col = table["frame"].to_numpy()
-    pair_frames, starts, counts = np.unique(frame_col, return_index=True, return_counts=True)
-    blocks = split_blocks(len(pair_frames), split_fractions, gap_pairs)
-    interior = table["interior"].to_numpy()
-    n_interior = np.add.reduceat(interior.astype(np.int64), starts) if len(starts) else np.zeros(0, np.int64)
-    schema = pa.schema([(name, pa.from_numpy_dtype(np.dtype(dtype))) for name, (dtype, _) in columns.items()])
-    everything = pa.RecordBatch.from_pandas(table[list(columns)], schema=schema, preserve_index=False)
-    index_parts, split_info = [], {}
-    for name in SPLITS:
-        chosen = blocks[name]
-        path = out_dir / f"{name}.arrow"
-        with pa.OSFile(str(path), "wb") as sink, ipc.new_file(sink, schema) as writer:
-            for k in chosen:  # one record batch per snapshot pair (zero-copy slices)
-                writer.write_batch(everything.slice(int(starts[k]), int(counts[k])))
-        frames = pair_frames[chosen]
-        index = pd.DataFrame(
-            {
-                "split": name,
-                "item": np.arange(len(chosen), dtype=np.int64),
-                "frame": frames.astype(np.int64),
-                "frame1": frames.astype(np.int64) + 1,
-                "t_s": frames * dt,
-                "n_particles": counts[chosen].astype(np.int64),
-                "n_interior": n_interior[chosen],
-                "ref_frame": np.array([ref_frame.get(int(f), -1) for f in frames], dtype=np.int64)
-                if ref_frame is not None else np.full(len(chosen), -1, np.int64),
+    n_pairs = len(np.unique(table["frame"].to_numpy()))
+    with PairWriter(out_dir, n_pairs, length_scale_um=length_scale_um, frame_rate_hz=frame_rate_hz,
+                    split_fractions=split_fractions, gap_pairs=gap_pairs, boxes=boxes,
+                    dimension=dimension) as writer:
+        writer.add(table, ref_frame=ref_frame, flows=flows)
+        return writer.finish(extra_metadata)
+
+
+class PairWriter:
+    """Writes the dataset files pair by pair, in time order, holding one batch of pairs at a time.
+
+    `n_pairs` (the total, known beforehand) fixes the split blocks; `add` takes
+    the next snapshot pairs (`build_pairs` rows, any number of whole pairs,
+    continuing in time order) and appends each to its split's Arrow file;
+    `finish` writes pairs.parquet and metadata.json. The files equal those
+    of one `write_pair_table` call on all the pairs at once. Use as a context
+    manager: the Arrow files are closed on the way out, also on an error.
+    """
+
+    def __init__(self, out_dir, n_pairs: int, *, length_scale_um: float, frame_rate_hz: float,
+                 split_fractions=(0.7, 0.15, 0.15), gap_pairs: int = 1, boxes: Mapping | None = None,
+                 dimension: int = 2):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.n_pairs = int(n_pairs)
+        self.length_scale_um, self.dt = float(length_scale_um), 1.0 / float(frame_rate_hz)
+        self.split_fractions, self.gap_pairs = split_fractions, gap_pairs
+        self.boxes, self.dimension = boxes, dimension
+        self.columns = row_columns(dimension)
+        blocks = split_blocks(self.n_pairs, split_fractions, gap_pairs)
+        self._split = np.full(self.n_pairs, -1, np.int64)  # split of each pair (-1: a dropped gap pair)
+        for s, name in enumerate(SPLITS):
+            self._split[blocks[name]] = s
+        self._schema = pa.schema([(name, pa.from_numpy_dtype(np.dtype(dtype)))
+                                  for name, (dtype, _) in self.columns.items()])
+        # per pair: frame, n_particles, n_interior, ref_frame, flow (6), box attributes at t and t+1
+        self._frame = np.zeros(self.n_pairs, np.int64)
+        self._n_particles = np.zeros(self.n_pairs, np.int64)
+        self._n_interior = np.zeros(self.n_pairs, np.int64)
+        self._ref_frame = np.full(self.n_pairs, -1, np.int64)
+        self._flow = np.zeros((self.n_pairs, len(FLOW_COLUMNS)))
+        self._box = np.zeros((self.n_pairs, 2 * len(box_attributes(dimension)))) if boxes is not None else None
+        self._done = 0
+        self._max_species = None
+        self._sinks, self._writers = {}, {}
+        try:
+            for name in SPLITS:
+                self._sinks[name] = pa.OSFile(str(self.out_dir / f"{name}.arrow"), "wb")
+                self._writers[name] = ipc.new_file(self._sinks[name], self._schema)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def add(self, table: pd.DataFrame, *, ref_frame: Mapping[int, int] | None = None,
+            flows: Mapping | None = None) -> None:
+        """Append the pairs of `table` (frame + the row columns, sorted by frame then particle)."""
+        frame_col = table["frame"].to_numpy()
+        pair_frames, starts, counts = np.unique(frame_col, return_index=True, return_counts=True)
+        if self._done + len(pair_frames) > self.n_pairs:
+            raise ValueError(f"more snapshot pairs than the {self.n_pairs} announced")
+        if len(pair_frames) == 0:
+            return
+        interior = table["interior"].to_numpy()
+        n_interior = np.add.reduceat(interior.astype(np.int64), starts)
+        everything = pa.RecordBatch.from_pandas(table[list(self.columns)], schema=self._schema, preserve_index=False,
+                                                nthreads=1)
+        species_max = int(table["species"].max())
+        self._max_species = species_max if self._max_species is None else max(self._max_species, species_max)
+        attributes = box_attributes(self.dimension)
+        for j, f in enumerate(pair_frames):
+            k = self._done
+            self._done += 1
+            if self._split[k] < 0:
+                continue
+            # one record batch per snapshot pair (zero-copy slices)
+            self._writers[SPLITS[self._split[k]]].write_batch(everything.slice(int(starts[j]), int(counts[j])))
+            self._frame[k], self._n_particles[k], self._n_interior[k] = f, counts[j], n_interior[j]
+            if ref_frame is not None:
+                self._ref_frame[k] = ref_frame.get(int(f), -1)
+            if flows:
+                self._flow[k] = np.asarray(flows.get(int(f), np.zeros(6)), float)
+            if self.boxes is not None:
+                self._box[k] = [getattr(self.boxes[int(f) + offset], attr) for offset in (0, 1) for attr in attributes]
+
+    def finish(self, extra_metadata: Mapping | None = None) -> dict:
+        """Close the Arrow files, write pairs.parquet and metadata.json; returns the metadata."""
+        if self._done != self.n_pairs:
+            raise ValueError(f"{self._done} snapshot pairs written, {self.n_pairs} announced")
+        self.close()
+        index_parts, split_info = [], {}
+        attributes = box_attributes(self.dimension)
+        for s, name in enumerate(SPLITS):
+            chosen = self._split == s
+            frames = self._frame[chosen]
+            n = len(frames)
+            index = pd.DataFrame(
+                {
+                    "split": name,
+                    "item": np.arange(n, dtype=np.int64),
+                    "frame": frames,
+                    "frame1": frames + 1,
+                    "t_s": frames * self.dt,
+                    "n_particles": self._n_particles[chosen],
+                    "n_interior": self._n_interior[chosen],
+                    "ref_frame": self._ref_frame[chosen],
+                }
+            )
+            coefficients = self._flow[chosen]
+            for c, column in enumerate(FLOW_COLUMNS):
+                index[column] = coefficients[:, c]
+            if self.boxes is not None:
+                values = self._box[chosen]
+                for k, column in enumerate(a + suffix for suffix in ("", "1") for a in attributes):
+                    index[column] = values[:, k]
+            index_parts.append(index)
+            split_info[name] = {
+                "file": f"{name}.arrow",
+                "n_pairs": n,
+                "first_frame": int(frames[0]) if n else None,
+                "last_frame": int(frames[-1]) + 1 if n else None,
             }
-        )
-        coefficients = np.array([np.asarray(flows.get(int(f), np.zeros(6)), float) if flows else np.zeros(6)
-                                 for f in frames]).reshape(-1, 6)
-        for c, column in enumerate(FLOW_COLUMNS):
-            index[column] = coefficients[:, c]
-        if boxes is not None:
-            for suffix, offset in (("", 0), ("1", 1)):
-                for attr in box_attributes(dimension):
-                    index[attr + suffix] = np.array([getattr(boxes[int(f) + offset], attr) for f in frames], float)
-        index_parts.append(index)
-        split_info[name] = {
-            "file": path.name,
-            "n_pairs": len(chosen),
-            "first_frame": int(frames[0]) if len(frames) else None,
-            "last_frame": int(frames[-1]) + 1 if len(frames) else None,
+        pd.concat(index_parts, ignore_index=True).to_parquet(self.out_dir / "pairs.parquet", index=False)
+        metadata = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "length_scale_um": self.length_scale_um,
+            "time_scale_s": self.dt,
+            "nondimensionalisation": "reader returns x/h, v*dt/h, t/dt, box/h; files hold µm, µm/s, s",
+            "row_columns": {name: {"dtype": dtype, "unit": unit} for name, (dtype, unit) in self.columns.items()},
+            "periodic": self.boxes is not None,
+            "n_species": self._max_species + 1 if self._max_species is not None else 1,
+            "splits": split_info,
+            "split_fractions": [float(f) for f in self.split_fractions],
+            "gap_pairs": int(self.gap_pairs),
+            "n_pairs_total": self.n_pairs,
         }
-    pd.concat(index_parts, ignore_index=True).to_parquet(out_dir / "pairs.parquet", index=False)
-    metadata = {
-        "format": FORMAT_NAME,
-        "version": FORMAT_VERSION,
-        "length_scale_um": float(length_scale_um),
-        "time_scale_s": dt,
-        "nondimensionalisation": "reader returns x/h, v*dt/h, t/dt, box/h; files hold µm, µm/s, s",
-        "row_columns": {name: {"dtype": dtype, "unit": unit} for name, (dtype, unit) in columns.items()},
-        "periodic": boxes is not None,
-        "n_species": int(table["species"].max()) + 1 if len(table) else 1,
-        "splits": split_info,
-        "split_fractions": [float(f) for f in split_fractions],
-        "gap_pairs": int(gap_pairs),
-        "n_pairs_total": len(pair_frames),
-    }
-    if dimension != 2:
-        metadata["dimension"] = int(dimension)
-    metadata.update(dict(extra_metadata or {}))
-    (out_dir / "metadata.json").write_text(json.dumps(metadata, indent=2, ensure_ascii=False))
-    return metadata
+        if self.dimension != 2:
+            metadata["dimension"] = int(self.dimension)
+        metadata.update(dict(extra_metadata or {}))
+        (self.out_dir / "metadata.json").write_text(json.dumps(metadata, indent=2, ensure_ascii=False))
+        return metadata
+
+    def close(self) -> None:
+        """Close the Arrow files (idempotent)."""
+        while self._writers:
+            _, writer = self._writers.popitem()
+            writer.close()
+        while self._sinks:
+            _, sink = self._sinks.popitem()
+            sink.close()
 
 
 def read_metadata(path) -> dict:

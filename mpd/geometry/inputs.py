@@ -30,13 +30,18 @@ def load_trajectories(trajectories) -> tuple[pd.DataFrame, str]:
     return table, str(path)
 
 
+def check_columns(columns, source: str = "trajectories") -> None:
+    """Raise GeometryInputError naming the required columns (`REQUIRED_COLUMNS`) missing from `columns`."""
+    missing = [c for c in REQUIRED_COLUMNS if c not in set(columns)]
+    if missing:
+        raise GeometryInputError(f"{source} lacks column(s) {', '.join(map(repr, missing))} ({SCHEMA_HINT})")
+
+
 def validate_trajectories(table: pd.DataFrame, source: str = "trajectories") -> pd.DataFrame:
     """Return `table` with int64 frame/particle if it is usable; raise GeometryInputError otherwise."""
     if not isinstance(table, pd.DataFrame):
         raise GeometryInputError(f"{source}: expected a pandas DataFrame, got {type(table).__name__}")
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
-    if missing:
-        raise GeometryInputError(f"{source} lacks column(s) {', '.join(map(repr, missing))} ({SCHEMA_HINT})")
+    check_columns(table.columns, source)
     if len(table) == 0:
         raise GeometryInputError(f"{source} is empty: no rows ({SCHEMA_HINT})")
     for column in REQUIRED_COLUMNS:

@@ -34,6 +34,9 @@ class GeometryParams:
     # Dataset velocities: "backward" ((x_t - x_{t-1}) / dt, the model integrator's kinematic velocity)
     # or "tracked" (the tracking stage's central differences); mpd.geometry.kinematics.
     velocity: str = "backward"
+    # Recorded frames computed and written at a time: memory grows with chunk_frames x particles
+    # per frame, not with the video's length; the outputs do not depend on it (docs/geometry.md).
+    chunk_frames: int = 100
 
     @classmethod
     def from_config(cls, section: Mapping[str, Any] | None) -> GeometryParams:
@@ -45,6 +48,10 @@ class GeometryParams:
         if "split_fractions" in values:
             values["split_fractions"] = tuple(values["split_fractions"])
         params = cls(**values)
+        chunk = params.chunk_frames
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise GeometryParameterError(
+                f"geometry.chunk_frames must be an integer >= 1 (frames per chunk), got {chunk!r}")
         if abs(sum(params.split_fractions) - 1.0) > 1e-9:
             raise GeometryParameterError(
                 f"geometry.split_fractions {list(params.split_fractions)} must add up to 1 (train, validation, test)")
@@ -77,4 +84,5 @@ class GeometryParams:
             "d2min_per_neighbour": self.d2min_per_neighbour,
             "backend": self.backend,
             "velocity": self.velocity,
+            "chunk_frames": self.chunk_frames,
         }
