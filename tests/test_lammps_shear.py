@@ -123,15 +123,17 @@ def test_sheared_solid_keeps_its_bonds_across_the_tilted_edge():
     assert_same(expected, got.frames)
 
 
-def test_sheared_cell_one_and_two_ranks_agree_with_noise(tmp_path, two_ranks_start):
-    """The command line with a tilt in the state file: 1 and 2 ranks give the same noisy sheared trajectory."""
+def test_sheared_cell_one_two_and_four_ranks_agree_with_noise(tmp_path, two_ranks_start):
+    """The command line with a tilt in the state file: 1, 2 and 4 ranks (a 2 x 2 grid of sub-domains of 3 x 3.25 h
+    under a 2.05 h ghost shell, oversubscribing this machine's cores) give the same noisy sheared trajectory,
+    the cell flipping on the way."""
     model, x0, v0, L, species = sheared_fluid()
     model_path = tmp_path / "model.pt"
     save_model(model, {"h": 1.0, **FLUID, "dim": 2}, {"dtype": "float64", "h_um": 1.0, "dt_s": 1.0}, model_path)
     state = tmp_path / "state.npz"
     np.savez(state, x=x0, v=v0, box=L, species=species, tilt=steady(0.4, start=2.5))
     runs = {}
-    for ranks in (1, 2):
+    for ranks in (1, 2, 4):
         out = tmp_path / f"run{ranks}.parquet"
         done = mpi_run(mpi_command(ranks, "-m", "mpd.lammps_rollout", "--model", str(model_path), "--state", str(state), "--steps", str(STEPS),
                                    "--noise", "--seed", "3", "--out", str(out)), tmp_path)
@@ -139,10 +141,12 @@ def test_sheared_cell_one_and_two_ranks_agree_with_noise(tmp_path, two_ranks_sta
         runs[ranks] = out
     import pandas as pd
 
-    one, two = pd.read_parquet(runs[1]), pd.read_parquet(runs[2])
+    one, two, four = (pd.read_parquet(runs[k]) for k in (1, 2, 4))
     assert json.loads(runs[2].with_suffix(".status.json").read_text())["ranks"] == 2
+    assert json.loads(runs[4].with_suffix(".status.json").read_text())["ranks"] == 4
     # the same up to summation order (round-off grows over the 20 steps of a random model, as in the fixed box)
     assert_same(one.assign(x=one["xu"], y=one["yu"]), two)
+    assert_same(one.assign(x=one["xu"], y=one["yu"]), four)
     quiet = lammps_box_rollout(model, x0, v0, L, STEPS, species=species, tilt=steady(0.4, start=2.5))
     assert np.abs(quiet.frames["vx"].to_numpy() - one["vx"].to_numpy()).max() > 1e-3  # the noise was on
 
