@@ -37,12 +37,16 @@ reported beside (``rss_after_imports_mb``). Seconds are measured inside the work
     The same runs' seconds (and the streaming path's own split, plan / locate / link, from its qc.json)
     are reported beside.
 (b) frames per second with 1 and with 2 processes, on the first ``--speed-frames`` frames: the scatter-gather
-    of issue 17, point 3. One plan (``plan_tracking``, not timed), then 1 process: one worker running
-    ``locate_chunk`` on every chunk, then one worker running ``link_chunks``; 2 processes: two workers
-    started together, each running ``locate_chunk`` on its half of the chunks (balanced by frames), then
-    the same ``link_chunks`` worker. fps = frames / (wall of the locate step + wall of the link step),
-    worker start-up included on both sides (Python and library imports, about 2 s a worker). Goal: fps(2) /
-    fps(1) >= 1.8. The locate step's own speed-up is reported beside.
+    of issue 17, point 3, as Snakemake runs it with --cores 1 and 2. One plan (``plan_tracking``, not timed);
+    2 processes: two workers started together over disjoint chunks (balanced by frames), each running
+    ``locate_chunk`` on its chunks and then ``link_chunk`` on them (a warm-up that needs a chunk the other
+    worker locates waits for that file), then one worker running the gather ``link_chunks`` with the link
+    files (stitching, filters, drift, velocities, species, QC); 1 process: one worker running every chunk's
+    ``locate_chunk`` and ``link_chunk``, then the same gather. fps = frames / (wall of the scatter + wall of
+    the gather), worker start-up included on both sides (Python and library imports, about 2 s a worker).
+    Goal: fps(2) / fps(1) >= 1.8. Reported beside: the scatter's own speed-up, the gather's share of the
+    1-process wall (the serial fraction) and the speed-up it allows (Amdahl), and the chunk boundaries the
+    gather had to link again (0 when every warm-up reached the unsplit run's state).
 (c) cost per frame against bare trackpy on the first ``--compare-frames`` frames, 1 process each: bare
     trackpy is benchmarks/bench_tracking.bare_trackpy (pims.open of the same files, trackpy.batch with
     the same diameter, minmass, separation and invert, trackpy.link with the same search range, memory 0);
@@ -284,9 +288,12 @@ def worker(task: dict) -> dict:
         plan = json.loads(Path(task["plan"]).read_text())
         for chunk in task["chunks"]:
             stream.locate_chunk(plan, chunk, out / stream.chunk_file_name(chunk), processes=1)
+    elif kind == "scatter":
+        return _scatter(stream, task, start, rss0, children0)
     elif kind == "link":
         plan = json.loads(Path(task["plan"]).read_text())
-        stream.link_chunks(plan, [Path(p) for p in task["feature_files"]], out)
+        links = [Path(p) for p in task["link_files"]] if task.get("link_files") else None
+        stream.link_chunks(plan, [Path(p) for p in task["feature_files"]], out, link_files=links)
     else:
         raise ValueError(f"unknown worker task {kind!r}")
     seconds = time.perf_counter() - start
@@ -298,6 +305,32 @@ def worker(task: dict) -> dict:
         if (out / "qc.json").exists():  # the streaming path's own split of its time (plan, locate, link, ...)
             result["timing_s"] = json.loads((out / "qc.json").read_text()).get("timing_s")
     return result
+
+
+def _scatter(stream, task: dict, start: float, rss0: float, children0: float) -> dict:
+    """One worker's share of the scatter, as Snakemake's jobs on one core: locate_chunk on each of its chunks,
+    then link_chunk on each (waiting, where a warm-up needs a chunk another worker locates, for its file)."""
+    plan = json.loads(Path(task["plan"]).read_text())
+    features, links = Path(task["features_dir"]), Path(task["links_dir"])
+    seconds = {"locate": 0.0, "link": 0.0, "wait": 0.0}
+    for chunk in task["chunks"]:
+        mark = time.perf_counter()
+        stream.locate_chunk(plan, chunk, features / stream.chunk_file_name(chunk), processes=1)
+        seconds["locate"] += time.perf_counter() - mark
+    for chunk in task["chunks"]:
+        needed = [features / stream.chunk_file_name(j) for j in stream.link_chunk_inputs(plan, chunk)]
+        mark = time.perf_counter()
+        while not all(p.exists() for p in needed):  # written atomically: there = complete
+            if time.perf_counter() - start > task["timeout"]:
+                raise TimeoutError(f"features of chunks {stream.link_chunk_inputs(plan, chunk)} never appeared")
+            time.sleep(0.05)
+        seconds["wait"] += time.perf_counter() - mark
+        mark = time.perf_counter()
+        stream.link_chunk(plan, chunk, needed, links / stream.chunk_file_name(chunk))
+        seconds["link"] += time.perf_counter() - mark
+    return {"seconds": time.perf_counter() - start, **_peak_mb(children0), "rss_after_imports_mb": rss0,
+            "locate_s": seconds["locate"], "link_chunk_s": seconds["link"], "wait_s": seconds["wait"],
+            "features": _parquet_rows([features / stream.chunk_file_name(c) for c in task["chunks"]])}
 
 
 def resolve_parameters(frames: str) -> dict:
@@ -417,43 +450,56 @@ def measure_speed(meta, n, params, chunk_frames, repeats, workdir, timeout, log)
     runs = {1: [], 2: []}
     for repeat in range(repeats):
         for processes in (1, 2):
-            features_dir = base / f"features-{processes}"
-            shutil.rmtree(features_dir, ignore_errors=True)
-            features_dir.mkdir()
+            features_dir, links_dir = base / f"features-{processes}", base / f"links-{processes}"
+            for folder in (features_dir, links_dir):
+                shutil.rmtree(folder, ignore_errors=True)
+                folder.mkdir()
             groups = [list(range(len(chunks)))] if processes == 1 else _balanced_halves(chunks)
-            log(f"(b) {processes} process(es), repeat {repeat + 1}: locate_chunk on chunks {groups}")
+            log(f"(b) {processes} process(es), repeat {repeat + 1}: locate_chunk + link_chunk on chunks {groups}")
             load = os.getloadavg()[0]
             launched = time.perf_counter()
-            started = [start_worker({"task": "locate", "plan": str(plan_path), "chunks": g,
-                                     "out": str(features_dir)}) for g in groups]
-            located = [finish_worker(s, timeout) for s in started]
-            locate_wall = time.perf_counter() - launched
-            files = sorted(str(p) for p in features_dir.glob("chunk-*.parquet"))
+            started = [start_worker({"task": "scatter", "plan": str(plan_path), "chunks": g,
+                                     "features_dir": str(features_dir), "links_dir": str(links_dir),
+                                     "timeout": timeout, "out": str(base)}) for g in groups]
+            scattered = [finish_worker(s, timeout) for s in started]
+            scatter_wall = time.perf_counter() - launched
+            files = [str(features_dir / f"chunk-{i:05d}.parquet") for i in range(len(chunks))]
+            links = [str(links_dir / f"chunk-{i:05d}.parquet") for i in range(len(chunks))]
             link_out = base / f"linked-{processes}"
             shutil.rmtree(link_out, ignore_errors=True)
-            linked = run_worker({"task": "link", "plan": str(plan_path), "feature_files": files,
-                                 "out": str(link_out)}, timeout)
+            gathered = run_worker({"task": "link", "plan": str(plan_path), "feature_files": files,
+                                   "link_files": links, "out": str(link_out)}, timeout)
+            qc_link = None
+            if (link_out / "qc.json").exists():
+                qc_link = json.loads((link_out / "qc.json").read_text())["split"]["link"]
             shutil.rmtree(link_out, ignore_errors=True)
             run = {"processes": processes, "load_average_1min_before": load,
-                   "locate_workers": [{"chunks": g, "frames": sum(chunks[i][1] - chunks[i][0] for i in g), **w}
-                                      for g, w in zip(groups, located)],
-                   "link_worker": linked}
-            if all(w["status"] == "completed" for w in located) and linked["status"] == "completed":
-                run.update(status="completed", locate_wall_s=locate_wall, link_wall_s=linked["wall_s"],
-                           wall_s=locate_wall + linked["wall_s"], features=sum(w["features"] for w in located),
-                           trajectory_rows=linked.get("trajectory_rows"))
+                   "workers": [{"chunks": g, "frames": sum(chunks[i][1] - chunks[i][0] for i in g), **w}
+                               for g, w in zip(groups, scattered)],
+                   "gather_worker": gathered}
+            if all(w["status"] == "completed" for w in scattered) and gathered["status"] == "completed":
+                run.update(status="completed", scatter_wall_s=scatter_wall, gather_wall_s=gathered["wall_s"],
+                           wall_s=scatter_wall + gathered["wall_s"], features=sum(w["features"] for w in scattered),
+                           trajectory_rows=gathered.get("trajectory_rows"),
+                           locate_s=max(w["locate_s"] for w in scattered),
+                           link_chunk_s=max(w["link_chunk_s"] for w in scattered),
+                           boundaries_relinked=qc_link["boundaries_relinked"] if qc_link else None,
+                           gather_timing_s=gathered.get("timing_s"))
                 run["frames_per_second"] = n / run["wall_s"]
-                run["locate_frames_per_second"] = n / locate_wall
+                run["gather_share"] = run["gather_wall_s"] / run["wall_s"]
             else:
-                run.update(status="failed", reason="; ".join(w["reason"] for w in [*located, linked]
+                run.update(status="failed", reason="; ".join(w["reason"] for w in [*scattered, gathered]
                                                              if w["status"] != "completed"))
             runs[processes].append(run)
             log(f"    {_brief(run)}")
     shutil.rmtree(base, ignore_errors=True)
     result = {"frames": n, "chunk_frames": chunk_frames, "chunks": chunks, "plan_seconds": plan["seconds"],
-              "how": "2 processes = two locate_chunk worker processes over disjoint chunks, started together, "
-                     "then one link_chunks worker; 1 process = one locate_chunk worker over every chunk, then "
-                     "the same link_chunks worker; walls include each worker's start-up",
+              "how": "as Snakemake with --cores 2: 2 processes = two worker processes over disjoint chunks, "
+                     "started together, each running locate_chunk on its chunks and then link_chunk on them "
+                     "(a warm-up needing a chunk the other worker locates waits for its file), then one gather "
+                     "worker (link_chunks with the link files: stitch, filters, drift, velocities, species, QC); "
+                     "1 process = one worker doing every chunk's locate_chunk and link_chunk, then the same "
+                     "gather; walls include each worker's start-up",
               "runs": runs[1] + runs[2]}
     best = {}
     for processes, rs in runs.items():
@@ -461,12 +507,15 @@ def measure_speed(meta, n, params, chunk_frames, repeats, workdir, timeout, log)
         if done:
             best[processes] = min(done, key=lambda r: r["wall_s"])
     if len(best) == 2:
+        serial = best[1]["gather_wall_s"] / best[1]["wall_s"]
         result.update(status="completed",
                       frames_per_second={str(p): n / b["wall_s"] for p, b in best.items()},
                       speedup_2_over_1=best[1]["wall_s"] / best[2]["wall_s"],
-                      locate_speedup_2_over_1=best[1]["locate_wall_s"] / best[2]["locate_wall_s"],
-                      link_share_1_process=best[1]["link_wall_s"] / best[1]["wall_s"],
+                      scatter_speedup_2_over_1=best[1]["scatter_wall_s"] / best[2]["scatter_wall_s"],
+                      serial_fraction_1_process=serial,
+                      amdahl_limit_2=1.0 / (serial + (1.0 - serial) / 2.0),
                       same_trajectory_rows=best[1]["trajectory_rows"] == best[2]["trajectory_rows"],
+                      boundaries_relinked={str(p): b["boundaries_relinked"] for p, b in best.items()},
                       features=best[1]["features"])
     else:
         result.update(status="failed", reason="; ".join(r.get("reason", "") for r in result["runs"]
@@ -610,18 +659,21 @@ def markdown_report(result: dict) -> str:
                      f"{_fmt(r.get('frames_per_second'))} | {r['status']} |")
     s = result["speed"]
     lines += ["", "## (b) Frames per second with 1 and 2 processes", "", s.get("how", ""), "",
-              ("| processes | frames | chunks (frames each worker) | features | locate wall s | link wall s | "
-              "total wall s | frames/s | status |"), "|---|---|---|---|---|---|---|---|---|"]
+              ("| processes | frames | chunks (frames each worker) | features | locate s / link_chunk s (slowest "
+               "worker) | locate + link_chunk wall s | gather wall s | total wall s | frames/s | boundaries "
+               "relinked | status |"), "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in s.get("runs", []):
-        split = " + ".join(f"{len(w['chunks'])} ({w['frames']})" for w in r["locate_workers"])
+        split = " + ".join(f"{len(w['chunks'])} ({w['frames']})" for w in r["workers"])
         lines.append(f"| {r['processes']} | {s['frames']} | {split} | {_fmt(r.get('features'))} | "
-                     f"{_fmt(r.get('locate_wall_s'))} | {_fmt(r.get('link_wall_s'))} | {_fmt(r.get('wall_s'))} | "
-                     f"{_fmt(r.get('frames_per_second'))} | {r['status']} |")
+                     f"{_fmt(r.get('locate_s'))} / {_fmt(r.get('link_chunk_s'))} | {_fmt(r.get('scatter_wall_s'))} | "
+                     f"{_fmt(r.get('gather_wall_s'))} | {_fmt(r.get('wall_s'))} | {_fmt(r.get('frames_per_second'))} "
+                     f"| {_fmt(r.get('boundaries_relinked'))} | {r['status']} |")
     if s.get("status") == "completed":
-        lines += ["", (f"Speed-up 2 over 1 process: {_fmt(s['speedup_2_over_1'])} (locate step alone: "
-                      f"{_fmt(s['locate_speedup_2_over_1'])}; the serial link step is "
-                      f"{100 * s['link_share_1_process']:.0f} % of the 1-process wall); same trajectory rows with "
-                      f"1 and 2 processes: {s['same_trajectory_rows']}.")]
+        lines += ["", (f"Speed-up 2 over 1 process: {_fmt(s['speedup_2_over_1'])} (locate + link_chunk alone: "
+                      f"{_fmt(s['scatter_speedup_2_over_1'])}); the serial gather is "
+                      f"{100 * s['serial_fraction_1_process']:.1f} % of the 1-process wall, which caps 2 processes "
+                      f"at {_fmt(s['amdahl_limit_2'])}x; same trajectory rows with 1 and 2 processes: "
+                      f"{s['same_trajectory_rows']}.")]
     vs = result["versus_trackpy"]
     lines += ["", "## (c) Cost per frame against bare trackpy (1 process)", "",
               "| path | frames | pixels | features found | best s | median s | s/frame | peak RSS MB | repeats |",

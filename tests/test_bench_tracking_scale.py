@@ -58,10 +58,15 @@ def test_quick_run_writes_every_figure_with_its_work_size(quick):
     assert sorted(r["processes"] for r in speed["runs"]) == [1, 2]
     for r in speed["runs"]:
         assert r["status"] == "completed"
-        assert sum(w["frames"] for w in r["locate_workers"]) == 20 and len(r["locate_workers"]) == r["processes"]
-        for key in ("locate_wall_s", "link_wall_s", "wall_s", "frames_per_second", "features"):
+        assert sum(w["frames"] for w in r["workers"]) == 20 and len(r["workers"]) == r["processes"]
+        assert sorted(c for w in r["workers"] for c in w["chunks"]) == list(range(len(speed["chunks"])))
+        for key in ("scatter_wall_s", "gather_wall_s", "wall_s", "frames_per_second", "features", "locate_s",
+                    "link_chunk_s"):
             assert _positive(r[key]), (key, r[key])
+        assert r["wall_s"] == pytest.approx(r["scatter_wall_s"] + r["gather_wall_s"], rel=2e-3)
+        assert r["boundaries_relinked"] == 0  # every chunk's own links were stitched, none linked again
     assert speed["same_trajectory_rows"] is True
+    assert 0 < speed["serial_fraction_1_process"] < 1 and 1 < speed["amdahl_limit_2"] < 2
     assert all(_positive(v) for v in speed["frames_per_second"].values())
     assert speed["speedup_2_over_1"] == pytest.approx(speed["frames_per_second"]["2"]
                                                       / speed["frames_per_second"]["1"], rel=2e-3)

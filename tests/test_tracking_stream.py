@@ -11,7 +11,16 @@ from scipy.special import erf
 from tracking import track_video
 from tracking.io import TrackingInputError
 from tracking.params import ParameterError, from_config
-from tracking.stream import chunk_file_name, link_chunks, locate_chunk, plan_tracking, track_video_streaming
+from tracking.stream import (
+    chunk_file_name,
+    link_chunk,
+    link_chunk_inputs,
+    link_chunks,
+    link_state_path,
+    locate_chunk,
+    plan_tracking,
+    track_video_streaming,
+)
 
 WIDTH, HEIGHT, PAD = 128, 96, 10  # px
 FPS, MPP = 10.0, 0.25  # frames per second, µm per pixel
@@ -84,14 +93,19 @@ def one_job(video, out, tracking):
     return track_video(video, out, from_config(tracking), pixel_size_um=MPP, frame_rate_hz=FPS)
 
 
-def split(video, out, tracking, chunk_frames):
-    """Plan, then every chunk located separately (as separate jobs would), then the gather."""
+def split(video, out, tracking, chunk_frames, per_chunk=False):
+    """Plan, then every chunk located separately (as separate jobs would), then the gather; per_chunk: every
+    chunk also linked separately (link_chunk, as the link_chunk jobs), the gather stitching them."""
     plan_path = out / "plan.json"
     plan_tracking(video, from_config(tracking), pixel_size_um=MPP, frame_rate_hz=FPS, chunk_frames=chunk_frames,
                   out_path=plan_path)
     plan = json.loads(plan_path.read_text())
     files = [locate_chunk(plan_path, i, out / "features" / chunk_file_name(i)) for i in range(len(plan["chunks"]))]
-    return plan, link_chunks(plan_path, files, out)
+    if not per_chunk:
+        return plan, link_chunks(plan_path, files, out)
+    links = [link_chunk(plan_path, i, [files[j] for j in link_chunk_inputs(plan, i)], out / "links" / chunk_file_name(i))
+             for i in range(len(plan["chunks"]))]
+    return plan, link_chunks(plan_path, files, out, link_files=links)
 
 
 def assert_same_trajectories(expected: pd.DataFrame, got: pd.DataFrame, exact=True):
@@ -216,3 +230,106 @@ def test_bad_settings_and_inputs_are_one_clear_error(video, split_run, tmp_path)
         link_chunks(plan, [files[1], files[0], *files[2:]], tmp_path / "x")
     with pytest.raises(TrackingInputError, match="not a chunk of the plan"):
         locate_chunk(plan, 4, tmp_path / "c.parquet")
+
+
+# --- linking per chunk (link_chunk jobs), stitched by the gather ---------------------------------------------------
+
+@pytest.mark.parametrize("changes", [
+    {},
+    {"link": {"memory": 2}},
+    {"link": {"predictor": "affine", "search_range_px": 3.0, "memory": 1}},
+    {"link": {"predictor": "nearest_velocity", "search_range_px": 3.0, "drift": "median"}},
+    {"link": {"search_range_um": "auto", "search_range_px": None, "memory": 2}, "frame_range": {"start": 1, "step": 2}},
+], ids=["plain", "memory", "affine-memory", "nearest_velocity-median_drift", "auto_range-memory-frame_step"])
+def test_chunks_linked_separately_give_the_one_job_trajectories_exactly(video, tmp_path, changes):
+    tracking = section(**changes)
+    if tracking["link"].get("search_range_px", 0) is None:
+        tracking["link"].pop("search_range_px")
+    expected = one_job(video, tmp_path / "one", tracking)
+    plan, result = split(video, tmp_path / "split", tracking, chunk_frames=7, per_chunk=True)
+    got = pd.read_parquet(result.trajectories_path)
+    assert_same_trajectories(expected.trajectories, got)
+    # every chunk's own links were used: its linker started in the state its predecessor ended in
+    link = result.qc["split"]["link"]
+    assert link["per_chunk"] is True and link["boundaries"] == len(plan["chunks"]) - 1 >= 1
+    assert link["relinked"] == [] and link["boundaries_relinked"] == 0
+    assert plan["link_overlap_frames"] == max(tracking["link"].get("memory", 0) + 2, 5)
+    for key in ("auto", "checks", "trajectories", "trajectory_filter", "species"):
+        assert result.qc[key] == json.loads(json.dumps(expected.qc[key])), key
+    assert result.qc["resolved"]["link"] == json.loads(json.dumps(expected.qc["resolved"]["link"]))
+    # a link file holds the chunk's own frames only, with ids local to its job, which the gather mapped
+    last = len(plan["chunks"]) - 1
+    own = pd.read_parquet(tmp_path / "split" / "links" / chunk_file_name(last))
+    first, stop = plan["chunks"][last]
+    assert set(own["frame"]) <= set(plan["frame_numbers"][first:stop])
+    mapped = own.merge(got[["frame", "x_px", "y_px", "particle"]], on=["frame", "x_px", "y_px"], suffixes=("", "_final"))
+    assert len(mapped) > 0
+    if "frame_range" not in changes:  # (with a step of 2, every trajectory breaks at the blank frame 13)
+        assert (mapped["particle"] != mapped["particle_final"]).any()
+
+
+@pytest.mark.parametrize("link", [
+    {"memory": 2},
+    {"predictor": "affine", "search_range_px": 3.0, "memory": 1},
+    {"predictor": "nearest_velocity", "search_range_px": 3.0, "memory": 2},
+], ids=["plain", "affine", "nearest_velocity"])
+def test_a_boundary_the_warm_up_does_not_reach_is_relinked_from_the_previous_state_exactly(video, tmp_path, link):
+    """Frame 13 is blank: with memory the unsplit run bridges it, continuing trajectories from frame 12 to 14. The
+    chunk starting at frame 14 warms up on one frame only (link_overlap_frames 1), frame 13, sees nothing and
+    starts every trajectory anew: the gather finds its state differs and links it again from chunk 1's."""
+    tracking = {**section(link=link), "link_overlap_frames": 1}
+    expected = one_job(video, tmp_path / "one", tracking)
+    reference = expected.trajectories.sort_values(["particle", "frame"])
+    same = reference["particle"].to_numpy()[1:] == reference["particle"].to_numpy()[:-1]
+    bridged = same & (reference["frame"].to_numpy()[:-1] == 12) & (reference["frame"].to_numpy()[1:] == 14)
+    assert bridged.sum() > 10  # what the job for frames 14 .. 20 cannot know
+    plan, result = split(video, tmp_path / "split", tracking, chunk_frames=7, per_chunk=True)
+    assert plan["link_overlap_frames"] == 1 and plan["chunks"][2] == [14, 21]
+    assert_same_trajectories(expected.trajectories, pd.read_parquet(result.trajectories_path))
+    link_record = result.qc["split"]["link"]
+    relinked = {r["chunk"]: r for r in link_record["relinked"]}
+    assert 2 in relinked and relinked[2]["first_frame"] == 14 and "differs" in relinked[2]["reason"]
+    assert link_record["boundaries_relinked"] == len(relinked) >= 1
+    on_disk = json.loads((tmp_path / "split" / "qc.json").read_text())["split"]["link"]
+    assert on_disk == json.loads(json.dumps(link_record))
+
+
+def test_the_gather_links_serially_without_link_files(split_run):
+    _, _, result = split_run
+    link = result.qc["split"]["link"]
+    assert link["per_chunk"] is False and link["relinked"] == [] and link["boundaries"] == 3
+
+
+def test_link_files_are_checked_against_the_plan(video, split_run, tmp_path):
+    out, plan, _ = split_run
+    files = [out / "features" / chunk_file_name(i) for i in range(4)]
+    links = [link_chunk(plan, i, [files[j] for j in link_chunk_inputs(plan, i)], tmp_path / "links" / chunk_file_name(i))
+             for i in range(4)]
+    assert all(link_state_path(p).is_file() for p in links)
+    with pytest.raises(TrackingInputError, match="one file per chunk"):
+        link_chunks(plan, files, tmp_path / "x", link_files=links[:3])
+    with pytest.raises(TrackingInputError, match="another plan or chunk"):
+        link_chunks(plan, files, tmp_path / "x", link_files=[links[1], links[0], *links[2:]])
+    other = plan_tracking(video, from_config({**BASE, "link_overlap_frames": 3}), pixel_size_um=MPP,
+                          frame_rate_hz=FPS, chunk_frames=7)
+    with pytest.raises(TrackingInputError, match="another plan or chunk"):
+        link_chunks(other, files, tmp_path / "x", link_files=links)
+    with pytest.raises(TrackingInputError, match="link_chunk_inputs"):
+        link_chunk(plan, 2, files, tmp_path / "y.parquet")
+    with pytest.raises(ParameterError, match="tracking.link_overlap_frames"):
+        from_config({**BASE, "link_overlap_frames": 0})
+    assert link_chunk_inputs(plan, 0) == [0] and link_chunk_inputs(plan, 2) == [1, 2]
+
+
+def test_a_bootstrap_pair_across_chunks_is_linked_again_in_the_gather(video, tmp_path):
+    """Frames 13 .. 23: the first chunk (13, 14) holds one non-empty frame, so the unsplit run bootstraps its
+    predictor on frames 14 and 15, which no single link job sees first: the gather links that chunk again."""
+    tracking = {**section(link={"predictor": "affine", "search_range_px": 3.0}), "frame_range": {"start": 13}}
+    expected = one_job(video, tmp_path / "one", tracking)
+    plan, result = split(video, tmp_path / "split", tracking, chunk_frames=2, per_chunk=True)
+    assert plan["chunks"][0] == [0, 2] and plan["frame_numbers"][:2] == [13, 14]
+    assert_same_trajectories(expected.trajectories, pd.read_parquet(result.trajectories_path))
+    link = result.qc["split"]["link"]
+    assert [r["chunk"] for r in link["relinked"]] == [0] and "bootstrapped" in link["relinked"][0]["reason"]
+    assert link["boundaries_relinked"] == 0
+    assert result.qc["resolved"]["link"] == json.loads(json.dumps(expected.qc["resolved"]["link"]))

@@ -1,4 +1,5 @@
-"""The split tracking as Snakemake jobs: a checkpoint plans, one job per chunk locates, one gathers."""
+"""The split tracking as Snakemake jobs: a checkpoint plans, one job per chunk locates, one per chunk links,
+one gathers."""
 import json
 import os
 import re
@@ -19,7 +20,7 @@ CHUNK_FRAMES = 10
 TRACKING = {"locate": {"refine": "none", "invert": False}, "link": {"search_range_px": 4.0},
             "checks": {"max_short_fraction": None}}
 # Proven to run in their emulated conda envs when mpd.envs reads checkpoints as rules (see `emulation`).
-EMULATED_RULES = {"stream": ("plan_tracking", "locate_chunk", "link_tracking")}
+EMULATED_RULES = {"stream": ("plan_tracking", "locate_chunk", "link_chunk", "link_tracking")}
 
 
 def emulation() -> dict:
@@ -62,7 +63,7 @@ def test_dry_run_plans_the_split_and_keeps_the_one_job_rule(workdir):
     assert result.returncode == 0, result.stderr[-3000:]
     jobs = jobs_run(result.stdout + result.stderr)
     assert "plan_tracking" in jobs and "link_tracking" in jobs and "track_video" in jobs, jobs
-    assert "locate_chunk" not in jobs  # unknown until the checkpoint has counted the chunks
+    assert "locate_chunk" not in jobs and "link_chunk" not in jobs  # unknown until the checkpoint has counted chunks
 
 
 def test_split_jobs_give_the_one_job_trajectories(workdir):
@@ -71,11 +72,17 @@ def test_split_jobs_give_the_one_job_trajectories(workdir):
     jobs = jobs_run(result.stdout + result.stderr)
     n_chunks = -(-N_FRAMES // CHUNK_FRAMES)
     assert jobs.count("locate_chunk") == n_chunks and jobs.count("plan_tracking") == 1, jobs
+    assert jobs.count("link_chunk") == n_chunks and jobs.count("link_tracking") == 1, jobs
     split_dir, whole_dir = workdir / "results" / "split" / "tracking", workdir / "results" / "whole" / "tracking"
     plan = json.loads((split_dir / "plan.json").read_text())
     assert len(plan["chunks"]) == n_chunks
     assert sorted(p.name for p in (split_dir / "features").iterdir()) == [f"chunk-{i:05d}.parquet"
                                                                         for i in range(n_chunks)]
+    assert sorted(p.name for p in (split_dir / "links").iterdir()) == sorted(
+        f"chunk-{i:05d}{suffix}" for i in range(n_chunks) for suffix in (".parquet", ".state.npz"))
+    # the gather used the link jobs' links: each chunk started in its predecessor's final state
+    link = json.loads((split_dir / "qc.json").read_text())["split"]["link"]
+    assert link["per_chunk"] is True and link["boundaries"] == n_chunks - 1 and link["relinked"] == [], link
     assert pq.ParquetFile(split_dir / "trajectories.parquet").num_row_groups == n_chunks
     split, whole = pd.read_parquet(split_dir / "trajectories.parquet"), pd.read_parquet(whole_dir /
                                                                                            "trajectories.parquet")

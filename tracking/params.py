@@ -187,6 +187,9 @@ class TrackingParams:
     # frames per chunk of split, bounded-memory tracking (tracking.stream: one Snakemake job per chunk
     # locates, one gather links); None: the whole video in one job, in memory (tracking.pipeline)
     chunk_frames: int | None = None
+    # frames of the previous chunk each chunk's link job links first (warm-up), so that its linker reaches the
+    # unsplit run's state at the chunk's first frame (tracking.stream.link_chunk); None: max(link.memory + 2, 5)
+    link_overlap_frames: int | None = None
 
 
 _NESTED = {
@@ -200,7 +203,7 @@ _NESTED = {
     "roi": RegionOfInterest,
 }
 
-_SCALARS = ("chunk_frames",)
+_SCALARS = ("chunk_frames", "link_overlap_frames")
 
 
 def _build(cls, values: Mapping[str, Any] | None, where: str):
@@ -393,6 +396,10 @@ def check(params: TrackingParams) -> None:
     _require(params.chunk_frames is None or (_is_int(params.chunk_frames) and params.chunk_frames >= 2),
              "chunk_frames", "null (the whole video in one job) or an integer >= 2 (frames per chunk)",
              params.chunk_frames)
+    _require(params.link_overlap_frames is None or (_is_int(params.link_overlap_frames)
+                                                     and params.link_overlap_frames >= 1),
+             "link_overlap_frames", "null (max(link.memory + 2, 5)) or an integer >= 1 (frames of the previous "
+             "chunk linked first by each chunk's link job)", params.link_overlap_frames)
 
     roi = params.roi
     if roi is not None:

@@ -1,7 +1,7 @@
-"""Tracking a long video in bounded memory, and split into jobs: plan, locate per chunk, link streaming.
+"""Tracking a long video in bounded memory, and split into jobs: plan, locate per chunk, link per chunk, gather.
 
 ``tracking.pipeline.track_video`` holds every feature and trajectory of a
-video in memory at once. Here the same tracking is cut into three steps whose
+video in memory at once. Here the same tracking is cut into four steps whose
 memory depends on the particles per frame and the chunk size, never on the
 number of frames (docs/tracking.md, *Long videos: chunks, bounded memory,
 split jobs*):
@@ -15,11 +15,19 @@ split jobs*):
    plan's parameters and write them to one parquet file. Locating is
    deterministic frame by frame, so the chunk files together hold exactly the
    features of an unsplit run. Chunks are independent: one Snakemake job each.
-3. ``link_chunks``: the gather. Pass 1 feeds the chunk files, read in frame
-   order, one frame at a time through trackpy's iterative linker (the
-   predictors and the bootstrap of ``tracking.link.link_features``) and writes
-   the linked rows to temporary per-chunk files, counting each trajectory's
-   length and summing its mass, size and eccentricity. Pass 2a measures the
+3. ``link_chunk``: link the frames of one chunk with trackpy's iterative
+   linker (``_LinkEngine``: the predictors and the bootstrap of
+   ``tracking.link.link_features``), starting ``link_overlap_frames`` frames
+   earlier (the warm-up), and write the chunk's linked rows (ids local to the
+   job) and the linker's state before the chunk's first frame and after its
+   last. One Snakemake job per chunk.
+4. ``link_chunks``: the gather. Pass 1 checks each chunk's starting state
+   against its predecessor's final state: equal (the same features to link
+   from, the same predictor field), the chunk's links are the unsplit run's and
+   only its particle ids are mapped; otherwise the chunk is linked again here
+   from the predecessor's state (always exact). Without link files it links
+   every frame in order itself. It counts each trajectory's length and sums
+   its mass, size and eccentricity. Pass 2a measures the
    drift (per frame pair) and each trajectory's median size (exactly, through
    temporary bucket files) for the species. Pass 2b reads the linked chunks
    again with a halo of frames on either side (the velocity stencil's reach),
@@ -35,6 +43,7 @@ the data or left out, and qc.json's ``split`` section says which.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import logging
@@ -52,8 +61,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from trackpy.linking.linking import link_iter
-from trackpy.linking.utils import SubnetOversizeException
+from scipy.interpolate import NearestNDInterpolator
+from trackpy.linking.linking import Linker
+from trackpy.linking.utils import Point, SubnetOversizeException, TrackUnstored
 from trackpy.predict import NearestVelocityPredict
 
 from mpd.atomic import atomic_write_bytes
@@ -93,7 +103,7 @@ from .species import classify_species
 
 log = logging.getLogger(__name__)
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 DEFAULT_CHUNK_FRAMES = 200
 # Frames are read for locating in stacks of at most this many bytes (as tracking.io.Video.chunks).
 STACK_BYTES = 256 * 2**20
@@ -162,6 +172,8 @@ def plan_tracking(frames_path, params: TrackingParams | dict | None = None, *, p
     refine = _plan_refine(video, params, resolved, flatten)
     n = len(video)
     chunks = [[start, min(start + chunk_frames, n)] for start in range(0, n, chunk_frames)]
+    overlap = link_overlap(params)
+    auto_range = params.link.search_range_px is None and params.link.search_range_um == AUTO
     plan = {
         "version": PLAN_VERSION,
         "source": os.fspath(frames_path),
@@ -172,6 +184,8 @@ def plan_tracking(frames_path, params: TrackingParams | dict | None = None, *, p
         "roi_origin_px": list(video.origin_px),
         "chunk_frames": chunk_frames,
         "chunks": chunks,
+        "link_overlap_frames": overlap,
+        "link_inputs": _link_inputs(chunks, overlap, auto_range),
         "resolved": dataclasses.asdict(resolved),
         "flatten_size_px": flatten_size,
         "auto": chosen,
@@ -275,9 +289,7 @@ def locate_chunk(plan, chunk: int, out_path, *, processes: int = 1) -> Path:
     linker's particle numbering follows). Written atomically.
     """
     plan = load_plan(plan)
-    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or not 0 <= chunk < len(plan["chunks"]):
-        raise TrackingInputError(f"chunk {chunk!r} is not a chunk of the plan (it has {len(plan['chunks'])}: 0 .. "
-                                 f"{len(plan['chunks']) - 1})")
+    _check_chunk(plan, chunk)
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise TrackingInputError(f"processes must be an integer >= 1, got {processes!r}")
     params = _plan_params(plan)
@@ -447,7 +459,11 @@ class _Peekable:
 
 
 class _Pass1:
-    """Linked rows written chunk by chunk to temporary files; per-trajectory counts and sums; feature statistics."""
+    """Each chunk's linked rows (global particle ids), per-trajectory counts and sums, feature statistics.
+
+    A chunk's rows are either written to the gather's scratch folder (linked in the gather) or read from the
+    chunk's own link file through its map of particle ids (``mapped``); ``load`` reads them back either way.
+    """
 
     def __init__(self, work: Path, n_chunks: int, first_frame: int, filter_sums: bool):
         self.work, self.n_chunks, self.first_frame = work, n_chunks, first_frame
@@ -455,8 +471,7 @@ class _Pass1:
         self.counts = np.zeros(0, np.int64)
         self.sums = {c: np.zeros(0) for c in FILTER_COLUMNS}
         self.valid = {c: np.zeros(0, np.int64) for c in FILTER_COLUMNS}
-        self.pending: dict[int, list[pd.DataFrame]] = {}
-        self.written = 0
+        self.sources: dict[int, tuple[Path, np.ndarray | None]] = {}
         self.subpixel = np.zeros((2, 20), np.int64)
         self.sample_keys = np.empty(0)
         self.sample = pd.DataFrame({"mass": [], "size": []})
@@ -466,30 +481,23 @@ class _Pass1:
     def path(self, chunk: int) -> Path:
         return self.work / f"linked-{chunk:05d}.parquet"
 
-    def add(self, chunk: int, frame: pd.DataFrame) -> None:
-        while self.written < chunk:  # earlier chunks are complete
-            self._flush(self.written)
-        self.pending.setdefault(chunk, []).append(frame)
-
-    def finish(self) -> None:
-        while self.written < self.n_chunks:
-            self._flush(self.written)
-
-    def _flush(self, chunk: int) -> None:
-        frames = self.pending.pop(chunk, [])
-        table = (pd.concat(frames, ignore_index=True) if frames
-                 else pd.DataFrame({c: pd.Series(dtype=np.int64 if c in ("frame", "particle") else float)
-                                    for c in ("frame", "particle", "x", "y")}))
-        table = table.rename(columns={"x": "x_px", "y": "y_px"})
-        for column in LINKED_COLUMNS:
-            if column not in table:
-                table[column] = pd.Series(dtype=float)
-        table = table[LINKED_COLUMNS]
-        table["particle"] = table["particle"].astype(np.int64)
-        table["frame"] = table["frame"].astype(np.int64)
+    def write(self, chunk: int, table: pd.DataFrame) -> None:
+        """Rows linked here (global ids): written to the scratch folder."""
         pq.write_table(pa.Table.from_pandas(table, preserve_index=False), self.path(chunk))
+        self.sources[chunk] = (self.path(chunk), None)
         self._accumulate(table)
-        self.written += 1
+
+    def mapped(self, chunk: int, path: Path, mapping: np.ndarray, table: pd.DataFrame) -> None:
+        """Rows of a chunk's own link file, already relabelled (``table``); read again through ``mapping``."""
+        self.sources[chunk] = (Path(path), mapping)
+        self._accumulate(table)
+
+    def load(self, chunk: int) -> pd.DataFrame:
+        path, mapping = self.sources[chunk]
+        table = pq.read_table(path, columns=LINKED_COLUMNS).to_pandas()
+        if mapping is not None and len(table):
+            table["particle"] = mapping[table["particle"].to_numpy()]
+        return table
 
     def _grow(self, size: int) -> None:
         if size > len(self.counts):
@@ -523,6 +531,21 @@ class _Pass1:
         self.sample_keys, self.sample = keys, sample
 
 
+def _linked_table(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Linked frames (columns frame, particle, x, y, mass, ...) as one table of LINKED_COLUMNS, rows in order."""
+    table = (pd.concat(frames, ignore_index=True) if frames
+             else pd.DataFrame({c: pd.Series(dtype=np.int64 if c in ("frame", "particle") else float)
+                                for c in ("frame", "particle", "x", "y")}))
+    table = table.rename(columns={"x": "x_px", "y": "y_px"})
+    for column in LINKED_COLUMNS:
+        if column not in table:
+            table[column] = pd.Series(dtype=float)
+    table = table[LINKED_COLUMNS]
+    table["particle"] = table["particle"].astype(np.int64)
+    table["frame"] = table["frame"].astype(np.int64)
+    return table
+
+
 def _search_range(params: TrackingParams, frames: _Peekable, pixel_size_um: float) -> tuple[float, dict]:
     """The search range (px) and its record, as link_features resolves it."""
     link = params.link
@@ -540,86 +563,450 @@ def _search_range(params: TrackingParams, frames: _Peekable, pixel_size_um: floa
     return float(search_range_px), record
 
 
-def _link_stream(params: TrackingParams, frames: _Peekable, n_frames_with_features: int, pixel_size_um: float,
-                 sink: _Pass1) -> dict:
-    """Pass 1: trackpy's iterative linking, one frame at a time, exactly as link_features links the whole table."""
-    search_range_px, record = _search_range(params, frames, pixel_size_um)
-    kwargs = {"memory": params.link.memory, "adaptive_step": params.link.adaptive_step}
-    if params.link.adaptive_stop_um is not None:
-        kwargs["adaptive_stop"] = params.link.adaptive_stop_um / pixel_size_um
-    try:
-        with warnings.catch_warnings(), quiet_trackpy():
-            warnings.simplefilter("ignore")
-            if params.link.predictor == "none" or n_frames_with_features < 2:
-                _link_plain(frames, search_range_px, kwargs, sink)
-            else:
-                first_two = [f for f in frames.take(2) if len(f)][:2]
-                pair = pd.concat(first_two, ignore_index=True)
-                field, centre, first_pair = bootstrap_field(pair, search_range_px, **kwargs)
-                record["bootstrap_velocity_field_px_per_frame"] = None if field is None else {
-                    "centre_yx": np.round(centre, 4).tolist(), "coefficients": np.round(field, 6).tolist()}
-                if params.link.predictor == "affine":
-                    predictor = AffineVelocityPredict(field, centre, pos_columns=POS_COLUMNS)
-                else:
-                    guess = _first_pair_velocities(first_pair)
-                    predictor = (NearestVelocityPredict(guess[0], guess[1], pos_columns=POS_COLUMNS)
-                                 if guess is not None else NearestVelocityPredict(pos_columns=POS_COLUMNS))
-                chunks = []
+def _frame_stream(files: Sequence[Path], first_chunk: int = 0, first_frame: int | None = None
+                  ) -> Iterator[tuple[int, pd.DataFrame]]:
+    """(chunk, rows of one frame in px: frame, x, y, mass, ...) for every frame with features, in order.
 
-                def nonempty():  # trackpy's predictor.link_df groups by frame: empty frames are not linked
-                    for chunk, frame in frames:
-                        if len(frame):
-                            chunks.append(chunk)
-                            yield frame
-
-                for linked in predictor.link_df_iter(nonempty(), search_range_px, pos_columns=POS_COLUMNS,
-                                                     t_column="frame", **kwargs):
-                    sink.add(chunks.pop(0), linked)
-    except SubnetOversizeException as error:
-        raise LinkingError(
-            f"linking failed: too many candidate links in a crowded region ({error}); lower "
-            f"link.search_range_um (now {search_range_px * pixel_size_um:.3g} µm) or set link.adaptive_stop_um"
-        ) from None
-    sink.finish()
-    return record
-
-
-def _link_plain(frames: _Peekable, search_range_px: float, kwargs: dict, sink: _Pass1) -> None:
-    """trackpy.link's own loop (link_iter over every integer time from the first to the last non-empty frame)."""
-    queue: list[tuple[int, pd.DataFrame]] = []
-
-    def coords():
-        last = None
-        for chunk, frame in frames:
-            if len(frame) == 0:
-                continue
-            t = int(frame["frame"].iloc[0])
-            if last is not None:
-                for gap in range(last + 1, t):  # trackpy.link links the frames between as empty ones
-                    queue.append((chunk, None))
-                    yield gap, np.empty((0, len(POS_COLUMNS)))
-            queue.append((chunk, frame))
-            last = t
-            yield t, frame[POS_COLUMNS].to_numpy()
-
-    for _, ids in link_iter(coords(), search_range_px, **kwargs):
-        chunk, frame = queue.pop(0)
-        if frame is not None:
-            sink.add(chunk, frame.assign(particle=np.asarray(ids, np.int64)))
-
-
-def _frame_stream(files: list[Path]) -> Iterator[tuple[int, pd.DataFrame]]:
-    """(chunk, rows of one frame in px: frame, x, y, mass, ...) for every frame with features, in order."""
+    ``files`` are the chunks first_chunk, first_chunk + 1, ...; ``first_frame``: frames before it are skipped.
+    """
     columns = ["frame", "x_px", "y_px", "mass", "size", "ecc", "signal", "raw_mass", "ep"]
-    for chunk, path in enumerate(files):
+    for chunk, path in enumerate(files, start=first_chunk):
         table = _read_features(path, columns).rename(columns={"x_px": "x", "y_px": "y"})
         table["frame"] = table["frame"].astype(np.int64)
+        if first_frame is not None:
+            table = table[table["frame"].to_numpy() >= first_frame]
         for frame in _frames_of(table):
             yield chunk, frame
 
 
+# --- linking per chunk: trackpy's linker, its state at a chunk boundary, the warm-up ---------------------------
+
+LINK_STATE_VERSION = 1
+_NO_COORDS = np.empty((0, len(POS_COLUMNS)))
+# The auto search range looks at the first 10 frames holding two features; a link job reads the chunks of the
+# first AUTO_HEAD_FRAMES frames for it (the gather checks every job's range against its own).
+AUTO_HEAD_FRAMES = 20
+
+
+def _null_interpolator(*x):  # trackpy.predict.NearestVelocityPredict's, when a frame pair shares no particle
+    return np.zeros((len(x),))
+
+
+class _LinkEngine:
+    """trackpy's iterative linker (``trackpy.linking.Linker``) driven frame by frame, as ``trackpy.link``
+    (empty frames linked as empty levels) or a predictor's ``link_df_iter`` (non-empty frames only, the
+    predictor bootstrapped as ``tracking.link.link_features`` does) drive it, whose state can be read and
+    restored between two frames (``state``, ``restore``).
+
+    The state before a frame is everything the linker's later decisions depend on: the features it links
+    from (the last linked frame's, and the features lost within ``link.memory`` levels with the level each
+    was lost at), the predictor's velocity field (AffineVelocityPredict: field and centre;
+    NearestVelocityPredict: the interpolator's points and velocities) and the next particle id. Features are
+    named by (frame, row within the frame).
+    """
+
+    def __init__(self, params: TrackingParams, search_range_px: float, pixel_size_um: float):
+        link = params.link
+        self.kind = link.predictor
+        self.memory = int(link.memory)
+        self.search_range_px = float(search_range_px)
+        self.kwargs = {"memory": link.memory, "adaptive_step": link.adaptive_step}
+        if link.adaptive_stop_um is not None:
+            self.kwargs["adaptive_stop"] = link.adaptive_stop_um / pixel_size_um
+        self.linker = None
+        self.predictor = None
+        self.last_t: int | None = None
+        self.counter = None
+        self.recent: dict[int, list | dict] = {}  # frame -> its points (list: row order; dict: row -> point)
+        self.bootstrap: dict | None = None
+
+    def _new_linker(self) -> None:
+        predict = None if self.predictor is None else self.predictor.predict
+        self.linker = Linker(self.search_range_px, predictor=predict, **self.kwargs)
+
+    def start(self, first_frames: list[pd.DataFrame]) -> None:
+        """A fresh linker; with a predictor, bootstrapped on the first two non-empty frames given."""
+        if self.kind != "none":
+            pair = pd.concat([f for f in first_frames if len(f)][:2], ignore_index=True)
+            field, centre, first_pair = bootstrap_field(pair, self.search_range_px, **self.kwargs)
+            self.bootstrap = {
+                "frames": sorted(int(f) for f in pair["frame"].unique()),
+                "record": None if field is None else {"centre_yx": np.round(centre, 4).tolist(),
+                                                      "coefficients": np.round(field, 6).tolist()}}
+            if self.kind == "affine":
+                self.predictor = AffineVelocityPredict(field, centre, pos_columns=POS_COLUMNS)
+            else:
+                guess = _first_pair_velocities(first_pair)
+                self.predictor = (NearestVelocityPredict(guess[0], guess[1], pos_columns=POS_COLUMNS)
+                                  if guess is not None else NearestVelocityPredict(pos_columns=POS_COLUMNS))
+            self.predictor.t_column = "frame"
+        self._new_linker()
+
+    def link(self, frame: pd.DataFrame) -> np.ndarray:
+        """Link one non-empty frame (rows in trackpy's order); its particle ids."""
+        t = int(frame["frame"].iloc[0])
+        coords = frame[POS_COLUMNS].to_numpy()
+        linker = self.linker
+        if self.last_t is None:
+            linker.init_level(coords, t)
+            self.counter = TrackUnstored.counter
+        else:
+            TrackUnstored.counter = self.counter  # trackpy's track counter is global: this engine's own
+            if self.kind == "none":
+                for gap in range(self.last_t + 1, t):  # trackpy.link links the frames between as empty ones
+                    linker.next_level(_NO_COORDS, gap)
+            linker.next_level(coords, t)
+        points = list(linker.hash.points)
+        ids = np.fromiter((p.track.id for p in points), np.int64, len(points))
+        if self.predictor is not None:
+            self.predictor.observe(frame.assign(particle=ids))
+        self.last_t = t
+        self.recent[t] = points
+        while len(self.recent) > self.memory + 1:  # a remembered feature is at most memory + 1 frames old
+            del self.recent[next(iter(self.recent))]
+        return ids
+
+    def state(self) -> dict | None:
+        """The linker's state before the next frame (None before the first frame)."""
+        if self.last_t is None:
+            return None
+        linker = self.linker
+        current = self.recent[self.last_t]
+        remembered = []
+        if linker.mem_set:
+            where = {}
+            for t, points in self.recent.items():
+                if t != self.last_t:
+                    for i, p in (enumerate(points) if isinstance(points, list) else points.items()):
+                        where[id(p)] = (t, i)
+            for slot, members in enumerate(linker.mem_history):
+                for p in members:
+                    if p in linker.mem_set:
+                        remembered.append((*where[id(p)], slot, p))
+            remembered.sort(key=lambda item: item[:2])
+        next_particle = next(self.counter)
+        self.counter = itertools.count(next_particle)
+        TrackUnstored.counter = self.counter
+        points = list(current) + [item[3] for item in remembered]
+        n = len(current)
+        state = {
+            "last_t": int(self.last_t), "next_particle": int(next_particle),
+            "t": np.r_[np.full(n, self.last_t, np.int64), np.array([r[0] for r in remembered], np.int64)],
+            "index": np.r_[np.arange(n, dtype=np.int64), np.array([r[1] for r in remembered], np.int64)],
+            "slot": np.r_[np.full(n, -1, np.int64), np.array([r[2] for r in remembered], np.int64)],
+            "particle": np.fromiter((p.track.id for p in points), np.int64, len(points)),
+            "pos": np.array([p.pos for p in points], np.float64).reshape(-1, len(POS_COLUMNS)),
+            "predictor": {"kind": self.kind},
+        }
+        predictor = self.predictor
+        if isinstance(predictor, AffineVelocityPredict):
+            state["predictor"].update(field=None if predictor.field is None else np.array(predictor.field, float),
+                                      centre=np.array(predictor.centre, float))
+        elif isinstance(predictor, NearestVelocityPredict):
+            interpolator = predictor.interpolator
+            state["predictor"].update(
+                use_initial_guess=bool(predictor.use_initial_guess),
+                interpolator=None if not isinstance(interpolator, NearestNDInterpolator)
+                else (np.array(interpolator.points, float), np.array(interpolator.values, float)))
+        return state
+
+    def restore(self, state: dict) -> None:
+        """Continue from a state (``state()``'s): the linker as trackpy's would be before the next frame."""
+        kind = state["predictor"]["kind"]
+        if kind != self.kind:
+            raise LinkingError(f"a link state of predictor {kind!r} given to a {self.kind!r} linker")
+        cur = state["slot"] < 0
+        t, pos, particle = state["t"], state["pos"], state["particle"]
+        last = pd.DataFrame({"frame": t[cur], POS_COLUMNS[0]: pos[cur, 0], POS_COLUMNS[1]: pos[cur, 1]},
+                            index=pd.Index(particle[cur], name="particle"))
+        if kind == "affine":
+            self.predictor = AffineVelocityPredict(state["predictor"]["field"], state["predictor"]["centre"],
+                                                   pos_columns=POS_COLUMNS)
+            self.predictor.previous = last
+        elif kind != "none":
+            self.predictor = NearestVelocityPredict(pos_columns=POS_COLUMNS)
+            self.predictor.use_initial_guess = state["predictor"]["use_initial_guess"]
+            interpolator = state["predictor"]["interpolator"]
+            self.predictor.interpolator = (_null_interpolator if interpolator is None
+                                           else NearestNDInterpolator(*interpolator))
+            self.predictor.recent_frames.append(last)
+        if self.predictor is not None:
+            self.predictor.t_column = "frame"
+        self._new_linker()
+        linker = self.linker
+        Point.reset_counter()
+        TrackUnstored.reset_counter()
+        linker.ndim = len(POS_COLUMNS)
+        linker.mem_set = set()
+        linker.mem_history = [set() for _ in range(self.memory)]
+        self.recent = {}
+
+        def point(frame, position, pid):
+            p = Point(int(frame), position)
+            TrackUnstored(p).id = int(pid)
+            p.track.indx = int(pid)
+            return p
+
+        for k in np.flatnonzero(~cur):
+            p = point(t[k], pos[k], particle[k])
+            linker.mem_set.add(p)
+            linker.mem_history[state["slot"][k]].add(p)
+            self.recent.setdefault(int(t[k]), {})[int(state["index"][k])] = p
+        points = [point(state["last_t"], pos[k], particle[k]) for k in np.flatnonzero(cur)]
+        linker.hash = linker.hash_cls(points, ndim=linker.ndim, to_eucl=linker.to_eucl, dist_func=linker.dist_func)
+        self.recent[int(state["last_t"])] = points
+        self.last_t = int(state["last_t"])
+        self.counter = itertools.count(int(state["next_particle"]))
+        TrackUnstored.counter = self.counter
+
+
+def _same_state(a: dict | None, b: dict | None) -> bool:
+    """Two link states equal but for the particle ids: the same features to link from (remembered ones with
+    the same level), the same predictor field, bit for bit."""
+    if a is None or b is None:
+        return a is None and b is None
+    if a["last_t"] != b["last_t"] or a["predictor"]["kind"] != b["predictor"]["kind"]:
+        return False
+    if not all(np.array_equal(a[k], b[k]) for k in ("t", "index", "slot", "pos")):
+        return False
+    pa_, pb = a["predictor"], b["predictor"]
+    if pa_["kind"] == "affine":
+        if (pa_["field"] is None) != (pb["field"] is None):
+            return False
+        return (pa_["field"] is None or np.array_equal(pa_["field"], pb["field"])) and \
+            np.array_equal(pa_["centre"], pb["centre"])
+    if pa_["kind"] == "nearest_velocity":
+        ia, ib = pa_["interpolator"], pb["interpolator"]
+        if pa_["use_initial_guess"] != pb["use_initial_guess"] or (ia is None) != (ib is None):
+            return False
+        return ia is None or (np.array_equal(ia[0], ib[0]) and np.array_equal(ia[1], ib[1]))
+    return True
+
+
+def _state_arrays(prefix: str, state: dict | None) -> tuple[dict, dict]:
+    """A state as npz arrays and JSON-able flags."""
+    if state is None:
+        return {}, {"present": False}
+    arrays = {f"{prefix}.{k}": state[k] for k in ("t", "index", "slot", "particle", "pos")}
+    flags = {"present": True, "last_t": state["last_t"], "next_particle": state["next_particle"]}
+    pred = state["predictor"]
+    flags["predictor"] = {"kind": pred["kind"]}
+    if pred["kind"] == "affine":
+        flags["predictor"]["field"] = pred["field"] is not None
+        if pred["field"] is not None:
+            arrays[f"{prefix}.field"] = pred["field"]
+        arrays[f"{prefix}.centre"] = pred["centre"]
+    elif pred["kind"] == "nearest_velocity":
+        flags["predictor"].update(use_initial_guess=pred["use_initial_guess"],
+                                  interpolator=pred["interpolator"] is not None)
+        if pred["interpolator"] is not None:
+            arrays[f"{prefix}.points"], arrays[f"{prefix}.values"] = pred["interpolator"]
+    return arrays, flags
+
+
+def _state_from_arrays(prefix: str, flags: dict, arrays) -> dict | None:
+    if not flags["present"]:
+        return None
+    state = {k: np.asarray(arrays[f"{prefix}.{k}"]) for k in ("t", "index", "slot", "particle", "pos")}
+    state.update(last_t=int(flags["last_t"]), next_particle=int(flags["next_particle"]))
+    kind = flags["predictor"]["kind"]
+    pred = {"kind": kind}
+    if kind == "affine":
+        pred["field"] = np.asarray(arrays[f"{prefix}.field"]) if flags["predictor"]["field"] else None
+        pred["centre"] = np.asarray(arrays[f"{prefix}.centre"])
+    elif kind == "nearest_velocity":
+        pred["use_initial_guess"] = bool(flags["predictor"]["use_initial_guess"])
+        pred["interpolator"] = ((np.asarray(arrays[f"{prefix}.points"]), np.asarray(arrays[f"{prefix}.values"]))
+                                if flags["predictor"]["interpolator"] else None)
+    state["predictor"] = pred
+    return state
+
+
+def link_state_path(link_path) -> Path:
+    """The state file beside a chunk's link file: ``chunk-00001.state.npz`` beside ``chunk-00001.parquet``."""
+    link_path = Path(link_path)
+    return link_path.with_name(link_path.name.removesuffix(".parquet") + ".state.npz")
+
+
+def _plan_id(plan: dict) -> str:
+    return hashlib.sha256(json.dumps(json_ready(plan), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def link_overlap(params: TrackingParams) -> int:
+    """Frames of warm-up before each chunk's own frames (``tracking.link_overlap_frames``; default
+    max(link.memory + 2, 5))."""
+    overlap = params.link_overlap_frames
+    if overlap is None:
+        return max(int(params.link.memory) + 2, 5)
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or overlap < 1:
+        raise ParameterError(f"tracking.link_overlap_frames must be null or an integer >= 1 (frames of the previous "
+                             f"chunk linked first by each chunk's link job), got {overlap!r}")
+    return int(overlap)
+
+
+def _link_inputs(chunks: list, overlap: int, auto_range: bool) -> list[list[int]]:
+    """Per chunk, the chunks whose features its link job reads: its own, those of its warm-up frames and,
+    with an automatic search range, those of the first AUTO_HEAD_FRAMES frames."""
+    inputs = []
+    for i, (a, b) in enumerate(chunks):
+        lo = max(0, a - overlap) if i else a
+        needed = {j for j, (c, d) in enumerate(chunks) if c < b and d > lo}
+        if auto_range:
+            needed |= {j for j, (c, _) in enumerate(chunks) if c < AUTO_HEAD_FRAMES}
+        inputs.append(sorted(needed))
+    return inputs
+
+
+def link_chunk_inputs(plan, chunk: int) -> list[int]:
+    """The chunks whose feature files ``link_chunk(plan, chunk, ...)`` reads, in the order it takes them."""
+    plan = load_plan(plan)
+    _check_chunk(plan, chunk)
+    return list(plan["link_inputs"][chunk])
+
+
+def _check_chunk(plan: dict, chunk) -> None:
+    if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or not 0 <= chunk < len(plan["chunks"]):
+        raise TrackingInputError(f"chunk {chunk!r} is not a chunk of the plan (it has {len(plan['chunks'])}: 0 .. "
+                                 f"{len(plan['chunks']) - 1})")
+
+
+def link_chunk(plan, chunk: int, feature_files, out_path) -> Path:
+    """Link the frames of one chunk, starting ``link_overlap_frames`` frames earlier (the warm-up).
+
+    ``feature_files``: the feature files of the chunks ``link_chunk_inputs(plan, chunk)`` names, in that
+    order (or a mapping chunk -> file). Writes ``out_path`` (parquet: the chunk's own linked rows, columns
+    LINKED_COLUMNS, particle ids local to this job) and, beside it, ``link_state_path(out_path)`` (npz: the
+    linker's state before the chunk's first frame and after its last, the next particle id, the search range
+    and the bootstrap), both atomically. ``link_chunks`` checks each chunk's starting state against its
+    predecessor's final one: equal, the chunk's links are the unsplit run's and only its ids change.
+    One chunk of features and the warm-up frames are held in memory.
+    """
+    plan = load_plan(plan)
+    _check_chunk(plan, chunk)
+    params = _plan_params(plan)
+    _check_split_supported(params)
+    pixel_size_um = check_units(plan["units"]["pixel_size_um"], plan["units"]["frame_rate_hz"])[0]
+    needed = plan["link_inputs"][chunk]
+    if isinstance(feature_files, dict):
+        missing = [j for j in needed if j not in feature_files]
+        if missing:
+            raise TrackingInputError(f"link_chunk {chunk}: the feature files of chunks {missing} are missing; give "
+                                     f"those of chunks {needed} (link_chunk_inputs)")
+        by_chunk = {j: Path(feature_files[j]) for j in needed}
+    else:
+        feature_files = [Path(f) for f in feature_files]
+        if len(feature_files) != len(needed):
+            raise TrackingInputError(f"link_chunk {chunk}: {len(feature_files)} feature file(s) given; give those "
+                                     f"of chunks {needed} (link_chunk_inputs), in that order")
+        by_chunk = dict(zip(needed, feature_files, strict=True))
+    for j, path in by_chunk.items():
+        if not path.is_file():
+            raise TrackingInputError(f"{path}: feature file of chunk {j} not found; run locate_chunk for it")
+    frame_numbers = np.asarray(plan["frame_numbers"], np.int64)
+    a, b = plan["chunks"][chunk]
+    warm = max(0, a - plan["link_overlap_frames"]) if chunk else a
+    head = [by_chunk[j] for j in itertools.takewhile(lambda j: j in by_chunk, range(len(plan["chunks"])))]
+    search_range_px, record = _search_range(params, _Peekable(_frame_stream(head)), pixel_size_um)
+    span = [j for j in needed if plan["chunks"][j][0] < b and plan["chunks"][j][1] > warm]
+    stream = ((j, frame) for j, frame in _frame_stream([by_chunk[j] for j in span], span[0],
+                                                        int(frame_numbers[warm]) if warm < len(frame_numbers) else None)
+              if int(frame["frame"].iloc[0]) <= frame_numbers[b - 1])
+    frames = _Peekable(stream)
+    engine = _LinkEngine(params, search_range_px, pixel_size_um)
+    first_own = int(frame_numbers[a])
+    own, start_state, started = [], None, chunk == 0
+    try:
+        with warnings.catch_warnings(), quiet_trackpy():
+            warnings.simplefilter("ignore")
+            first = frames.take(2)
+            if first:
+                engine.start(first)
+            for _, frame in frames:
+                if not started and int(frame["frame"].iloc[0]) >= first_own:
+                    start_state, started = engine.state(), True
+                ids = engine.link(frame)
+                if started:
+                    own.append(frame.assign(particle=ids))
+            if not started:
+                start_state = engine.state()
+            end_state = engine.state()
+    except SubnetOversizeException as error:
+        raise _oversize(error, search_range_px, pixel_size_um) from None
+    table = _linked_table(own)
+    start_arrays, start_flags = _state_arrays("start", start_state)
+    end_arrays, end_flags = _state_arrays("end", end_state)
+    meta = {"version": LINK_STATE_VERSION, "plan": _plan_id(plan), "chunk": int(chunk), "rows": len(table),
+            "warm_up": {"first_frame": int(frame_numbers[warm]), "frames": a - warm},
+            "search_range": record, "bootstrap": engine.bootstrap, "start": start_flags, "end": end_flags}
+    out_path = Path(out_path)
+    _write_npz(link_state_path(out_path), {**start_arrays, **end_arrays, "meta": np.array(json.dumps(meta))})
+    _write_parquet(table, out_path)
+    return out_path
+
+
+def _oversize(error, search_range_px: float, pixel_size_um: float) -> LinkingError:
+    return LinkingError(
+        f"linking failed: too many candidate links in a crowded region ({error}); lower "
+        f"link.search_range_um (now {search_range_px * pixel_size_um:.3g} µm) or set link.adaptive_stop_um")
+
+
+def _write_npz(path: Path, arrays: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_link(path: Path, plan: dict, chunk: int) -> dict:
+    """A chunk's link file and state, checked against the plan."""
+    state_path = link_state_path(path)
+    for p in (path, state_path):
+        if not p.is_file():
+            raise TrackingInputError(f"{p}: link file of chunk {chunk} not found; run link_chunk for it")
+    try:
+        with np.load(state_path, allow_pickle=False) as arrays:
+            meta = json.loads(str(arrays["meta"]))
+            if meta.get("version") != LINK_STATE_VERSION:
+                raise ValueError(f"version {meta.get('version')!r}, this code reads {LINK_STATE_VERSION}")
+            start = _state_from_arrays("start", meta["start"], arrays)
+            end = _state_from_arrays("end", meta["end"], arrays)
+    except (OSError, ValueError, KeyError) as error:
+        raise TrackingInputError(f"{state_path}: not a link state ({error}); run link_chunk for chunk {chunk} "
+                                 f"again") from None
+    if meta["plan"] != _plan_id(plan) or meta["chunk"] != chunk:
+        raise TrackingInputError(f"{path}: linked for another plan or chunk (chunk {meta['chunk']}); give the link "
+                                 f"files in the plan's order, or run link_chunk for chunk {chunk} again")
+    return {"path": path, "meta": meta, "start": start, "end": end}
+
+
+def _stitch_ids(link: dict, previous: dict | None, next_global: int):
+    """A checked chunk's map local id -> global id, its final state in global ids, the next global id.
+
+    Tracks alive at the chunk's first frame are the predecessor's (matched through the features they end
+    on); tracks born in the chunk's own frames are numbered on, in the order the job numbered them (the
+    order trackpy numbers them in, as the linker's state is the same).
+    """
+    start, end = link["start"], link["end"]
+    first_own = start["next_particle"] if start is not None else 0
+    n_local = end["next_particle"] if end is not None else first_own
+    mapping = np.full(max(n_local, first_own), -1, np.int64)
+    if start is not None:
+        mapping[start["particle"]] = previous["particle"]
+    mapping[first_own:n_local] = np.arange(next_global, next_global + n_local - first_own)
+    next_global += max(n_local - first_own, 0)
+    if end is None:
+        return mapping, None, next_global
+    return mapping, {**end, "particle": mapping[end["particle"]], "next_particle": next_global}, next_global
+
+
 class _Linked:
-    """Rows of the linked chunk files by position range in frame_numbers, a few chunks cached."""
+    """Rows of the linked chunks (global particle ids) by position range in frame_numbers, a few chunks cached."""
 
     def __init__(self, sink: _Pass1, chunks: list, frame_numbers: np.ndarray):
         self.sink, self.chunks, self.frame_numbers = sink, chunks, frame_numbers
@@ -633,7 +1020,7 @@ class _Linked:
         pieces = []
         for i in wanted:
             if i not in self.cache:
-                self.cache[i] = pq.read_table(self.sink.path(i)).to_pandas()
+                self.cache[i] = self.sink.load(i)
             table = self.cache[i]
             a, b = self.chunks[i]
             if a >= lo and b <= hi:
@@ -889,8 +1276,133 @@ def _refine_record(plan: dict, files: list[Path]) -> dict | None:
             "shift_px": None}
 
 
-def link_chunks(plan, feature_files, out_dir, *, truth_pixels=None) -> StreamingResult:
-    """The gather: link the chunks' features streaming, then filter, remove drift, add velocities and species.
+def _link_pass(plan: dict, params: TrackingParams, files: list[Path], counts: np.ndarray, link_files,
+               sink: _Pass1, pixel_size_um: float) -> tuple[dict, dict]:
+    """Pass 1: every chunk's linked rows into ``sink``, with the particle ids of an unsplit run.
+
+    Without ``link_files``: trackpy's linker runs here over every frame in order (one process). With them
+    (link_chunk's files, one per chunk): a chunk whose starting state equals its predecessor's final state
+    (``_same_state``), with the same search range (and, where nothing was linked before it, the same
+    bootstrap frames) has the unsplit run's links, and only its ids are mapped; any other chunk is linked
+    again here from its predecessor's final state, which is always exact. Returns the link record
+    (qc.json's resolved.link) and what the split linking did (qc.json's split.link).
+    """
+    chunks = plan["chunks"]
+    frame_numbers = np.asarray(plan["frame_numbers"], np.int64)
+    search_range_px, record = _search_range(params, _Peekable(_frame_stream(files)), pixel_size_um)
+    first_two = [int(f) for f in frame_numbers[np.flatnonzero(counts)[:2]]]
+    split = {"overlap_frames": plan["link_overlap_frames"], "per_chunk": link_files is not None,
+             "boundaries": len(chunks) - 1, "relinked": []}
+    bootstrap = None
+    try:
+        with warnings.catch_warnings(), quiet_trackpy():
+            warnings.simplefilter("ignore")
+            if link_files is None:
+                bootstrap = _link_serially(params, files, search_range_px, pixel_size_um, len(chunks), sink)
+            else:
+                bootstrap = _stitch(plan, params, files, counts, [Path(p) for p in link_files], search_range_px,
+                                    pixel_size_um, first_two, sink, split)
+    except SubnetOversizeException as error:
+        raise _oversize(error, search_range_px, pixel_size_um) from None
+    if params.link.predictor != "none" and len(first_two) >= 2:
+        record["bootstrap_velocity_field_px_per_frame"] = None if bootstrap is None else bootstrap["record"]
+    split["boundaries_relinked"] = sum(1 for r in split["relinked"] if r["chunk"] > 0)
+    return record, split
+
+
+def _link_serially(params, files, search_range_px, pixel_size_um, n_chunks, sink) -> dict | None:
+    """One linker over every frame in order; each chunk's rows written as it completes."""
+    frames = _Peekable(_frame_stream(files))
+    engine = _LinkEngine(params, search_range_px, pixel_size_um)
+    first = frames.take(2)
+    if first:
+        engine.start(first)
+    pending, done = [], 0
+    for chunk, frame in frames:
+        while done < chunk:
+            sink.write(done, _linked_table(pending))
+            pending, done = [], done + 1
+        pending.append(frame.assign(particle=engine.link(frame)))
+    while done < n_chunks:
+        sink.write(done, _linked_table(pending))
+        pending, done = [], done + 1
+    return engine.bootstrap
+
+
+def _stitch(plan, params, files, counts, link_files, search_range_px, pixel_size_um, first_two, sink,
+            split) -> dict | None:
+    """Check each chunk's link file against its predecessor; map its ids or link it again (see _link_pass)."""
+    chunks = plan["chunks"]
+    if len(link_files) != len(chunks):
+        raise TrackingInputError(f"{len(link_files)} link file(s) given for the plan's {len(chunks)} chunks; give "
+                                 f"one file per chunk (link_chunk's), in order")
+    frame_numbers = np.asarray(plan["frame_numbers"], np.int64)
+    previous, next_global, bootstrap = None, 0, None
+    for i, path in enumerate(link_files):
+        link = _read_link(path, plan, i)
+        a, b = chunks[i]
+        if link["meta"]["rows"] != int(counts[a:b].sum()):
+            raise TrackingInputError(f"{path}: {link['meta']['rows']} linked rows for the {int(counts[a:b].sum())} "
+                                     f"features of chunk {i}: linked from other features; run link_chunk for it again")
+        rows = pq.read_table(path, columns=LINKED_COLUMNS).to_pandas() if link["meta"]["rows"] else None
+        reason = None
+        if link["meta"]["search_range"]["search_range_px"] != search_range_px:
+            reason = (f"its search range ({link['meta']['search_range']['search_range_px']:.6g} px) is not the "
+                      f"video's ({search_range_px:.6g} px)")
+        elif not _same_state(previous, link["start"]):
+            reason = (f"its linker's state at frame {frame_numbers[a]} after {link['meta']['warm_up']['frames']} "
+                      f"warm-up frame(s) differs from the state the previous chunk ends in")
+        elif link["start"] is None and params.link.predictor != "none" and link["meta"]["rows"] and \
+                (link["meta"]["bootstrap"] or {}).get("frames") != first_two:
+            reason = "its predictor was bootstrapped on other frames than the video's first two"
+        if reason is None:
+            mapping, end, next_global_after = _stitch_ids(link, previous, next_global)
+            if rows is not None:
+                local = rows["particle"].to_numpy()
+                if local.max() >= len(mapping) or (mapping[local] < 0).any() or (
+                        end is not None and (end["particle"] < 0).any()):
+                    reason = "some of its trajectories start in the warm-up but not in the state it starts from"
+                else:
+                    rows["particle"] = mapping[local]
+        if reason is None:
+            if rows is None:
+                rows = _linked_table([])
+                sink.write(i, rows)
+            else:
+                sink.mapped(i, path, mapping, rows)
+            if previous is None and link["meta"]["rows"]:  # the chunk linking starts in
+                bootstrap = link["meta"]["bootstrap"]
+            previous, next_global = end, next_global_after
+            continue
+        # linked again here, from the previous chunk's final state (or from the start of the video)
+        split["relinked"].append({"chunk": i, "first_frame": int(frame_numbers[a]), "reason": reason})
+        engine = _LinkEngine(params, search_range_px, pixel_size_um)
+        frames = _Peekable(_frame_stream(files[i:], i))
+        if previous is None:
+            first = frames.take(2)
+            if first:
+                engine.start(first)
+        else:
+            engine.restore(previous)
+        own = []
+        for chunk, frame in frames:
+            if chunk != i:
+                break
+            own.append(frame.assign(particle=engine.link(frame)))
+        sink.write(i, _linked_table(own))
+        if previous is None and engine.bootstrap is not None:
+            bootstrap = engine.bootstrap
+        state = engine.state()
+        if state is not None:
+            previous, next_global = state, state["next_particle"]
+    return bootstrap
+
+
+def link_chunks(plan, feature_files, out_dir, *, truth_pixels=None, link_files=None) -> StreamingResult:
+    """The gather: stitch the chunks' links (or link their features streaming), then filter, remove drift, add
+    velocities and species.
+
+    ``link_files``: link_chunk's output of every chunk, in order (None: link here, in one process).
 
     Writes into ``out_dir`` (created; other files there, such as the plan and
     the features folder, are left alone): ``trajectories.parquet`` (one row
@@ -925,7 +1437,7 @@ def link_chunks(plan, feature_files, out_dir, *, truth_pixels=None) -> Streaming
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".link-", dir=out_dir))
     try:
-        result = _gather(plan, params, files, counts, out_dir, work, truth, checks, timing)
+        result = _gather(plan, params, files, counts, out_dir, work, truth, checks, timing, link_files)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result.qc["timing_s"]["total"] = round(time.perf_counter() - start_time, 3)
@@ -933,7 +1445,7 @@ def link_chunks(plan, feature_files, out_dir, *, truth_pixels=None) -> Streaming
     return result
 
 
-def _gather(plan, params, files, counts, out_dir, work, truth, checks, timing) -> StreamingResult:
+def _gather(plan, params, files, counts, out_dir, work, truth, checks, timing, link_files) -> StreamingResult:
     pixel_size_um, frame_rate_hz = plan["units"]["pixel_size_um"], plan["units"]["frame_rate_hz"]
     frame_numbers = np.asarray(plan["frame_numbers"], np.int64)
     n_frames, chunks, frame_step = len(frame_numbers), plan["chunks"], plan["frame_step"]
@@ -953,8 +1465,7 @@ def _gather(plan, params, files, counts, out_dir, work, truth, checks, timing) -
     # Pass 1: link.
     mark = time.perf_counter()
     sink = _Pass1(work, len(chunks), int(frame_numbers[0]), filter_sums=filtering and flt.per == "trajectory")
-    frames = _Peekable(_frame_stream(files))
-    link_record = _link_stream(params, frames, int((counts > 0).sum()), pixel_size_um, sink)
+    link_record, split_link = _link_pass(plan, params, files, counts, link_files, sink, pixel_size_um)
     if "search_range" in link_record:
         chosen["search_range"] = link_record.pop("search_range")
     checks["short_trajectories"] = _check_short(
@@ -1133,7 +1644,10 @@ def _gather(plan, params, files, counts, out_dir, work, truth, checks, timing) -
                                               "as the one-job figure",
                          "features.parquet": "the features are the chunk files of the features folder (a "
                                              "parquet dataset), not one file"},
-            "processes": "locate_chunk runs one job per chunk; the gather runs in one process",
+            "link": split_link,
+            "processes": ("locate_chunk and link_chunk run one job per chunk; the gather runs in one process"
+                          if split_link["per_chunk"] else
+                          "locate_chunk runs one job per chunk; the gather links and runs in one process"),
         },
         "software": software_versions("trackpy", "pims", "numpy", "scipy", "pandas", "pyarrow"),
     }

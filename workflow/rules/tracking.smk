@@ -2,7 +2,8 @@
 #
 # An experiment with `tracking.chunk_frames` set is tracked split (tracking.stream, docs/tracking.md "Long
 # videos"): the checkpoint plan_tracking resolves the automatic parameters once and cuts the video into
-# chunks (how many depends on the video), one locate_chunk job per chunk locates it, and link_tracking
+# chunks (how many depends on the video), one locate_chunk job per chunk locates it, one link_chunk job per
+# chunk links it (after a warm-up on the previous chunk's last frames), and link_tracking
 # (link_tracking_twin) gathers the chunks and writes what track_video (track_twin) writes, so every rule
 # downstream is the same. Without chunk_frames the one-job rules below run, in memory.
 
@@ -16,12 +17,33 @@ def tracking_video_input(experiment):
     return video_files(experiment)
 
 
+def tracking_plan(wildcards) -> dict:
+    """The experiment's plan (known once the checkpoint has run)."""
+    with open(checkpoints.plan_tracking.get(experiment=wildcards.experiment).output.plan) as handle:
+        return json.load(handle)
+
+
 def chunk_feature_files(wildcards):
-    """The features of every chunk of the experiment's plan (known once the checkpoint has run), in order."""
-    plan = checkpoints.plan_tracking.get(experiment=wildcards.experiment).output.plan
-    with open(plan) as handle:
-        n_chunks = len(json.load(handle)["chunks"])
+    """The features of every chunk of the experiment's plan, in order."""
+    n_chunks = len(tracking_plan(wildcards)["chunks"])
     return [f"results/{wildcards.experiment}/tracking/features/chunk-{i:05d}.parquet" for i in range(n_chunks)]
+
+
+def chunk_link_inputs(wildcards):
+    """The features one link_chunk job reads: its chunk's, its warm-up's (and the first frames' for an automatic
+    search range), in the plan's order (tracking.stream.link_chunk_inputs)."""
+    needed = tracking_plan(wildcards)["link_inputs"][int(wildcards.chunk)]
+    return [f"results/{wildcards.experiment}/tracking/features/chunk-{j:05d}.parquet" for j in needed]
+
+
+def chunk_link_files(suffix):
+    """The link files (suffix ".parquet") or link states (".state.npz") of every chunk, in order."""
+
+    def files(wildcards):
+        n_chunks = len(tracking_plan(wildcards)["chunks"])
+        return [f"results/{wildcards.experiment}/tracking/links/chunk-{i:05d}{suffix}" for i in range(n_chunks)]
+
+    return files
 
 
 checkpoint plan_tracking:
@@ -118,10 +140,36 @@ rule locate_chunk:
         "../scripts/locate_chunk.py"
 
 
+rule link_chunk:
+    input:
+        plan="results/{experiment}/tracking/plan.json",
+        features=chunk_link_inputs,
+    output:
+        links="results/{experiment}/tracking/links/chunk-{chunk}.parquet",
+        state="results/{experiment}/tracking/links/chunk-{chunk}.state.npz",
+    wildcard_constraints:
+        experiment=experiment_pattern(CHUNKED),
+        chunk=r"\d{5}",
+    log:
+        "logs/{experiment}/link_chunk/{chunk}.log",
+    benchmark:
+        "results/{experiment}/benchmarks/link_chunk/{chunk}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        "../envs/tracking.yaml"
+    script:
+        "../scripts/link_chunk.py"
+
+
 rule link_tracking:
     input:
         plan="results/{experiment}/tracking/plan.json",
         features=chunk_feature_files,
+        links=chunk_link_files(".parquet"),
+        link_states=chunk_link_files(".state.npz"),
         video=lambda wildcards: tracking_video_input(wildcards.experiment),  # its first frame: the QC figures
     output:
         trajectories="results/{experiment}/tracking/trajectories.parquet",
@@ -147,6 +195,8 @@ use rule link_tracking as link_tracking_twin with:
     input:
         plan="results/{experiment}/tracking/plan.json",
         features=chunk_feature_files,
+        links=chunk_link_files(".parquet"),
+        link_states=chunk_link_files(".state.npz"),
         video=lambda wildcards: tracking_video_input(wildcards.experiment),
         truth_pixels="results/{experiment}/video/truth_pixels.parquet",
     output:

@@ -10,7 +10,10 @@ result = link_chunks(
     list(snakemake.input.features),  # noqa: F821 (the plan's chunks, in order)
     Path(snakemake.output.trajectories).parent,  # noqa: F821
     truth_pixels=snakemake.input.get("truth_pixels"),  # noqa: F821
+    link_files=list(snakemake.input.links),  # noqa: F821 (link_chunk's, one per chunk, in order)
 )
-log.info("linked %d chunks: %d trajectories, %.1f features per frame; accuracy: %s", result.qc["split"]["chunks"],
-         result.qc["trajectories"], result.qc["features_per_frame"]["mean"], result.accuracy)
+split = result.qc["split"]
+log.info("gathered %d chunks (%d boundaries relinked): %d trajectories, %.1f features per frame; accuracy: %s",
+         split["chunks"], split["link"]["boundaries_relinked"], result.qc["trajectories"],
+         result.qc["features_per_frame"]["mean"], result.accuracy)
 _repo.finish_rule(snakemake)  # noqa: F821 (keeps the outputs until a later run replaces them)
