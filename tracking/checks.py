@@ -48,9 +48,15 @@ def check_polarity(detected: dict, invert: bool, source: str) -> None:
 
 def packing_ratio(features: pd.DataFrame, frame_shape: tuple[int, int], diameter: float) -> dict:
     """Median features per frame over the close-packed count of disks of ``diameter`` in the frame."""
+    return packing_ratio_of_counts(features.groupby("frame").size().to_numpy(), frame_shape, diameter)
+
+
+def packing_ratio_of_counts(counts: np.ndarray, frame_shape: tuple[int, int], diameter: float) -> dict:
+    """`packing_ratio` from the features per frame (frames without features do not count)."""
     height, width = frame_shape
     close_packed = CLOSE_PACKED_PER_D2 * height * width / float(diameter) ** 2
-    per_frame = float(features.groupby("frame").size().median()) if len(features) else 0.0
+    counts = np.asarray(counts)
+    per_frame = float(np.median(counts[counts > 0])) if counts.sum() else 0.0
     return {"features_per_frame": per_frame, "close_packed": round(float(close_packed), 1),
             "ratio": round(float(per_frame / close_packed), 4)}
 
@@ -58,7 +64,14 @@ def packing_ratio(features: pd.DataFrame, frame_shape: tuple[int, int], diameter
 def check_packing(features: pd.DataFrame, frame_shape: tuple[int, int], resolved, max_ratio: float | None,
                   source: str) -> dict:
     """Raise when far more features per frame are found than particles of the mask diameter could be."""
-    record = packing_ratio(features, frame_shape, resolved.diameter)
+    return check_packing_counts(features.groupby("frame").size().to_numpy(), frame_shape, resolved, max_ratio,
+                                source)
+
+
+def check_packing_counts(counts: np.ndarray, frame_shape: tuple[int, int], resolved, max_ratio: float | None,
+                         source: str) -> dict:
+    """`check_packing` from the features per frame (the split tracking counts them chunk by chunk)."""
+    record = packing_ratio_of_counts(counts, frame_shape, resolved.diameter)
     if max_ratio is not None and record["ratio"] > max_ratio:
         height, width = frame_shape
         raise ImplausibleResultError(
@@ -79,17 +92,31 @@ def short_fraction(linked: pd.DataFrame, n_frames: int) -> dict:
     most of its features belong to long ones; noise maxima and features of
     the wrong contrast link into chains of one or two frames.
     """
-    if n_frames < MIN_FRAMES_FOR_PERSISTENCE or len(linked) == 0:
+    lengths = linked.groupby("particle").size().to_numpy() if len(linked) else np.zeros(0, np.int64)
+    return short_fraction_of_lengths(lengths, n_frames)
+
+
+def short_fraction_of_lengths(lengths: np.ndarray, n_frames: int) -> dict:
+    """`short_fraction` from each trajectory's length (its features)."""
+    lengths = np.asarray(lengths)
+    total = int(lengths.sum())
+    if n_frames < MIN_FRAMES_FOR_PERSISTENCE or total == 0:
         return {"short_frames": None, "fraction": None}
     short = min(SHORT_FRAMES, n_frames // 2)
-    lengths = linked.groupby("particle")["frame"].transform("size").to_numpy()
-    return {"short_frames": short, "fraction": round(float(np.mean(lengths < short)), 4)}
+    return {"short_frames": short, "fraction": round(float(lengths[lengths < short].sum() / total), 4)}
 
 
 def check_short_trajectories(linked: pd.DataFrame, n_frames: int, max_fraction: float | None,
                              search_range: str, source: str) -> dict:
     """Raise when most linked features lie in trajectories only a few frames long."""
-    record = short_fraction(linked, n_frames)
+    lengths = linked.groupby("particle").size().to_numpy() if len(linked) else np.zeros(0, np.int64)
+    return check_short_lengths(lengths, n_frames, max_fraction, search_range, source)
+
+
+def check_short_lengths(lengths: np.ndarray, n_frames: int, max_fraction: float | None, search_range: str,
+                        source: str) -> dict:
+    """`check_short_trajectories` from each trajectory's length (the split tracking counts them as it links)."""
+    record = short_fraction_of_lengths(lengths, n_frames)
     if max_fraction is not None and record["fraction"] is not None and record["fraction"] > max_fraction:
         raise ImplausibleResultError(
             f"{source}: {record['fraction']:.0%} of the linked features lie in trajectories shorter than "

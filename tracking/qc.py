@@ -95,15 +95,8 @@ def write_figures(qc_dir: Path, first_image: np.ndarray, origin_px: tuple[int, i
     first = int(np.asarray(frame_numbers)[0])
     written = []
 
-    picture, zoom = _frame_picture(first_image)
-    draw = ImageDraw.Draw(picture)
-    here = features[features["frame"] == first]
-    x, y = _to_picture(here["x_px"] - x0, here["y_px"] - y0, zoom)
-    radius = 0.5 * diameter_px * zoom
-    for xc, yc in zip(x, y, strict=True):
-        draw.ellipse((xc - radius, yc - radius, xc + radius, yc + radius), outline=(255, 40, 40))
-    draw.text((4, 2), f"frame {first}: {len(here)} features", fill=(255, 255, 0))
-    picture.save(qc_dir / "annotated_frame.png", compress_level=1)
+    annotated_frame_figure(qc_dir / "annotated_frame.png", first_image, origin_px,
+                           features[features["frame"] == first], diameter_px, first)
     written.append("annotated_frame.png")
 
     fig = Figure(figsize=(5, 4), dpi=80)
@@ -140,14 +133,36 @@ def write_figures(qc_dir: Path, first_image: np.ndarray, origin_px: tuple[int, i
     picture.save(qc_dir / "trajectories.png", compress_level=1)
     written.append("trajectories.png")
 
-    fig = Figure(figsize=(6, 3), dpi=80)
-    ax = fig.add_axes((0.12, 0.17, 0.85, 0.78))
     frames = np.asarray(frame_numbers)
     counts = features.groupby("frame").size().reindex(frames, fill_value=0).to_numpy()
-    ax.plot(frames, counts, label="features")
     in_traj = (trajectories.groupby("frame").size().reindex(frames, fill_value=0).to_numpy()
                if len(trajectories) else np.zeros(len(frames)))
-    ax.plot(frames, in_traj, label="in trajectories")
+    features_per_frame_figure(qc_dir / "features_per_frame.png", frames, counts, in_traj)
+    written.append("features_per_frame.png")
+    return written
+
+
+def annotated_frame_figure(path, image: np.ndarray, origin_px, here: pd.DataFrame, diameter_px: float,
+                           frame: int) -> None:
+    """The frame with a circle of the mask diameter on each of its features `here` (x_px, y_px; annotated_frame.png)."""
+    x0, y0 = origin_px
+    picture, zoom = _frame_picture(image)
+    draw = ImageDraw.Draw(picture)
+    x, y = _to_picture(here["x_px"] - x0, here["y_px"] - y0, zoom)
+    radius = 0.5 * diameter_px * zoom
+    for xc, yc in zip(x, y, strict=True):
+        draw.ellipse((xc - radius, yc - radius, xc + radius, yc + radius), outline=(255, 40, 40))
+    draw.text((4, 2), f"frame {frame}: {len(here)} features", fill=(255, 255, 0))
+    picture.save(path, compress_level=1)
+
+
+def features_per_frame_figure(path, frames: np.ndarray, counts: np.ndarray, in_trajectories: np.ndarray) -> None:
+    """Features and features in trajectories per frame, frames without any marked (features_per_frame.png)."""
+    frames, counts = np.asarray(frames), np.asarray(counts)
+    fig = Figure(figsize=(6, 3), dpi=80)
+    ax = fig.add_axes((0.12, 0.17, 0.85, 0.78))
+    ax.plot(frames, counts, label="features")
+    ax.plot(frames, in_trajectories, label="in trajectories")
     if (counts == 0).any():
         empty = frames[counts == 0]
         ax.plot(empty, np.zeros(len(empty)), "v", color="crimson", clip_on=False,
@@ -156,6 +171,4 @@ def write_figures(qc_dir: Path, first_image: np.ndarray, origin_px: tuple[int, i
     ax.set_ylabel("count")
     ax.set_ylim(bottom=0)
     ax.legend(loc="lower right")
-    fig.savefig(qc_dir / "features_per_frame.png", **SAVE)
-    written.append("features_per_frame.png")
-    return written
+    fig.savefig(path, **SAVE)

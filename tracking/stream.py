@@ -72,7 +72,7 @@ from mpd.provenance import software_versions
 
 from ._quiet import quiet_trackpy
 from .accuracy import accuracy_report
-from .checks import CLOSE_PACKED_PER_D2, MIN_FRAMES_FOR_PERSISTENCE, SHORT_FRAMES, ImplausibleResultError
+from .checks import check_packing_counts, check_short_lengths
 from .flatten import flatten_frames
 from .io import TrackingInputError, open_video
 from .link import (
@@ -89,7 +89,7 @@ from .motion import add_velocities, finite_differences
 from .noise import velocity_noise_report
 from .params import _NESTED, AUTO, ParameterError, TrackingParams, as_params, to_dict
 from .pipeline import FEATURE_COLUMNS, TRAJECTORY_COLUMNS, _search_range_text, check_units, load_truth, resolve_locate
-from .qc import MAX_POINTS, SAVE, _frame_picture, _to_picture
+from .qc import MAX_POINTS, SAVE, _frame_picture, _to_picture, annotated_frame_figure, features_per_frame_figure
 from .refine import (
     STATUS,
     RefineError,
@@ -1167,20 +1167,11 @@ def _write_stream_figures(qc_dir: Path, first_image: np.ndarray, origin_px, sink
                           n_trajectories: int, diameter_px: float) -> list[str]:
     """The five QC figures of tracking.qc.write_figures, from what the passes gathered."""
     from matplotlib.figure import Figure
-    from PIL import ImageDraw
 
     qc_dir.mkdir(parents=True, exist_ok=True)
-    x0, y0 = origin_px
     first = int(frame_numbers[0])
-    picture, zoom = _frame_picture(first_image)
-    draw = ImageDraw.Draw(picture)
     here = sink.first_features if sink.first_features is not None else pd.DataFrame({"x_px": [], "y_px": []})
-    x, y = _to_picture(here["x_px"] - x0, here["y_px"] - y0, zoom)
-    radius = 0.5 * diameter_px * zoom
-    for xc, yc in zip(x, y, strict=True):
-        draw.ellipse((xc - radius, yc - radius, xc + radius, yc + radius), outline=(255, 40, 40))
-    draw.text((4, 2), f"frame {first}: {len(here)} features", fill=(255, 255, 0))
-    picture.save(qc_dir / "annotated_frame.png", compress_level=1)
+    annotated_frame_figure(qc_dir / "annotated_frame.png", first_image, origin_px, here, diameter_px, first)
 
     fig = Figure(figsize=(5, 4), dpi=80)
     ax = fig.add_axes((0.15, 0.13, 0.8, 0.82))
@@ -1202,56 +1193,8 @@ def _write_stream_figures(qc_dir: Path, first_image: np.ndarray, origin_px, sink
     drawn.draw.text((4, 2), f"{n_trajectories} trajectories", fill=(255, 255, 0))
     drawn.picture.save(qc_dir / "trajectories.png", compress_level=1)
 
-    fig = Figure(figsize=(6, 3), dpi=80)
-    ax = fig.add_axes((0.12, 0.17, 0.85, 0.78))
-    ax.plot(frame_numbers, counts, label="features")
-    ax.plot(frame_numbers, in_trajectories, label="in trajectories")
-    if (counts == 0).any():
-        empty = frame_numbers[counts == 0]
-        ax.plot(empty, np.zeros(len(empty)), "v", color="crimson", clip_on=False,
-                label=f"{len(empty)} frame(s) without features")
-    ax.set_xlabel("frame")
-    ax.set_ylabel("count")
-    ax.set_ylim(bottom=0)
-    ax.legend(loc="lower right")
-    fig.savefig(qc_dir / "features_per_frame.png", **SAVE)
+    features_per_frame_figure(qc_dir / "features_per_frame.png", frame_numbers, counts, in_trajectories)
     return ["annotated_frame.png", "mass_size.png", "subpixel_bias.png", "trajectories.png", "features_per_frame.png"]
-
-
-def _check_packing(counts: np.ndarray, plan: dict, resolved: ResolvedLocate, max_ratio, source: str) -> dict:
-    """tracking.checks.check_packing from the features per frame (frames with features, as its groupby)."""
-    height, width = plan["frame_shape_px"]
-    close_packed = CLOSE_PACKED_PER_D2 * height * width / float(resolved.diameter) ** 2
-    per_frame = float(np.median(counts[counts > 0])) if counts.sum() else 0.0
-    record = {"features_per_frame": per_frame, "close_packed": round(float(close_packed), 1),
-              "ratio": round(float(per_frame / close_packed), 4)}
-    if max_ratio is not None and record["ratio"] > max_ratio:
-        raise ImplausibleResultError(
-            f"{source}: {record['features_per_frame']:.0f} features per frame (median) are {record['ratio']:.2f} "
-            f"times as many as disks of the mask diameter ({resolved.diameter} px) can fill the {width}x{height} px "
-            f"analysed area at close packing ({record['close_packed']:.0f}); they are not particles: check "
-            f"tracking.locate.invert (now {str(resolved.invert).lower()}), tracking.locate.diameter (now "
-            f"{resolved.diameter}) and tracking.locate.minmass (now {resolved.minmass:.4g}); if the sample really "
-            f"is this dense, raise tracking.checks.max_packing_ratio (now {max_ratio:g}) or set it to null")
-    return record
-
-
-def _check_short(lengths: np.ndarray, n_frames: int, max_fraction, search_range: str, source: str) -> dict:
-    """tracking.checks.check_short_trajectories from the trajectory lengths counted in pass 1."""
-    total = int(lengths.sum())
-    if n_frames < MIN_FRAMES_FOR_PERSISTENCE or total == 0:
-        record = {"short_frames": None, "fraction": None}
-    else:
-        short = min(SHORT_FRAMES, n_frames // 2)
-        record = {"short_frames": short, "fraction": round(float(lengths[lengths < short].sum() / total), 4)}
-    if max_fraction is not None and record["fraction"] is not None and record["fraction"] > max_fraction:
-        raise ImplausibleResultError(
-            f"{source}: {record['fraction']:.0%} of the linked features lie in trajectories shorter than "
-            f"{record['short_frames']} frames (of {n_frames} analysed); features that cannot be followed from "
-            f"frame to frame are noise, the wrong contrast or mislinks: check tracking.locate.invert, "
-            f"tracking.locate.minmass and the search range ({search_range}); if the particles really are seen "
-            f"this briefly, raise tracking.checks.max_short_fraction (now {max_fraction:g}) or set it to null")
-    return record
 
 
 def _refine_record(plan: dict, files: list[Path]) -> dict | None:
@@ -1432,7 +1375,8 @@ def link_chunks(plan, feature_files, out_dir, *, truth_pixels=None, link_files=N
             f"{source}: no particle found in any of the {n_frames} frames (diameter {resolved.diameter} px, "
             f"minmass {resolved.minmass:.4g}, invert {resolved.invert}); check locate.invert (true for dark "
             f"particles), lower locate.minmass or loosen the mass/size/ecc filters")
-    checks = {"packing": _check_packing(counts, plan, resolved, params.checks.max_packing_ratio, source)}
+    checks = {"packing": check_packing_counts(counts, tuple(plan["frame_shape_px"]), resolved,
+                                              params.checks.max_packing_ratio, source)}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".link-", dir=out_dir))
@@ -1468,7 +1412,7 @@ def _gather(plan, params, files, counts, out_dir, work, truth, checks, timing, l
     link_record, split_link = _link_pass(plan, params, files, counts, link_files, sink, pixel_size_um)
     if "search_range" in link_record:
         chosen["search_range"] = link_record.pop("search_range")
-    checks["short_trajectories"] = _check_short(
+    checks["short_trajectories"] = check_short_lengths(
         sink.counts[sink.counts > 0], n_frames, params.checks.max_short_fraction,
         _search_range_text(params, link_record["search_range_px"], pixel_size_um), source)
     keep_particle = _keep_particles(sink, params) if filtering else (
