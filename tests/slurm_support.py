@@ -102,8 +102,10 @@ def slurm_cluster(tmp_path_factory):
         # squeue must still see finished jobs when the plugin asks (>= 3 x init interval)
         "MinJobAge=300",
         # job ids of their own: MPI (PMI2, UCX shared memory) keys its start-up by job and step id, so two test
-        # clusters on one host (two test sessions at once) that both run job 1 would cross-talk
-        f"FirstJobId={random.randrange(1_000, 50_000_000)}",
+        # clusters on one host (two test sessions at once) that both run job 1 would cross-talk, and a job id met
+        # again finds the shared-memory names a crashed earlier job left in /dev/shm. From the OS's entropy: the
+        # module-level `random` is seeded by other tests, which made every session start at the same id.
+        f"FirstJobId={random.SystemRandom().randrange(1_000, 50_000_000)}",
         f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory} State=UNKNOWN",
         f"PartitionName=main Nodes={host} Default=YES MaxTime=INFINITE State=UP",
         "",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from lammps_support import mpi_command, mpi_run
 from test_lammps_solid import assert_momentum_conserved, assert_same
-from test_model_support import random_model
+from test_model_support import random_model, triangular_lattice
 
 from mpd.geometry.domain import Box
 from mpd.lammps_env import LammpsUnavailableError, import_lammps
@@ -108,10 +108,7 @@ def test_bath_model_feels_the_sheared_solvent():
 def test_sheared_solid_keeps_its_bonds_across_the_tilted_edge():
     """A solid model's strain bonds in a sheared cell (reference: a perfect lattice in the start's cell)."""
     model = random_model(3, dim=2, **{**FLUID, "mass": 100.0, "solid": True})
-    nx, ny, a = 8, 10, 0.8
-    row, col = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
-    lattice = np.stack([(col + 0.5 * (row % 2)) * a, row * a * np.sqrt(3) / 2], -1).reshape(-1, 2)
-    L = np.array([nx * a, ny * a * np.sqrt(3) / 2])
+    lattice, L = triangular_lattice()
     rng = np.random.default_rng(7)
     x0 = lattice + 0.05 * rng.normal(size=lattice.shape)
     v0 = 0.01 * rng.normal(size=lattice.shape)
@@ -164,10 +161,7 @@ def test_bad_tilt_is_one_clear_error():
 
 def sheared_solid(seed: int = 7):
     model = random_model(3, dim=2, **{**FLUID, "mass": 100.0, "solid": True})
-    nx, ny, a = 8, 10, 0.8
-    row, col = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
-    lattice = np.stack([(col + 0.5 * (row % 2)) * a, row * a * np.sqrt(3) / 2], -1).reshape(-1, 2)
-    L = np.array([nx * a, ny * a * np.sqrt(3) / 2])
+    lattice, L = triangular_lattice()
     rng = np.random.default_rng(seed)
     x0 = lattice + 0.05 * rng.normal(size=lattice.shape)
     v0 = 0.01 * rng.normal(size=lattice.shape)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 from lammps_support import mpi_command, mpi_run
-from test_model_support import random_model
+from test_model_support import random_model, triangular_lattice
 
 from mpd.geometry.domain import Box
 from mpd.lammps_env import LammpsUnavailableError, import_lammps
@@ -34,10 +34,7 @@ def solid_case(seed: int = 2):
     """A random solid model and a slightly perturbed triangular lattice (spacing 0.8 h: six reference bonds per
     particle) in an 8 x 10 periodic box, one box length off; x_ref the perfect lattice (also one box off)."""
     model = random_model(3, dim=2, **KWARGS)
-    nx, ny, a = 8, 10, 0.8
-    row, col = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
-    lattice = np.stack([(col + 0.5 * (row % 2)) * a, row * a * np.sqrt(3) / 2], -1).reshape(-1, 2)
-    L = np.array([nx * a, ny * a * np.sqrt(3) / 2])
+    lattice, L = triangular_lattice()
     rng = np.random.default_rng(seed)
     n = len(lattice)
     x0 = lattice + 0.05 * rng.normal(size=(n, 2)) + L

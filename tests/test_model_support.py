@@ -115,3 +115,11 @@ def dense_mobility(model: MetriplecticModel, state: State, pairs: PairTensors) -
 def particle_masses(model: MetriplecticModel, pairs: PairTensors, n: int) -> torch.Tensor:
     """Each particle's mass, (N,) (its species' mass), detached."""
     return model.particle_mass(pairs, n, detach=True)
+
+
+def triangular_lattice(nx: int = 8, ny: int = 10, a: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """A triangular lattice of spacing `a` (rows offset by a/2), nx x ny sites, and the periodic box it tiles:
+    (positions (nx ny, 2), box lengths (2,)). At a = 0.8 h every site has six neighbours within h."""
+    row, col = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
+    sites = np.stack([(col + 0.5 * (row % 2)) * a, row * a * np.sqrt(3) / 2], -1).reshape(-1, 2)
+    return sites, np.array([nx * a, ny * a * np.sqrt(3) / 2])

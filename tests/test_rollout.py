@@ -341,15 +341,12 @@ def test_a_frame_that_is_its_own_strain_reference_keeps_the_solid_bonded():
     its bonds come from the rollout's own state, built before that frame's pairs, and serve the whole cycle.
     (They were once looked up before the frame was remembered, found nowhere, and the solid went without
     bonds for every cycle after the first.)"""
-    from test_model_support import random_model
+    from test_model_support import random_model, triangular_lattice
 
     from mpd.rollout import ObservedFrames, Snapshot
 
     model = random_model(3, dim=2, mass=100.0, solid=True)
-    nx, ny, a = 8, 10, 0.8
-    row, col = np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij")
-    x0 = np.stack([(col + 0.5 * (row % 2)) * a, row * a * np.sqrt(3) / 2], -1).reshape(-1, 2)
-    L = np.array([nx * a, ny * a * np.sqrt(3) / 2])
+    x0, L = triangular_lattice()
     rng = np.random.default_rng(3)
     x0 = x0 + 0.05 * rng.normal(size=x0.shape)
     v0 = 0.01 * rng.normal(size=x0.shape)
