@@ -135,18 +135,17 @@ class ReferenceBonds:
     """The strain bonds of a reference configuration by atom (row = atom id - 1), as compressed rows.
 
     The partners of row a are partner[start[a]:start[a + 1]], with r_ref = x_ref[a] - x_ref[partner] (minimum
-    image in the box `lengths`): `mpd.pairs.reference_bonds` (pairs within h), each bond listed at both ends.
+    image in the reference's cell): `mpd.pairs.reference_bonds` (pairs within h), each bond listed at both ends.
     """
 
     start: np.ndarray     # (N + 1,)
     partner: np.ndarray   # (2B,)
     r_ref: np.ndarray     # (2B, D)
-    lengths: np.ndarray   # (D,)
 
     @classmethod
     def empty(cls, n: int, dim: int) -> ReferenceBonds:
         """No bond at all (a frame without a strain reference)."""
-        return cls(np.zeros(n + 1, np.int64), np.zeros(0, np.int64), np.zeros((0, dim)), np.zeros(dim))
+        return cls(np.zeros(n + 1, np.int64), np.zeros(0, np.int64), np.zeros((0, dim)))
 
     @classmethod
     def build(cls, x_ref: np.ndarray, h: float, box: OrthoBox | Box) -> ReferenceBonds:
@@ -158,8 +157,7 @@ class ReferenceBonds:
         r = np.concatenate([r, -r]).reshape(len(a), box.dim)
         order = np.lexsort((p, a))
         a, p, r = a[order], p[order], r[order]
-        lengths = box.lengths if isinstance(box, OrthoBox) else (box.lx, box.ly)
-        return cls(np.searchsorted(a, np.arange(n + 1)), p, r, np.asarray(lengths, np.float64))
+        return cls(np.searchsorted(a, np.arange(n + 1)), p, r)
 
 
 class ModelStep:
@@ -190,6 +188,7 @@ class ModelStep:
         self.bonds = bonds  # a solid model's reference bonds (None: a fluid model)
         self.ghost_cutoff = ghost_cutoff  # the ghost shell, for the error of a bond that reaches beyond it
         self.n_bonds = 0
+        self.basis = np.eye(self.dim)  # rows: the cell's edges, read at the start of each step (`advance`)
         # A deforming (sheared) cell: atoms carry their unwrapped x, y (UNWRAPPED_X, _Y) and their continuous
         # velocity; the rates are set by the caller before each frame's run.
         self.sheared = bool(sheared)
@@ -233,7 +232,7 @@ class ModelStep:
         separation[row[nearest]] = d[nearest]
         # the nearest copy found is the partner's minimum image where it lies within half a cell (reduced
         # coordinates: the current cell may be sheared)
-        reduced = separation @ np.linalg.inv(self.cell_basis())
+        reduced = separation @ np.linalg.inv(self.basis)
         ok = (b >= 0) & (np.abs(reduced) <= 0.5 * (1 + 1e-12)).all(1)
         return a, b, r_ref, ok, partner
 
@@ -319,8 +318,7 @@ class ModelStep:
             # velocities were taken (the frame before), its later substeps the frame's own
             first_substep = (self.done - self.first - 1) % self.substeps == 0
             rate = self.previous_rate if first_substep else self.tilt_rate
-            ly = self.cell_basis()[1, 1]
-            image = np.rint(((x[i, 1] - x[j, 1]) - (yu[i] - yu[j])) / ly)
+            image = np.rint(((x[i, 1] - x[j, 1]) - (yu[i] - yu[j])) / self.basis[1, 1])
             shift_rate[:, 0] = torch.as_tensor(image * rate, dtype=self.dtype)
         return PairTensors(i_t, j_t, shift, bond_i, bond_j, torch.zeros_like(bond_r_ref), bond_r_ref,
                            shift_rate, kind, torch.as_tensor(species, dtype=torch.int64))
@@ -329,6 +327,7 @@ class ModelStep:
         if nlocal == 0:
             return
         lmp = self.lmp
+        self.basis = self.cell_basis()  # this step's cell (fix deform changes it between steps)
         nall = nlocal + int(lmp.extract_global("nghost"))
         X = lmp.numpy.extract_atom("x", nelem=nall, dim=3)
         V = lmp.numpy.extract_atom("v", nelem=nall, dim=3)
@@ -351,7 +350,7 @@ class ModelStep:
         flow = None
         if self.sheared and self.model.has_bath:  # the solvent moves with the cell: u = (d(xy)/dt y / ly, 0)
             flow = torch.zeros((nall, self.dim), dtype=self.dtype)
-            flow[:, 0] = torch.as_tensor(np.asarray(YU) * (self.tilt_rate / self.cell_basis()[1, 1]), dtype=self.dtype)
+            flow[:, 0] = torch.as_tensor(np.asarray(YU) * (self.tilt_rate / self.basis[1, 1]), dtype=self.dtype)
         new = euler_maruyama_step(self.model, state, pairs, self.dt, local, stream, self.noise, flow)
         x_new = new.x[:nlocal].double().numpy()
         if self.sheared:
@@ -359,7 +358,7 @@ class ModelStep:
             # cell's edge b = (xy, ly) moves by d(xy)/dt dt over the step: the copy moves that much less times m.
             # fix deform (remap none) changes the box after this callback; LAMMPS wraps at the next step.
             displacement = x_new - x[:nlocal]
-            image = np.rint((np.asarray(YU[:nlocal]) - x[:nlocal, 1]) / self.cell_basis()[1, 1])
+            image = np.rint((np.asarray(YU[:nlocal]) - x[:nlocal, 1]) / self.basis[1, 1])
             XU = lmp.numpy.extract_atom(UNWRAPPED_X, nelem=nlocal)
             XU[:] = np.asarray(XU) + displacement[:, 0]
             YU[:nlocal] = np.asarray(YU[:nlocal]) + displacement[:, 1]
@@ -831,6 +830,19 @@ class TiledSample:
     tilt: float = 0.0      # the tiled cell's xy (2D): tiles[1] times the sample's
 
 
+def tile_offsets(tiles) -> np.ndarray:
+    """The tiles' indices (i, j[, k]), one row per tile, in C order (`tile_sample`'s tile numbering)."""
+    return np.stack(np.meshgrid(*[np.arange(int(k)) for k in tiles], indexing="ij"), -1).reshape(-1, len(tiles))
+
+
+def tile_positions(x, tiles, basis) -> np.ndarray:
+    """x (N, D) copied into every tile, tile (i, j[, k]) shifted by i a + j b [+ k c] (rows of `basis`: the
+    cell's edges); rows tile by tile, x's order within each."""
+    x = np.asarray(x, np.float64)
+    shifts = tile_offsets(tiles) @ np.asarray(basis, np.float64)
+    return (x[None, :, :] + shifts[:, None, :]).reshape(-1, x.shape[1])
+
+
 def tile_sample(x, v, box_lengths, tiles, *, species=None, particle=None, S=None, tilt: float = 0.0,
                 tilt_rate: float = 0.0) -> TiledSample:
     """Replicate a periodic sample tiles[k] times along each axis k: the same density and composition, N T rows.
@@ -869,7 +881,7 @@ def tile_sample(x, v, box_lengths, tiles, *, species=None, particle=None, S=None
         v = v.copy()
         v[:, 0] -= np.floor(x[:, 1] / lengths[1]) * float(tilt_rate)
     wrapped = np.where(wrapped >= lengths, 0.0, wrapped)  # L (1 - eps) rounds to L
-    offsets = np.stack(np.meshgrid(*[np.arange(k) for k in tiles], indexing="ij"), -1).reshape(-1, len(tiles))
+    offsets = tile_offsets(tiles)
     count = len(offsets)
     stride = int(ids.max()) + 1 if n else 1
     basis = np.diag(lengths)
@@ -878,7 +890,7 @@ def tile_sample(x, v, box_lengths, tiles, *, species=None, particle=None, S=None
         basis[1, 0] = float(tilt)
         drift[:, 0] = offsets[:, 1] * float(tilt_rate)
     return TiledSample(
-        x=(wrapped[None, :, :] + (offsets @ basis)[:, None, :]).reshape(count * n, len(lengths)),
+        x=tile_positions(wrapped, tiles, basis),
         v=(v[None, :, :] + drift[:, None, :]).reshape(count * n, len(lengths)),
         lengths=lengths * np.asarray(tiles, np.float64),
         species=np.tile(labels, count), particle=(ids[None, :] + stride * np.arange(count)[:, None]).ravel(),
@@ -1103,6 +1115,7 @@ def rollout_box_lammps(model_path, trajectories, boxes, geometry_dir, out_dir, s
 
     from mpd.atomic import atomic_output_dir, atomic_write_bytes, atomic_write_json
     from mpd.params import ModelConfig
+    from mpd.rollout import wrap_in_frame_cells
     from mpd.stage import box_rollout_span, box_start_state, model_and_dataset
 
     started = time.perf_counter()
@@ -1173,9 +1186,7 @@ def rollout_box_lammps(model_path, trajectories, boxes, geometry_dir, out_dir, s
             # in the tiled cell, to partners of another tile. Tile (i, j) of the reference: i a + j b(ref).
             start_copy = sample.x[:len(ids)]  # tile (0, 0): the start positions as tiled
             aligned = start_copy + cells[given].minimum_image(x_ref - start_copy)
-            basis = np.array([[lx, 0.0], [cells[given].xy, ly]])
-            offsets = np.stack(np.meshgrid(*[np.arange(k) for k in tiles], indexing="ij"), -1).reshape(-1, 2)
-            state["x_ref"] = (aligned[None, :, :] + (offsets @ basis)[:, None, :]).reshape(-1, 2)
+            state["x_ref"] = tile_positions(aligned, tiles, np.array([[lx, 0.0], [cells[given].xy, ly]]))
             state["x_ref_tilt"] = np.float64(cells[given].xy * tiles[1])
     n = len(sample.x)
     out_dir = Path(out_dir)
@@ -1191,9 +1202,7 @@ def rollout_box_lammps(model_path, trajectories, boxes, geometry_dir, out_dir, s
             table_out[axis + "u"] = table_out[axis + "u"].to_numpy() * h
             table_out["v" + axis] = table_out["v" + axis].to_numpy() * h / dt
         tilts_um = {start + k: float(tilt[k] * h) for k in range(n_frames + 1)}
-        wrapped = table_out[["xu", "yu"]].to_numpy().copy()
-        for f, rows in table_out.groupby("frame").indices.items():
-            wrapped[rows] = Box(float(lengths[0]), float(lengths[1]), tilts_um[int(f)]).wrap(wrapped[rows])
+        wrapped = wrap_in_frame_cells(table_out, lambda f: Box(float(lengths[0]), float(lengths[1]), tilts_um[f]))
         table_out["x"], table_out["y"] = wrapped[:, 0], wrapped[:, 1]
         conservation.insert(2, "t", conservation["frame"] * dt)
         mass = model.mass.detach().double().numpy()[sample.species]

@@ -956,6 +956,15 @@ def to_physical_units(table: pd.DataFrame, lengths, h: float, dt: float) -> pd.D
     return table
 
 
+def wrap_in_frame_cells(table: pd.DataFrame, cell_of) -> np.ndarray:
+    """The unwrapped xu, yu of `table` wrapped, frame by frame, into that frame's periodic cell: cell_of(frame) -> a
+    `Box` (a sheared cell changes from frame to frame). Returns (E, 2) in the table's row order."""
+    wrapped = table[["xu", "yu"]].to_numpy(np.float64).copy()
+    for frame, rows in table.groupby("frame").indices.items():
+        wrapped[rows] = cell_of(int(frame)).wrap(wrapped[rows])
+    return wrapped
+
+
 def rollout_fluid(
     model_path,
     x0,

@@ -24,7 +24,7 @@ from mpd.geometry.domain import Box
 from mpd.geometry.loader import SnapshotPairDataset
 from mpd.geometry.reference import reference_frames
 from mpd.params import ModelConfig, RolloutParams
-from mpd.rollout import ObservedFrames, observed_from_table, rollout
+from mpd.rollout import ObservedFrames, observed_from_table, rollout, wrap_in_frame_cells
 from mpd.training import (
     dataset_frames,
     load_model,
@@ -333,10 +333,7 @@ def rollout_box(model_path, trajectories, boxes, geometry_dir, out_dir, params=N
     if "species" in first.columns:
         species = first.drop_duplicates("particle").set_index("particle")["species"]
         out.insert(3, "species", species.reindex(out["particle"]).to_numpy(np.int64))
-    wrapped = out[["xu", "yu"]].to_numpy().copy()
-    for f, rows in out.groupby("frame").indices.items():
-        b = box_table.loc[f]
-        wrapped[rows] = Box(b["lx"], b["ly"], b["xy"]).wrap(wrapped[rows])
+    wrapped = wrap_in_frame_cells(out, lambda f: Box(*box_table.loc[f, ["lx", "ly", "xy"]]))
     out.insert(3, "x", wrapped[:, 0])
     out.insert(4, "y", wrapped[:, 1])
     status = dict(result.status, model=str(model_path), h_um=h, dt_s=dt, domain="periodic box",
