@@ -20,39 +20,41 @@ DRIFT = (0.4, -0.05)  # px per frame, uniform
 DIFFUSION_STEP = 0.08  # px, rms random step per frame and axis
 
 
-def simulate(n_frames=30, seed=0):
-    """Unwrapped truth positions (n_frames, n) of particles in rows 10 px apart, sheared about y0 = 50."""
+def simulate(n_frames=30, seed=0, *, width=WIDTH, height=HEIGHT, pad=PAD, shear=SHEAR_PER_FRAME, y0=50.0,
+             drift=DRIFT, step=DIFFUSION_STEP):
+    """Unwrapped truth positions (n_frames, n) of particles in rows 10 px apart, sheared about y0 (px), drifting,
+    diffusing. Also the split-tracking tests' video (tests/test_tracking_stream.py), with its own sizes."""
     rng = np.random.default_rng(seed)
     xs, ys = [], []
-    for row_y in np.arange(8.0, HEIGHT - 6, 10.0):
-        x = -PAD + 5.0
-        while x < WIDTH + PAD - 5:
+    for row_y in np.arange(8.0, height - 6, 10.0):
+        x = -pad + 5.0
+        while x < width + pad - 5:
             xs.append(x)
             ys.append(row_y + rng.uniform(-1, 1))
             x += rng.uniform(11, 18)
     x, y = np.array(xs), np.array(ys)
     x_t, y_t = [x], [y]
     for _ in range(n_frames - 1):
-        x = x + SHEAR_PER_FRAME * (y - 50.0) + DRIFT[0] + rng.normal(0, DIFFUSION_STEP, x.size)
-        y = y + DRIFT[1] + rng.normal(0, DIFFUSION_STEP, y.size)
+        x = x + shear * (y - y0) + drift[0] + rng.normal(0, step, x.size)
+        y = y + drift[1] + rng.normal(0, step, y.size)
         x_t.append(x)
         y_t.append(y)
     return np.array(x_t), np.array(y_t)
 
 
-def render(x, y, rng):
-    """One 12-bit frame: pixel-integrated Gaussian spots on a background with Gaussian noise."""
-    image = np.full((HEIGHT, WIDTH), 200.0)
+def render(x, y, rng, *, width=WIDTH, height=HEIGHT, blank=False):
+    """One 12-bit frame: pixel-integrated Gaussian spots on a background with Gaussian noise (blank: no spot)."""
+    image = np.full((height, width), 200.0)
     half = int(np.ceil(4 * SIGMA))
     offsets = np.arange(-half, half + 1)
-    for xc, yc in zip(x, y, strict=True):
+    s = np.sqrt(2) * SIGMA
+    for xc, yc in ([] if blank else zip(x, y, strict=True)):
         cols = np.rint(xc).astype(int) + offsets
         rows = np.rint(yc).astype(int) + offsets
-        s = np.sqrt(2) * SIGMA
         wx = 0.5 * (erf((cols + 0.5 - xc) / s) - erf((cols - 0.5 - xc) / s))
         wy = 0.5 * (erf((rows + 0.5 - yc) / s) - erf((rows - 0.5 - yc) / s))
-        keep_c = (cols >= 0) & (cols < WIDTH)
-        keep_r = (rows >= 0) & (rows < HEIGHT)
+        keep_c = (cols >= 0) & (cols < width)
+        keep_r = (rows >= 0) & (rows < height)
         image[np.ix_(rows[keep_r], cols[keep_c])] += 2 * np.pi * SIGMA**2 * 1500 * np.outer(wy[keep_r], wx[keep_c])
     image += rng.normal(0, 15, image.shape)
     return np.clip(np.rint(image), 0, 4095).astype(np.uint16)

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import test_tracking_pipeline as pipeline_video  # its sheared-monolayer video, at this file's sizes
 import tifffile
-from scipy.special import erf
 
 from tracking import track_video
 from tracking.io import TrackingInputError
@@ -24,47 +24,21 @@ from tracking.stream import (
 
 WIDTH, HEIGHT, PAD = 128, 96, 10  # px
 FPS, MPP = 10.0, 0.25  # frames per second, µm per pixel
-SIGMA = 1.5  # px, Gaussian spot width
 N_FRAMES = 24
 COMPARED = ["particle", "frame", "x", "y", "vx", "vy"]
 
 
 def simulate(n_frames=N_FRAMES, seed=0):
     """Positions (n_frames, n) of particles in rows 10 px apart: sheared, drifting, diffusing, wrapped in x."""
-    rng = np.random.default_rng(seed)
-    xs, ys = [], []
-    for row_y in np.arange(8.0, HEIGHT - 6, 10.0):
-        x = -PAD + 5.0
-        while x < WIDTH + PAD - 5:
-            xs.append(x)
-            ys.append(row_y + rng.uniform(-1, 1))
-            x += rng.uniform(11, 18)
-    x, y = np.array(xs), np.array(ys)
-    x_t, y_t = [x], [y]
-    for _ in range(n_frames - 1):
-        x = x + 0.03 * (y - 45.0) + 0.4 + rng.normal(0, 0.08, x.size)
-        y = y - 0.05 + rng.normal(0, 0.08, y.size)
-        x_t.append(x)
-        y_t.append(y)
+    x, y = pipeline_video.simulate(n_frames, seed, width=WIDTH, height=HEIGHT, pad=PAD, shear=0.03, y0=45.0,
+                                   drift=(0.4, -0.05), step=0.08)
     period = WIDTH + 2 * PAD
-    return np.mod(np.array(x_t) + PAD, period) - PAD, np.array(y_t)
+    return np.mod(x + PAD, period) - PAD, y
 
 
 def render(x, y, rng, blank=False):
     """One 12-bit frame of pixel-integrated Gaussian spots with noise (blank: no spot)."""
-    image = np.full((HEIGHT, WIDTH), 200.0)
-    half = int(np.ceil(4 * SIGMA))
-    offsets = np.arange(-half, half + 1)
-    s = np.sqrt(2) * SIGMA
-    for xc, yc in ([] if blank else zip(x, y, strict=True)):
-        cols = np.rint(xc).astype(int) + offsets
-        rows = np.rint(yc).astype(int) + offsets
-        wx = 0.5 * (erf((cols + 0.5 - xc) / s) - erf((cols - 0.5 - xc) / s))
-        wy = 0.5 * (erf((rows + 0.5 - yc) / s) - erf((rows - 0.5 - yc) / s))
-        kc, kr = (cols >= 0) & (cols < WIDTH), (rows >= 0) & (rows < HEIGHT)
-        image[np.ix_(rows[kr], cols[kc])] += 2 * np.pi * SIGMA**2 * 1500 * np.outer(wy[kr], wx[kc])
-    image += rng.normal(0, 15, image.shape)
-    return np.clip(np.rint(image), 0, 4095).astype(np.uint16)
+    return pipeline_video.render(x, y, rng, width=WIDTH, height=HEIGHT, blank=blank)
 
 
 @pytest.fixture(scope="module")
