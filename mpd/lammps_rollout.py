@@ -385,17 +385,8 @@ def lammps_fluid_rollout(
     every: int = 1,
     cmdargs=None,
 ) -> LammpsRollout:
-    """Integrate every particle of a closed orthorhombic periodic box in LAMMPS, in model units.
-
-    The arguments of `mpd.rollout.periodic_fluid_rollout`: x0 (N, D) positions / h (anywhere: they are
-    wrapped into [0, L) with image flags, so xu continues x0), v0 (N, D) in h per frame, box_lengths (D,)
-    / h, D = model.dim; S0 (N,) the initial entropies (default: the teacher's on the initial
-    configuration, as periodic_fluid_rollout). noise: the pair noise (and k_B div M) from the counter stream
-    (`mpd.model.streams.CounterNoise(seed, k, particle ids)` at model step k, counted from 0: the noise of
-    periodic_fluid_rollout(noise_stream="counter"), the same on every rank). Each frame is `substeps`
-    steps of dt = 1/substeps; every `every`-th frame is kept. No energy restoration (the bare
-    integrator). Under ``mpiexec`` every rank calls this with the same arguments and gets the same result.
-    """
+    """`lammps_box_rollout` of a fluid model in a fixed orthorhombic box (the arguments of
+    `mpd.rollout.periodic_fluid_rollout`); a solid model is refused (its strain bonds need a reference)."""
     if model.solid:
         raise LammpsRolloutError("lammps_fluid_rollout supports fluid models only (solid=False): a solid model's "
                                  "strain bonds need a reference configuration (lammps_box_rollout)")
