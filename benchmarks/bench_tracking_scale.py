@@ -21,8 +21,11 @@ first frames), search range SEARCH_RANGE_PX px, ``refine: none``, the polarity c
 (``invert: true`` is given): no auto resolution inside any timed run.
 
 Defaults (full size): 2048 x 2048 px, 10^4 particles, (a) at 250, 500 and 1000 frames with chunk_frames 100,
-(b) on 200 frames (2 chunks: one per worker), (c) on 100 frames, 2 repeats of (b) and (c). --quick: 256 px,
-200 particles, 20 and 40 frames, chunk_frames 10, 1 repeat (the smoke test's).
+(b) on 400 frames (4 chunks: two per worker), (c) on 100 frames, 2 repeats of (b) and (c). (b) ran on 200
+frames (one chunk per worker) until 2026-12: there the fixed costs (three worker start-ups of about 2 s and the
+gather) were 7 % of the 1-process wall, a measure of start-up more than of throughput on the videos of thousands
+of frames the split is for; it measured 1.78x. --quick: 256 px, 200 particles, 20 and 40 frames,
+chunk_frames 10, 1 repeat (the smoke test's).
 
 Every figure comes from a FRESH subprocess (this script again, ``--worker``), with OpenMP/BLAS/numba
 threads limited to 1 (mpd.threads.limit_threads and the environment); peak memory is the worker's own
@@ -82,7 +85,7 @@ from mpd.atomic import atomic_write_bytes, atomic_write_json
 
 DEFAULT_WORKDIR = Path(tempfile.gettempdir()) / "bench_tracking_scale"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "tracking_scale.json"
-FULL = {"size": 2048, "particles": 10_000, "frames": [250, 500, 1000], "chunk_frames": 100, "speed_frames": 200,
+FULL = {"size": 2048, "particles": 10_000, "frames": [250, 500, 1000], "chunk_frames": 100, "speed_frames": 400,
         "compare_frames": 100, "repeats": 2, "timeout": 4 * 3600}
 QUICK = {"size": 256, "particles": 200, "frames": [20, 40], "chunk_frames": 10, "speed_frames": 20,
          "compare_frames": 20, "repeats": 1, "timeout": 600}

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tracking.motion import add_velocities, finite_differences, run_ids
+from tracking.motion import add_velocities, finite_differences, run_ids, velocities
 from tracking.params import VelocityParams
 
 FPS = 8.0
@@ -118,3 +118,22 @@ def test_property_central_differences_exact_for_quadratics(coefficients, gaps):
             assert derivative[i] == pytest.approx((values[i] - values[i - 1]) * FPS, abs=1e-9)
         else:
             assert np.isnan(derivative[i])
+
+
+@pytest.mark.parametrize("params", [VelocityParams(), VelocityParams(smoothing="savgol", window=5, polyorder=2)],
+                         ids=["finite_differences", "savgol"])
+def test_velocities_on_arrays_in_any_row_order_are_add_velocities(params):
+    """The array form (the split tracking's gather) gives add_velocities' numbers, in the rows' own order."""
+    rng = np.random.default_rng(3)
+    pieces = []
+    for particle in range(6):
+        frames = np.sort(rng.choice(np.arange(0, 40, 2), size=rng.integers(1, 15), replace=False))
+        pieces.append(track(frames, rng.normal(size=len(frames)).cumsum(), rng.normal(size=len(frames)).cumsum(),
+                            particle=particle))
+    table = pd.concat(pieces, ignore_index=True).sample(frac=1.0, random_state=1).reset_index(drop=True)
+    expected = add_velocities(table, FPS, params, frame_step=2).set_index(["particle", "frame"])
+    got = velocities(table["particle"].to_numpy(), table["frame"].to_numpy(), table[["x", "y"]].to_numpy(), FPS,
+                     params, frame_step=2)
+    want = expected.loc[list(zip(table["particle"], table["frame"], strict=True)), ["vx", "vy"]].to_numpy()
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got).any() and np.isfinite(got).any()  # lone rows and gaps are there, and real velocities

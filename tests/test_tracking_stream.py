@@ -307,3 +307,30 @@ def test_a_bootstrap_pair_across_chunks_is_linked_again_in_the_gather(video, tmp
     assert [r["chunk"] for r in link["relinked"]] == [0] and "bootstrapped" in link["relinked"][0]["reason"]
     assert link["boundaries_relinked"] == 0
     assert result.qc["resolved"]["link"] == json.loads(json.dumps(expected.qc["resolved"]["link"]))
+
+
+def test_the_gather_reads_linked_chunks_forward_holding_two_chunks_and_a_tail(tmp_path):
+    """Pass 2's reader: every range exact, at most two whole chunks plus the previous one's last frames held,
+    whatever the number of chunks; a range that starts earlier (the next pass) reads its chunks again."""
+    from tracking.stream import LINKED_COLUMNS, _Linked, _Pass1
+
+    n_frames, chunk, per_frame, halo = 40, 8, 5, 2
+    frame_numbers = np.arange(100, 100 + 2 * n_frames, 2)  # a frame step of 2
+    table = pd.DataFrame({c: np.arange(n_frames * per_frame, dtype=float) for c in LINKED_COLUMNS})
+    table["frame"] = np.repeat(frame_numbers, per_frame)
+    table["particle"] = np.tile(np.arange(per_frame), n_frames)
+    chunks = [[a, min(a + chunk, n_frames)] for a in range(0, n_frames, chunk)]
+    sink = _Pass1(tmp_path, len(chunks), int(frame_numbers[0]), filter_sums=False)
+    for i, (a, b) in enumerate(chunks):
+        sink.write(i, table[table["frame"].between(frame_numbers[a], frame_numbers[b - 1])].reset_index(drop=True))
+    linked = _Linked(sink, chunks, frame_numbers)
+
+    def expected(lo, hi):
+        lo, hi = max(lo, 0), min(hi, n_frames)
+        return table[table["frame"].between(frame_numbers[lo], frame_numbers[hi - 1])].reset_index(drop=True)
+
+    for _ in range(2):  # pass 2a, then pass 2b from the start again
+        for a, b in chunks:
+            pd.testing.assert_frame_equal(linked.rows(a - halo, b + halo), expected(a - halo, b + halo))
+            held = sum(len(t) for t in linked.cache.values())
+            assert held <= (2 * chunk + halo) * per_frame

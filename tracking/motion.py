@@ -27,8 +27,11 @@ from .params import VelocityParams
 
 def run_ids(trajectories: pd.DataFrame, frame_step: int = 1) -> np.ndarray:
     """Label each row (sorted by particle, frame) with the id of its unbroken run of frames."""
-    particle = trajectories["particle"].to_numpy()
-    frame = trajectories["frame"].to_numpy()
+    return runs_of(trajectories["particle"].to_numpy(), trajectories["frame"].to_numpy(), frame_step)
+
+
+def runs_of(particle: np.ndarray, frame: np.ndarray, frame_step: int = 1) -> np.ndarray:
+    """run_ids on arrays: rows sorted by particle, then frame."""
     new_run = np.ones(len(frame), dtype=bool)
     new_run[1:] = (particle[1:] != particle[:-1]) | (np.diff(frame) != frame_step)
     return np.cumsum(new_run) - 1
@@ -87,13 +90,31 @@ def add_velocities(trajectories: pd.DataFrame, frame_rate_hz: float, params: Vel
         for column in velocity_columns:
             out[column] = pd.Series(dtype=float)
         return out
-    run = run_ids(out, frame_step)
-    times = out["frame"].to_numpy(dtype=float) / frame_rate_hz
-    values = out[list(pos_columns)].to_numpy(dtype=float)
-    if params.smoothing == "savgol":
-        derivative = savgol_derivative(values, times, run, params.window, params.polyorder)
-    else:
-        derivative = finite_differences(values, times, run)
+    derivative = _sorted_velocities(out["particle"].to_numpy(), out["frame"].to_numpy(),
+                                    out[list(pos_columns)].to_numpy(dtype=float), frame_rate_hz, params, frame_step)
     for i, column in enumerate(velocity_columns):
         out[column] = derivative[:, i]
     return out
+
+
+def velocities(particle: np.ndarray, frame: np.ndarray, positions: np.ndarray, frame_rate_hz: float,
+               params: VelocityParams | None = None, frame_step: int = 1) -> np.ndarray:
+    """add_velocities on arrays, rows in any order: (n, k) velocities, in the rows' own order.
+
+    For callers that hold columns rather than a table (the split tracking's gather): no table is sorted or
+    copied, only the positions, in (particle, frame) order; the numbers are add_velocities'.
+    """
+    order = np.lexsort((frame, particle))
+    derivative = np.empty((len(order), positions.shape[1]))
+    derivative[order] = _sorted_velocities(particle[order], frame[order], positions[order], frame_rate_hz,
+                                           params or VelocityParams(), frame_step)
+    return derivative
+
+
+def _sorted_velocities(particle: np.ndarray, frame: np.ndarray, positions: np.ndarray, frame_rate_hz: float,
+                       params: VelocityParams, frame_step: int) -> np.ndarray:
+    run = runs_of(particle, frame, frame_step)
+    times = frame.astype(float) / frame_rate_hz
+    if params.smoothing == "savgol":
+        return savgol_derivative(positions, times, run, params.window, params.polyorder)
+    return finite_differences(positions, times, run)

@@ -82,10 +82,9 @@ from .link import (
     _first_pair_velocities,
     auto_search_range_px,
     bootstrap_field,
-    subtract_drift,
 )
 from .locate import ResolvedLocate, filter_features, locate_stack, prepare
-from .motion import add_velocities, finite_differences
+from .motion import finite_differences, velocities
 from .noise import velocity_noise_report
 from .params import _NESTED, AUTO, ParameterError, TrackingParams, as_params, to_dict
 from .pipeline import FEATURE_COLUMNS, TRAJECTORY_COLUMNS, _search_range_text, check_units, load_truth, resolve_locate
@@ -1006,14 +1005,24 @@ def _stitch_ids(link: dict, previous: dict | None, next_global: int):
 
 
 class _Linked:
-    """Rows of the linked chunks (global particle ids) by position range in frame_numbers, a few chunks cached."""
+    """Rows of the linked chunks (global particle ids) by position range in frame_numbers, read forward.
+
+    Read forward (each ``lo`` at or after the last one's), a chunk that a range starts inside is never wanted
+    before that start again, so only its tail is kept. With a halo of a few frames the cache holds the chunk
+    in hand, the next one and the previous one's last frames: memory is that of two chunks, whatever the
+    number of chunks. A range that starts earlier than the last one reads its chunks again.
+    """
 
     def __init__(self, sink: _Pass1, chunks: list, frame_numbers: np.ndarray):
         self.sink, self.chunks, self.frame_numbers = sink, chunks, frame_numbers
         self.cache: dict[int, pd.DataFrame] = {}
+        self.last_lo = 0
 
     def rows(self, lo: int, hi: int) -> pd.DataFrame:
         lo, hi = max(lo, 0), min(hi, len(self.frame_numbers))
+        if lo < self.last_lo:  # a new pass: the tails kept are too short for it
+            self.cache.clear()
+        self.last_lo = lo
         wanted = [i for i, (a, b) in enumerate(self.chunks) if a < hi and b > lo]
         for i in [i for i in self.cache if i not in wanted]:
             del self.cache[i]
@@ -1021,13 +1030,15 @@ class _Linked:
         for i in wanted:
             if i not in self.cache:
                 self.cache[i] = self.sink.load(i)
-            table = self.cache[i]
             a, b = self.chunks[i]
-            if a >= lo and b <= hi:
+            if a < lo:
+                table = self.cache[i]
+                self.cache[i] = table[table["frame"].to_numpy() >= self.frame_numbers[lo]]
+            table = self.cache[i]
+            if b <= hi:
                 pieces.append(table)
             else:
-                frames = table["frame"].to_numpy()
-                pieces.append(table[(frames >= self.frame_numbers[lo]) & (frames <= self.frame_numbers[hi - 1])])
+                pieces.append(table[table["frame"].to_numpy() <= self.frame_numbers[hi - 1]])
         return pd.concat(pieces, ignore_index=True) if pieces else self.sink_empty()
 
     def sink_empty(self) -> pd.DataFrame:
@@ -1107,6 +1118,111 @@ def _drift_table(increments: list[pd.DataFrame], n_frames: int, params: Tracking
     return pd.DataFrame(cumulative.to_numpy(), columns=columns)
 
 
+def _size_buckets_and_drift(linked: _Linked, chunks: list, keep_particle: np.ndarray, stub_kept: np.ndarray,
+                            params: TrackingParams, position_of, frame_numbers: np.ndarray, region_px,
+                            margin_px: float, bucket_paths: list[Path]) -> list[pd.DataFrame]:
+    """Pass 2a: each kept row's (particle, size, inside) into its bucket file; the drift's per-frame steps."""
+    writers: dict[int, pq.ParquetWriter] = {}
+    increments = []
+    try:
+        for i, (a, b) in enumerate(chunks):
+            # one frame before the chunk: the steps into its first frame
+            step, pieces = _chunk_sizes_and_steps(linked.rows(a - 1 if i else a, b), frame_numbers[a], keep_particle,
+                                                  stub_kept, params, position_of, region_px, margin_px,
+                                                  len(bucket_paths))
+            if step is not None:
+                increments.append(step[step.index >= a] if i else step)
+            for k, piece in pieces.items():
+                if k not in writers:
+                    writers[k] = pq.ParquetWriter(bucket_paths[k], piece.schema)
+                writers[k].write_table(piece)
+    finally:
+        for writer in writers.values():
+            writer.close()
+    return increments
+
+
+SIZE_BUCKET_SCHEMA = pa.schema([("particle", pa.int64()), ("size", pa.float64()), ("inside", pa.bool_())])
+
+
+def _chunk_sizes_and_steps(rows: pd.DataFrame, first_frame: int, keep_particle: np.ndarray, stub_kept: np.ndarray,
+                           params: TrackingParams, position_of, region_px, margin_px: float, n_buckets: int
+                           ) -> tuple[pd.DataFrame | None, dict[int, pa.Table]]:
+    """One chunk of pass 2a: its drift steps (or None) and its (particle, size, inside) rows by bucket."""
+    kept = _keep_rows(rows, keep_particle, params)
+    step = None
+    if params.link.drift in ("median", "mean"):
+        source_rows = (kept if params.link.drift_from == "filtered"
+                       else rows[stub_kept[rows["particle"].to_numpy()]])
+        step = _drift_increments(source_rows, position_of, params.link.drift)
+    own = kept[kept["frame"].to_numpy() >= first_frame]
+    inside = _inside(own, region_px, margin_px)
+    particle = own["particle"].to_numpy(np.int64)
+    size = own["size"].to_numpy(float)
+    bucket = particle % n_buckets
+    pieces = {}
+    for k in np.unique(bucket):
+        here = bucket == k
+        pieces[int(k)] = pa.table({"particle": particle[here], "size": size[here], "inside": inside[here]},
+                                  schema=SIZE_BUCKET_SCHEMA)
+    return step, pieces
+
+
+def _trajectory_columns(rows: pd.DataFrame, first_frame: int, last_frame: int, drift: pd.DataFrame | None,
+                        species_map: np.ndarray, params: TrackingParams, pixel_size_um: float, frame_rate_hz: float,
+                        frame_step: int) -> dict[str, np.ndarray]:
+    """One chunk of pass 2b: kept rows with their halo in; the chunk's TRAJECTORY_COLUMNS out, rows in
+    (frame, particle) order.
+
+    The numbers of track_video's table operations (positions in µm less the drift, tracking.motion's
+    velocities, the species), computed column by column: each column is copied once, in the final order,
+    where sorting and filtering the table would copy every column several times.
+    """
+    frame = rows["frame"].to_numpy(np.int64)
+    particle = rows["particle"].to_numpy(np.int64)
+    x = rows["x_px"].to_numpy() * pixel_size_um
+    y = rows["y_px"].to_numpy() * pixel_size_um
+    if drift is not None:  # tracking.link.subtract_drift's arithmetic
+        shift = drift.reindex(frame)
+        x = x - shift["x"].to_numpy()
+        y = y - shift["y"].to_numpy()
+    velocity = velocities(particle, frame, np.column_stack([x, y]), frame_rate_hz, params.velocity, frame_step)
+    own = np.flatnonzero((frame >= first_frame) & (frame <= last_frame))
+    own = own[np.lexsort((particle[own], frame[own]))]
+    columns = {"frame": frame[own], "t": frame[own] / frame_rate_hz, "particle": particle[own],
+               "x": x[own], "y": y[own], "vx": velocity[own, 0], "vy": velocity[own, 1],
+               "species": species_map[particle[own]].astype(np.int64)}
+    for name in TRAJECTORY_COLUMNS:
+        if name not in columns:
+            columns[name] = rows[name].to_numpy()[own]
+    return {name: columns[name] for name in TRAJECTORY_COLUMNS}
+
+
+class _TrajectoryFile:
+    """trajectories.parquet written one row group per chunk, with the lengths, frame counts and figure it feeds."""
+
+    def __init__(self, path: Path, n_particles: int, n_frames: int, position_of, figures: _TrajectoryFigures):
+        self.path, self.position_of, self.figures = path, position_of, figures
+        self.lengths = np.zeros(n_particles, np.int64)
+        self.in_trajectories = np.zeros(n_frames, np.int64)
+        self.schema, self.writer = None, None
+
+    def write(self, columns: dict[str, np.ndarray]) -> None:
+        if self.writer is None:  # the schema pandas would write (its metadata too): the one-job file's
+            empty = pd.DataFrame({name: values[:0] for name, values in columns.items()})
+            self.schema = pa.Schema.from_pandas(empty, preserve_index=False)
+            self.writer = pq.ParquetWriter(self.path, self.schema)
+        self.writer.write_table(pa.table(columns, schema=self.schema))
+        particle, frame = columns["particle"], columns["frame"]
+        if len(particle):
+            self.lengths += np.bincount(particle, minlength=len(self.lengths))
+        self.in_trajectories += np.bincount(self.position_of(frame), minlength=len(self.in_trajectories))
+        self.figures.add(particle, frame, columns["x_px"], columns["y_px"])
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
 def _species_labels(bucket_paths: list[Path], params: TrackingParams, region_px, margin_px: float
                     ) -> tuple[pd.Series, dict]:
     """classify_species on each trajectory's exact median size, computed bucket by bucket (memory: per bucket)."""
@@ -1144,13 +1260,13 @@ class _TrajectoryFigures:
         self.origin = origin_px
         self.last: dict[int, tuple[float, float]] = {}
 
-    def add(self, rows: pd.DataFrame) -> None:
-        if len(rows) == 0:
+    def add(self, particle: np.ndarray, frame: np.ndarray, x_px: np.ndarray, y_px: np.ndarray) -> None:
+        if len(particle) == 0:
             return
-        t = rows.sort_values(["particle", "frame"])
+        order = np.lexsort((frame, particle))
         x0, y0 = self.origin
-        x, y = _to_picture(t["x_px"].to_numpy() - x0, t["y_px"].to_numpy() - y0, self.zoom)
-        particle = t["particle"].to_numpy()
+        x, y = _to_picture(x_px[order] - x0, y_px[order] - y0, self.zoom)
+        particle = particle[order]
         starts = np.flatnonzero(np.r_[True, particle[1:] != particle[:-1], True])
         for start, stop in itertools.pairwise(starts):
             points = list(zip(x[start:stop], y[start:stop], strict=True))
@@ -1424,37 +1540,11 @@ def _gather(plan, params, files, counts, out_dir, work, truth, checks, timing, l
     mark = time.perf_counter()
     linked = _Linked(sink, chunks, frame_numbers)
     drift_method = params.link.drift
-    increments = []
     kept_rows_bound = int(sink.counts[keep_particle].sum())
     n_buckets = max(1, math.ceil(kept_rows_bound / SPECIES_BUCKET_ROWS))
     bucket_paths = [work / f"species-{b:04d}.parquet" for b in range(n_buckets)]
-    writers: dict[int, pq.ParquetWriter] = {}
-    bucket_schema = pa.schema([("particle", pa.int64()), ("size", pa.float64()), ("inside", pa.bool_())])
-    try:
-        for i, (a, b) in enumerate(chunks):
-            # one frame before the chunk: the steps into its first frame
-            rows = linked.rows(a - 1 if i else a, b)
-            kept = _keep_rows(rows, keep_particle, params)
-            own = kept[kept["frame"].to_numpy() >= frame_numbers[a]]
-            if drift_method in ("median", "mean"):
-                source_rows = (kept if params.link.drift_from == "filtered"
-                               else rows[stub_kept[rows["particle"].to_numpy()]])
-                step = _drift_increments(source_rows, position_of, drift_method)
-                increments.append(step[step.index >= a] if i else step)
-            inside = _inside(own, region, resolved.diameter)
-            bucket = own["particle"].to_numpy() % n_buckets
-            for k in np.unique(bucket):
-                part = own.loc[bucket == k]
-                table = pa.Table.from_pandas(pd.DataFrame({"particle": part["particle"].to_numpy(np.int64),
-                                                           "size": part["size"].to_numpy(float),
-                                                           "inside": inside[bucket == k]}),
-                                             schema=bucket_schema, preserve_index=False)
-                if k not in writers:
-                    writers[k] = pq.ParquetWriter(bucket_paths[k], bucket_schema)
-                writers[k].write_table(table)
-    finally:
-        for writer in writers.values():
-            writer.close()
+    increments = _size_buckets_and_drift(linked, chunks, keep_particle, stub_kept, params, position_of,
+                                         frame_numbers, region, resolved.diameter, bucket_paths)
     species_of, species_record = _species_labels(bucket_paths, params, region, resolved.diameter)
     drift = None
     if drift_method in ("median", "mean"):
@@ -1467,48 +1557,32 @@ def _gather(plan, params, files, counts, out_dir, work, truth, checks, timing, l
     # Pass 2b: filters, drift, velocities, species; one row group per chunk.
     mark = time.perf_counter()
     halo = params.velocity.window if params.velocity.smoothing == "savgol" else 1
-    lengths = np.zeros(len(sink.counts), np.int64)
-    in_trajectories = np.zeros(n_frames, np.int64)
     video = _open_planned_video(plan, params)
     first_image = video.read(0)
-    drawn = _TrajectoryFigures(first_image, origin)
-    first_chunk_trajectories = None
     species_map = np.zeros(len(sink.counts), np.int64)
     if len(species_of):
         species_map[species_of.index.to_numpy()] = species_of.to_numpy()
-    trajectories_tmp = work / "trajectories.parquet"
-    schema = None
-    writer = None
+    out = _TrajectoryFile(work / "trajectories.parquet", len(sink.counts), n_frames, position_of,
+                          _TrajectoryFigures(first_image, origin))
+    velocity_noise = None
     try:
         for i, (a, b) in enumerate(chunks):
-            rows = _keep_rows(linked.rows(a - halo, b + halo), keep_particle, params)
-            table = rows
-            table["x"] = table["x_px"] * pixel_size_um
-            table["y"] = table["y_px"] * pixel_size_um
-            if drift is not None:
-                table = subtract_drift(table, drift)
-            table = add_velocities(table, frame_rate_hz, params.velocity, frame_step=frame_step)
-            frames_here = table["frame"].to_numpy()
-            table = table[(frames_here >= frame_numbers[a]) & (frames_here <= frame_numbers[b - 1])].copy()
-            table["t"] = table["frame"] / frame_rate_hz
-            table["species"] = species_map[table["particle"].to_numpy()] if len(table) else np.zeros(0, np.int64)
-            table = table.sort_values(["frame", "particle"], kind="stable")[TRAJECTORY_COLUMNS].reset_index(drop=True)
-            table["species"] = table["species"].astype(np.int64)
-            arrow = pa.Table.from_pandas(table, preserve_index=False, schema=schema)
-            if writer is None:
-                schema = arrow.schema
-                writer = pq.ParquetWriter(trajectories_tmp, schema)
-            writer.write_table(arrow)
-            particle = table["particle"].to_numpy()
-            if len(particle):
-                lengths += np.bincount(particle, minlength=len(lengths))
-            in_trajectories += np.bincount(position_of(table["frame"].to_numpy()), minlength=n_frames)
-            drawn.add(table)
-            if i == 0:
-                first_chunk_trajectories = table
+            columns = _trajectory_columns(_keep_rows(linked.rows(a - halo, b + halo), keep_particle, params),
+                                          frame_numbers[a], frame_numbers[b - 1], drift, species_map, params,
+                                          pixel_size_um, frame_rate_hz, frame_step)
+            out.write(columns)
+            if i == 0:  # on the first chunk only: one chunk's table is all the memory allows
+                velocity_noise = velocity_noise_report(
+                    pd.DataFrame(columns), params.velocity, frame_rate_hz=frame_rate_hz, pixel_size_um=pixel_size_um,
+                    frame_step=frame_step, region_px=region, mask_diameter_px=resolved.diameter,
+                    truth=None if truth is None else truth[truth["frame"].between(frame_numbers[a],
+                                                                                   frame_numbers[b - 1])])
+                velocity_noise["frames"] = {"first": int(frame_numbers[a]), "last": int(frame_numbers[b - 1]),
+                                            "scope": "the first chunk only (split tracking)"}
+            del columns  # before the next chunk's are built: one chunk's rows in memory, not two
     finally:
-        if writer is not None:
-            writer.close()
+        out.close()
+    lengths, in_trajectories, drawn, trajectories_tmp = out.lengths, out.in_trajectories, out.figures, out.path
     timing["velocities"] = time.perf_counter() - mark
 
     lengths = lengths[lengths > 0]
@@ -1552,13 +1626,6 @@ def _gather(plan, params, files, counts, out_dir, work, truth, checks, timing, l
         accuracy = accuracy_report(pd.read_parquet(trajectories_tmp), truth, pixel_size_um=pixel_size_um,
                                    frame_numbers=frame_numbers, region_px=region, mask_diameter_px=resolved.diameter,
                                    drift_velocity_um_s=drift_velocity)
-    a, b = chunks[0]
-    velocity_noise = velocity_noise_report(
-        first_chunk_trajectories, params.velocity, frame_rate_hz=frame_rate_hz, pixel_size_um=pixel_size_um,
-        frame_step=frame_step, region_px=region, mask_diameter_px=resolved.diameter,
-        truth=None if truth is None else truth[truth["frame"].between(frame_numbers[a], frame_numbers[b - 1])])
-    velocity_noise["frames"] = {"first": int(frame_numbers[a]), "last": int(frame_numbers[b - 1]),
-                                "scope": "the first chunk only (split tracking)"}
     timing["reports"] = time.perf_counter() - mark
 
     report = {
