@@ -2,8 +2,10 @@
 
 Each format is written here (tests/camera_files.py) with known pixels and known
 metadata, then read through tracking.io.open_video and tracking.source.describe_video;
-ND2 has no writer, so its dispatch and its errors are tested, and a real file
-only where one is found in shared/data.
+ND2 has no writer, so its reader is tested on a stand-in file object built from
+the nd2 package's own metadata structures (dispatch, frames, frame rate, pixel
+size, refused axes, errors), and on a real file only where one is found in
+shared/data.
 """
 import json
 import logging
@@ -313,12 +315,95 @@ def test_nd2_without_the_nd2_package_names_the_package(tmp_path, monkeypatch):
     assert "run.nd2" in str(caught.value) and "pip install nd2" in str(caught.value)
 
 
+class _Nd2Stand_in:
+    """An ``nd2.ND2File`` stand-in holding frames and the package's own metadata structures.
+
+    No ND2 writer exists, so this is how the adapter's reading of them (the time
+    loop's measured or set period, the calibrated pixel size, the axes it
+    refuses) is tested; the objects are nd2.structures' dataclasses, so a
+    renamed field in the package fails here.
+    """
+
+    def __init__(self, frames, experiment, pixel_um, sizes=None):
+        import nd2.structures as s
+
+        self.path, self._frames, self.experiment = "stand-in.nd2", frames, experiment
+        self.sizes = sizes or {"T": len(frames), "Y": frames.shape[1], "X": frames.shape[2]}
+        self.shape, self.dtype, self.is_rgb = frames.shape, frames.dtype, False
+        self.attributes = s.Attributes(bitsPerComponentInMemory=16, bitsPerComponentSignificant=12,
+                                       componentCount=1, heightPx=frames.shape[1], pixelDataType="unsigned",
+                                       sequenceCount=len(frames), widthPx=frames.shape[2])
+        volume = s.Volume(axesCalibrated=(pixel_um is not None, pixel_um is not None, False),
+                          axesCalibration=(pixel_um or 1.0, pixel_um or 1.0, 1.0),
+                          axesInterpretation=("distance", "distance", "distance"),
+                          bitsPerComponentInMemory=16, bitsPerComponentSignificant=12,
+                          cameraTransformationMatrix=(1.0, 0.0, 0.0, 1.0), componentCount=1,
+                          componentDataType="unsigned", voxelCount=(frames.shape[2], frames.shape[1], 1))
+        self.metadata = s.Metadata(channels=[s.Channel(channel=None, loops=None, microscope=None, volume=volume)])
+        self.closed = False
+
+    def read_frame(self, i):
+        return self._frames[i]
+
+    def close(self):
+        self.closed = True
+
+
+def _time_loop(period_ms, measured_ms=0.0, nested=False):
+    import nd2.structures as s
+
+    diff = s.PeriodDiff(avg=measured_ms, max=measured_ms, min=measured_ms)
+    if nested:
+        period = s.Period(startMs=0.0, periodMs=period_ms, durationMs=0.0, periodDiff=diff, count=6)
+        return s.NETimeLoop(count=6, nestingLevel=0, parameters=s.NETimeLoopParams(periods=[period]))
+    return s.TimeLoop(count=6, nestingLevel=0,
+                      parameters=s.TimeLoopParams(startMs=0.0, periodMs=period_ms, durationMs=0.0, periodDiff=diff))
+
+
+@pytest.mark.parametrize("loop, pixel_um, rate_hz", [
+    ((10.0, 8.0, False), 0.325, 125.0),   # the measured mean period wins over the set one
+    ((10.0, 0.0, False), 0.325, 100.0),   # none measured: the set period
+    ((4.0, 0.0, True), None, 250.0),      # a one-phase NIS "ND" time loop; uncalibrated pixels
+    (None, 0.5, None),                    # no time loop at all: the config must give the rate
+], ids=["measured", "set", "ne_loop_uncalibrated", "no_loop"])
+def test_nd2_frames_and_metadata_through_the_nd2_package_structures(tmp_path, monkeypatch, loop, pixel_um,
+                                                                     rate_hz):
+    nd2 = pytest.importorskip("nd2")
+    frames = frames16()
+    experiment = [] if loop is None else [_time_loop(loop[0], measured_ms=loop[1], nested=loop[2])]
+    handle = _Nd2Stand_in(frames, experiment, pixel_um)
+    monkeypatch.setattr(nd2, "ND2File", lambda path: handle)
+    path = tmp_path / "run.nd2"
+    path.write_bytes(b"\0" * 64)
+    video = open_video(path)
+    assert video.kind == "nd2"
+    assert_frames_equal(video, frames)
+    meta = video.file_metadata
+    assert (meta.format, meta.bit_depth, meta.n_frames, meta.shape) == ("nd2", 12, len(frames), frames.shape[1:])
+    assert meta.frame_rate_hz == (pytest.approx(rate_hz) if rate_hz else None)
+    assert meta.pixel_size_um == (pytest.approx(pixel_um) if pixel_um else None)
+
+
+def test_nd2_with_channels_or_planes_is_refused_naming_the_axes(tmp_path, monkeypatch):
+    nd2 = pytest.importorskip("nd2")
+    frames = frames16()
+    handle = _Nd2Stand_in(frames, [_time_loop(10.0)], 0.3, sizes={"T": 3, "C": 2, "Y": 24, "X": 32})
+    monkeypatch.setattr(nd2, "ND2File", lambda path: handle)
+    path = tmp_path / "multi.nd2"
+    path.write_bytes(b"\0" * 64)
+    with pytest.raises(TrackingInputError) as caught:
+        open_video(path)
+    message = str(caught.value)
+    assert "multi.nd2" in message and "C=2" in message and "export one channel" in message
+    assert handle.closed  # the refused file is not left open
+
+
 def _nd2_samples():
     return sorted({p for folder in SHARED_DATA if folder.is_dir() for p in folder.rglob("*.nd2")})
 
 
 @pytest.mark.skipif(not _nd2_samples(), reason="no ND2 file can be written (the nd2 package only reads) and none "
-                                                  "is in shared/data; the ND2 path is tested on dispatch and errors")
+                                                  "is in shared/data; the reader is tested on a stand-in file object")
 def test_real_nd2_sample_reads_frames_and_metadata():
     import nd2
 
