@@ -1,10 +1,13 @@
 """The SLURM profile as shipped, on a real one-node SLURM cluster started on localhost (tests/slurm_support.py).
 
+The demo, and a video tracked in split jobs (tracking.chunk_frames), run through it.
+
 The node is small and has no GPU and no accounting, like a workstation made
 into a cluster: the whole demo must run through the profile with nothing
 added on the command line (docs/cluster.md).
 """
 import copy
+import json
 import subprocess
 import sys
 import time
@@ -122,3 +125,44 @@ def test_an_account_on_a_cluster_without_accounting_stops_before_submitting(slur
     assert "ClusterSetupError" in last and "remove slurm_account" in last and "config.yaml" in last, last
     assert squeue(slurm_cluster, "%i") == before  # nothing was submitted
     assert not (tmp_path / "results").exists()
+
+
+def test_a_long_video_is_tracked_in_split_jobs_through_the_profile(slurm_cluster, tmp_path):
+    """chunk_frames through the SLURM profile: the plan, every chunk's locate and link, and the gather are
+    each their own SLURM job, and the trajectories are those of the same video tracked in one job."""
+    import numpy as np
+    import pandas as pd
+    import tifffile
+    from test_tracking_stream import FPS, MPP, N_FRAMES, render, simulate
+
+    chunk_frames = 12  # two chunks: one boundary the gather joins from the link jobs' states
+    x, y = simulate()
+    rng = np.random.default_rng(1)
+    tifffile.imwrite(tmp_path / "frames.tif", np.stack([render(x[f], y[f], rng) for f in range(N_FRAMES)]),
+                     photometric="minisblack")
+    video = {"path": str(tmp_path / "frames.tif"), "pixel_size_um": MPP, "frame_rate_hz": FPS}
+    tracking = {"locate": {"refine": "none", "invert": False}, "link": {"search_range_px": 4.0},
+                "checks": {"max_short_fraction": None}}
+    config = {"experiments": {"split": {"video": video, "tracking": {**tracking, "chunk_frames": chunk_frames}},
+                              "whole": {"video": video, "tracking": tracking}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake_with_profile(tmp_path, slurm_cluster, "results/split/tracking/qc.json",
+                                    "results/whole/tracking/qc.json", timeout=600)
+    log = result.stdout[-3000:] + result.stderr[-8000:]
+    assert result.returncode == 0, log
+
+    n_chunks = -(-N_FRAMES // chunk_frames)
+    slurm_logs = tmp_path / ".snakemake" / "slurm_logs"
+    by_rule = {d.name.removeprefix("rule_"): sorted(p.stem for p in d.rglob("*.log")) for d in slurm_logs.glob("rule_*")}
+    counts = {rule: len(by_rule.get(rule, [])) for rule in ("plan_tracking", "locate_chunk", "link_chunk",
+                                                             "link_tracking", "track_video")}
+    assert counts == {"plan_tracking": 1, "locate_chunk": n_chunks, "link_chunk": n_chunks, "link_tracking": 1,
+                      "track_video": 1}, (by_rule, log)
+    jobs = {row[0]: row[1] for row in squeue(slurm_cluster, "%i|%T")}
+    ours = {job for ids in by_rule.values() for job in ids}
+    assert ours <= set(jobs) and {jobs[j] for j in ours} == {"COMPLETED"}, ({j: jobs.get(j) for j in ours}, log)
+    results = tmp_path / "results"
+    link = json.loads((results / "split" / "tracking" / "qc.json").read_text())["split"]["link"]
+    assert link["per_chunk"] is True and link["relinked"] == [], link  # the gather used the link jobs' links
+    pd.testing.assert_frame_equal(pd.read_parquet(results / "split" / "tracking" / "trajectories.parquet"),
+                                  pd.read_parquet(results / "whole" / "tracking" / "trajectories.parquet"))
