@@ -207,6 +207,9 @@ def lammps_worker(args) -> None:
               "status": {k: v for k, v in result.status.items() if isinstance(v, (int, float, str, bool))},
               "peak_rss_mb": _peak_rss_mb()}
     Path(f"{args.report}.rank{rank}").write_text(json.dumps(report))
+    from mpd.lammps_env import finalize_mpi
+
+    finalize_mpi()  # every rank, last: mpiexec kills the others when a rank exits without it
 
 
 # ----------------------------------------------------------------------------------------------- analysis

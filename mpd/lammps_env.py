@@ -8,8 +8,8 @@ dependency, so ``open_lammps()`` works from a plain ``python`` process, from
 pytest and from Snakemake alike.
 
 Public API: :func:`find_libmpi`, :func:`import_lammps`, :func:`open_lammps`,
-:func:`check_lammps`, :func:`lammps_executable`, :func:`mpiexec_path`,
-:func:`mpi_env`, and the error :class:`LammpsUnavailableError`. Nothing here is
+:func:`check_lammps`, :func:`finalize_mpi`, :func:`lammps_executable`,
+:func:`mpiexec_path`, :func:`mpi_env`, and the error :class:`LammpsUnavailableError`. Nothing here is
 specific to one use: callers name the packages and styles they need
 (`twin.lammps_env` re-exports this with the twin simulation's; `mpd.lammps_rollout`
 needs none beyond the core).
@@ -92,6 +92,30 @@ def import_lammps() -> ModuleType:
             f"the LAMMPS Python module is not installed ({exc}); fix: {INSTALL_HINT}"
         ) from exc
     return lammps
+
+
+def finalize_mpi() -> None:
+    """End MPI in this process (``MPI_Finalize``, through LAMMPS's ``lammps_mpi_finalize``) if LAMMPS started it.
+
+    LAMMPS starts MPI when its first instance opens and ``lammps.close()``
+    leaves it running. A rank that mpiexec started must finalize before it
+    exits: mpich's launcher takes a rank that exits without it for a crashed
+    one and kills the ranks still running (SIGKILL, "EXIT CODE: 9"), which
+    fails a run whose work is done, at random by which rank exits first.
+    ``lammps_mpi_finalize`` waits for every rank (a barrier), so call this
+    last, on every rank, and only where every rank gets there: a rank that
+    failed alone must exit without it, so that the launcher stops the others
+    instead of leaving them in the barrier. No LAMMPS instance can be opened
+    in this process afterwards.
+    """
+    if "lammps" not in sys.modules:
+        return  # LAMMPS never loaded: it started no MPI
+    try:
+        # liblammps is loaded RTLD_GLOBAL (lammps.core), so its symbols are in the process's namespace
+        end = ctypes.CDLL(None).lammps_mpi_finalize
+    except AttributeError:
+        return  # the module was imported but the library never loaded: no MPI either
+    end()  # a no-op where MPI is not initialised or already finalised
 
 
 def check_lammps(lmp, packages: Iterable[str] = (),

@@ -69,7 +69,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from mpd.geometry.domain import Box, OrthoBox
-from mpd.lammps_env import LammpsUnavailableError, open_lammps
+from mpd.lammps_env import LammpsUnavailableError, finalize_mpi, open_lammps
 from mpd.model import MetriplecticModel, PairTensors, State, euler_maruyama_step
 from mpd.model.geometry import pair_kinds
 
@@ -689,7 +689,7 @@ def main(argv=None) -> int:
     """
     args = _parser().parse_args(argv)
     try:
-        return _main(args)
+        code = _main(args)
     except Exception as error:
         from mpd.errors import debug, is_clear, one_line
 
@@ -698,7 +698,10 @@ def main(argv=None) -> int:
         # every rank fails alike on a bad model or state: say it once; a failed step is one rank's own
         if _launcher_rank() == 0 or isinstance(error, ModelStepError):
             print(f"mpd.lammps_rollout: {one_line(error)}", file=sys.stderr)
-        return 2
+        return 2  # without finalising MPI: a rank failing alone must make the launcher stop the others
+    # completed or diverged: every rank got here (divergence is seen in a collective gather)
+    finalize_mpi()
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:

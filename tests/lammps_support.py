@@ -28,9 +28,9 @@ def two_ranks_start(tmp_path_factory):
     except LammpsUnavailableError as exc:
         pytest.skip(str(exc))
     root = tmp_path_factory.mktemp("probe")
-    probe = ("import sys; from mpd.lammps_env import open_lammps; lmp = open_lammps(); "
+    probe = ("import sys; from mpd.lammps_env import finalize_mpi, open_lammps; lmp = open_lammps(); "
              "rank, size = lmp.extract_setting('world_rank'), lmp.extract_setting('world_size'); "
-             "open(sys.argv[1] + f'/rank{rank}', 'w').write(str(size)); lmp.close()")
+             "open(sys.argv[1] + f'/rank{rank}', 'w').write(str(size)); lmp.close(); finalize_mpi()")
     proc = mpi_run(mpi_command(2, "-c", probe, str(root)), root)
     sizes = [(root / f"rank{r}").read_text() if (root / f"rank{r}").exists() else None for r in (0, 1)]
     if proc.returncode != 0 or sizes != ["2", "2"]:

@@ -134,7 +134,7 @@ def test_sheared_cell_one_two_and_four_ranks_agree_with_noise(tmp_path, two_rank
         out = tmp_path / f"run{ranks}.parquet"
         done = mpi_run(mpi_command(ranks, "-m", "mpd.lammps_rollout", "--model", str(model_path), "--state", str(state), "--steps", str(STEPS),
                                    "--noise", "--seed", "3", "--out", str(out)), tmp_path)
-        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         runs[ranks] = out
     import pandas as pd
 
