@@ -312,7 +312,7 @@ def test_a_bootstrap_pair_across_chunks_is_linked_again_in_the_gather(video, tmp
 def test_the_gather_reads_linked_chunks_forward_holding_two_chunks_and_a_tail(tmp_path):
     """Pass 2's reader: every range exact, at most two whole chunks plus the previous one's last frames held,
     whatever the number of chunks; a range that starts earlier (the next pass) reads its chunks again."""
-    from tracking.stream import LINKED_COLUMNS, _Linked, _Pass1
+    from tracking.gather import LINKED_COLUMNS, _Linked, _Pass1
 
     n_frames, chunk, per_frame, halo = 40, 8, 5, 2
     frame_numbers = np.arange(100, 100 + 2 * n_frames, 2)  # a frame step of 2
