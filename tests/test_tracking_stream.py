@@ -139,7 +139,9 @@ def test_outputs_are_lazily_readable_and_qc_says_what_is_left_out(reference, spl
                 "mean_trajectory_length_frames", "median_trajectory_length_frames", "fraction_of_frames_tracked",
                 "fraction_of_features_in_trajectories", "trajectory_filter", "species", "auto", "checks"):
         assert qc[key] == json.loads(json.dumps(one[key])), key
-    assert qc["frames_without_features"]["frames"] == [13] and qc["warnings"]
+    assert qc["frames_without_features"]["frames"] == [13] and qc["warnings"] == one["warnings"]
+    # one builder (tracking.qc.report) for both: the same keys in the same order, split's own record added
+    assert [key for key in qc if key != "split"] == list(one)
     assert "velocity_noise" in qc["split"]["computed_on_part"] and qc["split"]["chunks"] == 4
     assert sorted(p.name for p in (out / "qc").iterdir()) == sorted(one["figures"])
     assert not [p for p in out.iterdir() if p.name.startswith(".link-")]  # the gather's scratch is gone

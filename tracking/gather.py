@@ -25,6 +25,7 @@ from trackpy.linking.utils import SubnetOversizeException
 
 from mpd.provenance import software_versions
 
+from . import qc
 from ._quiet import quiet_trackpy
 from .accuracy import accuracy_report
 from .checks import check_packing_counts, check_short_lengths
@@ -738,31 +739,10 @@ def _gather(plan, params, files, counts, out_dir, work, truth, checks, timing, l
     stub_lengths = sink.counts[stub_kept]
     filtered = {"trajectories_before": int(stub_kept.sum()), "observations_before": int(stub_lengths.sum()),
                 "trajectories_after": len(lengths), "observations_after": int(lengths.sum())}
-    n_features = int(counts.sum())
-    empty = [int(f) for f in frame_numbers[counts == 0]]
-    summary = {
-        "frames_analysed": n_frames,
-        "features": n_features,
-        "frames_without_features": {"count": len(empty), "frames": empty},
-        "features_per_frame": {
-            "mean": float(counts.mean()), "median": float(np.median(counts)),
-            "min": int(counts.min()), "max": int(counts.max()),
-            "by_frame": {str(int(f)): int(n) for f, n in zip(frame_numbers, counts, strict=True)},
-        },
-        "trajectories": len(lengths),
-        "mean_trajectory_length_frames": float(lengths.mean()) if len(lengths) else 0.0,
-        "median_trajectory_length_frames": float(np.median(lengths)) if len(lengths) else 0.0,
-        "fraction_of_frames_tracked": int((in_trajectories > 0).sum()) / n_frames if n_frames else 0.0,
-        "fraction_of_features_in_trajectories": int(lengths.sum()) / n_features if n_features else 0.0,
-    }
-    report_warnings = []
-    if empty:
-        shown = ", ".join(map(str, empty[:10])) + (" ..." if len(empty) > 10 else "")
-        message = (f"{source}: {len(empty)} frame(s) without any feature ({shown}): every trajectory "
-                   f"breaks there; check those frames (blank, overexposed, out of focus) or leave them out with "
-                   f"tracking.frame_range")
+    summary = qc.summary_from_counts(frame_numbers, counts, lengths, in_trajectories)
+    report_warnings = qc.empty_frame_warnings(source, summary)
+    for message in report_warnings:
         log.warning(message)
-        report_warnings.append(message)
 
     mark = time.perf_counter()
     drift_velocity = None
@@ -777,25 +757,14 @@ def _gather(plan, params, files, counts, out_dir, work, truth, checks, timing, l
                                    drift_velocity_um_s=drift_velocity)
     timing["reports"] = time.perf_counter() - mark
 
-    report = {
-        "source": source,
-        "reader": plan["reader"],
-        "frame_numbers": {"first": int(frame_numbers[0]), "last": int(frame_numbers[-1]), "step": frame_step},
-        "frame_shape_px": [height, width],
-        "roi_origin_px": list(origin),
-        **summary,
-        "warnings": report_warnings,
-        "auto": chosen,
-        "checks": checks,
-        "trajectory_filter": filtered,
-        "species": species_record,
-        "velocity_noise": velocity_noise,
-        "refine": _refine_record(plan, files),
-        "resolved": {"locate": dataclasses.asdict(resolved), "link": link_record},
-        "parameters": plan["parameters"],
-        "units": plan["units"],
-        "processes": 1,
-        "split": {
+    report = qc.report(
+        source=source, reader=plan["reader"], frame_numbers=frame_numbers, frame_step=frame_step,
+        frame_shape_px=[height, width], roi_origin_px=origin, summary=summary, warnings=report_warnings,
+        auto=chosen, checks=checks, trajectory_filter=filtered, species=species_record,
+        velocity_noise=velocity_noise, refine=_refine_record(plan, files), resolved_locate=dataclasses.asdict(resolved),
+        resolved_link=link_record, parameters=plan["parameters"], units=plan["units"], processes=1,
+        software=software_versions("trackpy", "pims", "numpy", "scipy", "pandas", "pyarrow"),
+        split={
             "chunks": len(chunks), "chunk_frames": plan["chunk_frames"], "velocity_halo_frames": halo,
             "trajectory_row_groups": len(chunks),
             "computed_on_part": {"velocity_noise": "the frames of the first chunk"},
@@ -808,9 +777,7 @@ def _gather(plan, params, files, counts, out_dir, work, truth, checks, timing, l
             "processes": ("locate_chunk and link_chunk run one job per chunk; the gather runs in one process"
                           if split_link["per_chunk"] else
                           "locate_chunk runs one job per chunk; the gather links and runs in one process"),
-        },
-        "software": software_versions("trackpy", "pims", "numpy", "scipy", "pandas", "pyarrow"),
-    }
+        })
 
     mark = time.perf_counter()
     qc_tmp = work / "qc"

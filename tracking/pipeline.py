@@ -381,35 +381,17 @@ def track_video(frames_path, out_dir, params: TrackingParams | dict | None = Non
     timing["velocity_noise"] = time.perf_counter() - mark
 
     summary = qc.summary(features, trajectories, frame_numbers)
-    report_warnings = []
-    empty = summary["frames_without_features"]
-    if empty["count"]:
-        shown = ", ".join(map(str, empty["frames"][:10])) + (" ..." if empty["count"] > 10 else "")
-        message = (f"{video.source}: {empty['count']} frame(s) without any feature ({shown}): every trajectory "
-                   f"breaks there; check those frames (blank, overexposed, out of focus) or leave them out with "
-                   f"tracking.frame_range")
+    report_warnings = qc.empty_frame_warnings(video.source, summary)
+    for message in report_warnings:
         log.warning(message)
-        report_warnings.append(message)
-    report = {
-        "source": video.source,
-        "reader": type(video.reader).__name__,
-        "frame_numbers": {"first": int(frame_numbers[0]), "last": int(frame_numbers[-1]), "step": frame_step},
-        "frame_shape_px": list(video.frame_shape),
-        "roi_origin_px": list(video.origin_px),
-        **summary,
-        "warnings": report_warnings,
-        "auto": chosen,
-        "checks": checks,
-        "trajectory_filter": filtered,
-        "species": species_record,
-        "velocity_noise": velocity_noise,
-        "refine": refine_record,
-        "resolved": {"locate": dataclasses.asdict(resolved), "link": link_record},
-        "parameters": to_dict(params),
-        "units": {"pixel_size_um": pixel_size_um, "frame_rate_hz": frame_rate_hz},
-        "processes": processes,
-        "software": software_versions("trackpy", "pims", "numpy", "scipy", "pandas", "tifffile"),
-    }
+    report = qc.report(
+        source=video.source, reader=type(video.reader).__name__, frame_numbers=frame_numbers, frame_step=frame_step,
+        frame_shape_px=video.frame_shape, roi_origin_px=video.origin_px, summary=summary, warnings=report_warnings,
+        auto=chosen, checks=checks, trajectory_filter=filtered, species=species_record,
+        velocity_noise=velocity_noise, refine=refine_record, resolved_locate=dataclasses.asdict(resolved),
+        resolved_link=link_record, parameters=to_dict(params),
+        units={"pixel_size_um": pixel_size_um, "frame_rate_hz": frame_rate_hz}, processes=processes,
+        software=software_versions("trackpy", "pims", "numpy", "scipy", "pandas", "tifffile"))
 
     mark = time.perf_counter()
     with atomic_output_dir(out_dir) as tmp:

@@ -34,26 +34,90 @@ SAVE = {"pil_kwargs": {"compress_level": 1}}
 def summary(features: pd.DataFrame, trajectories: pd.DataFrame, frame_numbers) -> dict:
     """Counts describing how much of the video was found and tracked."""
     frame_numbers = np.asarray(frame_numbers)
-    per_frame = features.groupby("frame").size().reindex(frame_numbers, fill_value=0)
-    lengths = trajectories.groupby("particle").size() if len(trajectories) else pd.Series(dtype=int)
-    tracked_frames = trajectories["frame"].nunique() if len(trajectories) else 0
-    empty = [int(f) for f in per_frame.index[per_frame.to_numpy() == 0]]
+    per_frame = features.groupby("frame").size().reindex(frame_numbers, fill_value=0).to_numpy()
+    lengths = trajectories.groupby("particle").size().to_numpy() if len(trajectories) else np.zeros(0, int)
+    tracked = (trajectories.groupby("frame").size().reindex(frame_numbers, fill_value=0).to_numpy()
+               if len(trajectories) else np.zeros(len(frame_numbers), int))
+    return summary_from_counts(frame_numbers, per_frame, lengths, tracked)
+
+
+def summary_from_counts(frame_numbers, features_per_frame, trajectory_lengths, tracked_per_frame) -> dict:
+    """:func:`summary` from counts alone, for split tracking, which never holds the tables.
+
+    Parameters
+    ----------
+    frame_numbers : array of int
+        The analysed frames, in order.
+    features_per_frame : array of int
+        Features found in each of those frames.
+    trajectory_lengths : array of int
+        Observations in each kept trajectory.
+    tracked_per_frame : array of int
+        Observations in kept trajectories in each frame.
+    """
+    frame_numbers = np.asarray(frame_numbers)
+    counts = np.asarray(features_per_frame)
+    lengths = np.asarray(trajectory_lengths)
+    n_frames, n_features = len(frame_numbers), int(counts.sum())
+    empty = [int(f) for f in frame_numbers[counts == 0]]
     return {
-        "frames_analysed": len(frame_numbers),
-        "features": len(features),
+        "frames_analysed": n_frames,
+        "features": n_features,
         # frames where nothing was found (a blank or overexposed frame, a focus jump): every trajectory
         # breaks there, and the geometry stage has no snapshot pair across them
         "frames_without_features": {"count": len(empty), "frames": empty},
         "features_per_frame": {
-            "mean": float(per_frame.mean()), "median": float(per_frame.median()),
-            "min": int(per_frame.min()), "max": int(per_frame.max()),
-            "by_frame": {str(int(f)): int(n) for f, n in per_frame.items()},
+            "mean": float(counts.mean()), "median": float(np.median(counts)),
+            "min": int(counts.min()), "max": int(counts.max()),
+            "by_frame": {str(int(f)): int(n) for f, n in zip(frame_numbers, counts, strict=True)},
         },
         "trajectories": len(lengths),
         "mean_trajectory_length_frames": float(lengths.mean()) if len(lengths) else 0.0,
-        "median_trajectory_length_frames": float(lengths.median()) if len(lengths) else 0.0,
-        "fraction_of_frames_tracked": tracked_frames / len(frame_numbers) if len(frame_numbers) else 0.0,
-        "fraction_of_features_in_trajectories": len(trajectories) / len(features) if len(features) else 0.0,
+        "median_trajectory_length_frames": float(np.median(lengths)) if len(lengths) else 0.0,
+        "fraction_of_frames_tracked": int((np.asarray(tracked_per_frame) > 0).sum()) / n_frames if n_frames else 0.0,
+        "fraction_of_features_in_trajectories": int(lengths.sum()) / n_features if n_features else 0.0,
+    }
+
+
+def empty_frame_warnings(source: str, summary: dict) -> list[str]:
+    """qc.json's warnings about frames without any feature (a summary's frames_without_features)."""
+    empty = summary["frames_without_features"]
+    if not empty["count"]:
+        return []
+    shown = ", ".join(map(str, empty["frames"][:10])) + (" ..." if empty["count"] > 10 else "")
+    message = (f"{source}: {empty['count']} frame(s) without any feature ({shown}): every trajectory breaks there; "
+               f"check those frames (blank, overexposed, out of focus) or leave them out with tracking.frame_range")
+    return [message]
+
+
+def report(*, source: str, reader: str, frame_numbers, frame_step: int, frame_shape_px, roi_origin_px,
+           summary: dict, warnings: list[str], auto, checks, trajectory_filter, species, velocity_noise, refine,
+           resolved_locate: dict, resolved_link, parameters: dict, units: dict, processes, software: dict,
+           **extra) -> dict:
+    """qc.json's contents, the same keys for one-job and split tracking (docs/tracking.md lists them).
+
+    ``extra`` keys (split tracking's ``split``) go after ``processes``.
+    """
+    return {
+        "source": source,
+        "reader": reader,
+        "frame_numbers": {"first": int(frame_numbers[0]), "last": int(frame_numbers[-1]), "step": frame_step},
+        "frame_shape_px": list(frame_shape_px),
+        "roi_origin_px": list(roi_origin_px),
+        **summary,
+        "warnings": warnings,
+        "auto": auto,
+        "checks": checks,
+        "trajectory_filter": trajectory_filter,
+        "species": species,
+        "velocity_noise": velocity_noise,
+        "refine": refine,
+        "resolved": {"locate": resolved_locate, "link": resolved_link},
+        "parameters": parameters,
+        "units": units,
+        "processes": processes,
+        **extra,
+        "software": software,
     }
 
 
