@@ -99,8 +99,10 @@ def slurm_cluster(tmp_path_factory):
         "SelectType=select/cons_tres",
         "SelectTypeParameters=CR_Core_Memory",
         "ReturnToService=2",
-        # squeue must still see finished jobs when the plugin asks (>= 3 x init interval)
-        "MinJobAge=300",
+        # squeue must still see finished jobs when the plugin asks (>= 3 x init interval), and when a test
+        # checks every job of a run at its end: the demo takes 6-7 min on a loaded 2-core machine, and with
+        # slurmctld's default of 300 s its first jobs were gone from squeue by then
+        "MinJobAge=3600",
         # job ids of their own: MPI (PMI2, UCX shared memory) keys its start-up by job and step id, so two test
         # clusters on one host (two test sessions at once) that both run job 1 would cross-talk, and a job id met
         # again finds the shared-memory names a crashed earlier job left in /dev/shm. From the OS's entropy: the

@@ -64,7 +64,7 @@ def test_train_model_runs_as_one_slurm_job_of_two_tasks_and_equals_one_process(s
     assert done.returncode == 0, log + "\n" + rule_text[-6000:]
     print(f"train_model through SLURM with 2 tasks: {time.monotonic() - started:.1f} s")
 
-    # one SLURM job of 2 tasks ran it (slurmctld keeps finished jobs for MinJobAge = 300 s)
+    # one SLURM job of 2 tasks ran it (the test cluster keeps finished jobs for MinJobAge = 3600 s)
     job_logs = sorted((tmp_path / ".snakemake" / "slurm_logs" / "rule_train_model").rglob("*.log"))
     assert len(job_logs) == 1 and job_logs[0].stem.isdigit(), job_logs
     job_id = job_logs[0].stem
